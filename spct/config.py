@@ -1,0 +1,210 @@
+"""Typed configuration: every default lives here, once; conf/ only says what differs.
+
+Hydra composes the YAML files in conf/ over these dataclasses (registered as the schema), so a
+misspelt key or a wrong type fails at start-up naming the key. `validate` then checks the
+relations between fields before any actor starts. Defaults are the paper's settings for real
+models; the embedded default (conf/config.yaml) overrides them for a tiny model on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+PHASES = ("warmup", "rft", "rl")
+
+
+@dataclass
+class ModelConfig:
+    # A local folder or a hub id; or null with `tiny_preset` to build a tiny model from scratch.
+    path: str | None = None
+    tiny_preset: str | None = None
+    dtype: str = "bfloat16"
+    max_model_len: int = 4096
+    max_new_tokens: int = 1024
+    # GRM prompt templates: a built-in name (spct/grm/templates) or a path to a .j2 file.
+    template: str = "default"
+    single_template: str = "single"
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"  # synthetic | files
+    # For kind=files: anything spct.data.load_items reads (local file or hub dataset name).
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    format: str | None = None
+    skip_invalid: bool = False
+    # For kind=synthetic: split sizes and the task's shape (fields of SyntheticConfig).
+    train_size: int = 20000
+    validation_size: int = 500
+    test_size: int = 500
+    task: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RolloutConfig:
+    num_engines: int = 1
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.6
+    kv_cache_gib: float = 1.0  # CPU engines only
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    num_cpus_per_engine: float = 1.0
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = 1
+    zero_stage: int = 2
+    micro_batch_size: int = 4
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    lr_schedule: str = "constant"
+    gradient_checkpointing: bool = False
+    num_cpus_per_rank: float = 1.0
+
+
+@dataclass
+class WarmupConfig:
+    """SFT on programmatic trajectories of the synthetic task (format teaching, tiny models)."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    noise: float = 0.3
+    checks_min: int = 2
+    checks_max: int = 2
+
+
+@dataclass
+class RFTConfig:
+    items: int = 0  # 0 = the whole train split
+    n_samples: int = 3  # N_RFT
+    temperature: float = 1.0
+    hinted: bool = True
+    sft_steps: int = 900
+    batch_size: int = 1024
+    lr: float = 5e-6
+    warmup_steps: int = 0
+    generate_batch: int = 256
+
+
+@dataclass
+class RLConfig:
+    steps: int = 900
+    prompts_per_step: int = 128
+    group_size: int = 4
+    beta: float = 0.08
+    kl_kind: str = "k3"
+    clip_eps: float = 0.2
+    lr: float = 4e-7
+    temperature: float = 1.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    max_items: int = 0  # 0 = all
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # null = start a local Ray; "auto" = join the running cluster
+    num_cpus: int | None = None
+    num_gpus: int = 0
+    nodes: int = 1
+    placement_strategy: str = "PACK"
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "wandb"  # wandb | none (a metrics.jsonl is always written)
+    project: str = "spct"
+    entity: str | None = None
+    run_name: str | None = None
+    mode: str = "auto"  # auto (offline without an API key) | online | offline
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0 = only at the end of each phase
+    keep_last: int = 2
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    phases: list[str] = field(default_factory=lambda: ["rft", "rl"])
+    output_dir: str = MISSING
+    seed: int = 0
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="spct_schema", node=Config)
+
+
+def to_config(cfg: DictConfig | dict) -> Config:
+    """Merge onto the schema (type and key checks), then validate the relations between fields."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def validate(c: Config) -> None:
+    errors = []
+
+    def need(ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            errors.append(f"{key}: expected {expected}")
+
+    for p in c.phases:
+        need(p in PHASES, "phases", f"names from {list(PHASES)}, got {p!r}")
+    need(len(set(c.phases)) == len(c.phases), "phases", "each phase once")
+    need(c.model.path is not None or c.model.tiny_preset is not None,
+         "model.path", "a local folder or hub id (or model.tiny_preset)")
+    need("warmup" not in c.phases or c.data.kind == "synthetic",
+         "phases", "'warmup' only with data.kind=synthetic (it writes synthetic trajectories)")
+    need(c.data.kind in ("synthetic", "files"), "data.kind", "'synthetic' or 'files'")
+    if c.data.kind == "files":
+        need(c.data.train is not None, "data.train", "a dataset path or hub name")
+    need(c.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "float32, bfloat16 or float16")
+    need(c.learner.zero_stage in (0, 1, 2, 3), "learner.zero_stage", "0, 1, 2 or 3")
+    need(c.learner.num_ranks >= 1, "learner.num_ranks", ">= 1")
+    need(c.rollout.num_engines >= 1, "rollout.num_engines", ">= 1")
+    need(c.rl.group_size >= 2, "rl.group_size", ">= 2 (a group of one has no baseline)")
+    need(c.rl.beta >= 0, "rl.beta", ">= 0")
+    need(c.rl.kl_kind in ("k1", "k2", "k3"), "rl.kl_kind", "k1, k2 or k3")
+    need(c.rft.n_samples >= 1, "rft.n_samples", ">= 1")
+    need(c.warmup.checks_min <= c.warmup.checks_max, "warmup.checks_min", "<= warmup.checks_max")
+    need(c.logger.kind in ("wandb", "none"), "logger.kind", "'wandb' or 'none'")
+    need(c.logger.mode in ("auto", "online", "offline"), "logger.mode", "auto, online or offline")
+    r = c.learner.num_ranks
+    for key, size in (("warmup.batch_size", c.warmup.batch_size), ("rft.batch_size", c.rft.batch_size),
+                      ("rl.prompts_per_step * rl.group_size", c.rl.prompts_per_step * c.rl.group_size)):
+        need(size % r == 0, key, f"a multiple of learner.num_ranks ({r}), got {size}")
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
