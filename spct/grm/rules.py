@@ -1,0 +1,116 @@
+"""Response orders and the SPCT correctness rules (Eq. 10 and 11) and the RFT filter.
+
+Responses are shuffled before every sample so the model cannot learn a position bias; the
+ground-truth label must move with them. An `order` is a permutation of range(n): prompt
+position p shows response order[p]. Every function here that takes one validates it, because
+a wrong order silently relabels the data.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from numbers import Integral, Real
+
+
+def check_order(order: Sequence[int], n: int) -> list[int]:
+    """Return `order` as a list of ints, or raise ValueError saying how it is not a permutation."""
+    try:
+        items = list(order)
+    except TypeError:
+        raise ValueError(f"order: expected a permutation of range({n}), got {order!r}") from None
+    for p, o in enumerate(items):
+        if isinstance(o, bool) or not isinstance(o, Integral):
+            raise ValueError(f"order[{p}]: expected an integer, got {o!r}")
+    items = [int(o) for o in items]
+    if len(items) != n:
+        raise ValueError(f"order: has {len(items)} entries for {n} responses, expected {n}")
+    seen: set[int] = set()
+    for p, o in enumerate(items):
+        if not 0 <= o < n:
+            raise ValueError(f"order[{p}] = {o} is out of range(0, {n}) for {n} responses")
+        if o in seen:
+            raise ValueError(
+                f"order[{p}] = {o} repeats an earlier entry; order {items} is not a permutation"
+            )
+        seen.add(o)
+    return items
+
+
+def random_order(n: int, rng: random.Random) -> list[int]:
+    """A uniformly random order of n responses drawn from `rng` (seeded by the caller)."""
+    if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+        raise ValueError(f"random_order: n must be an integer >= 1, got {n!r}")
+    order = list(range(n))
+    rng.shuffle(order)
+    return order
+
+
+def map_back(prompt_scores: Sequence[int] | None, order: Sequence[int]) -> list[int] | None:
+    """Scores in prompt order to the original response order (original[order[p]] = score p)."""
+    if prompt_scores is None:
+        return None
+    order = check_order(order, len(order))
+    if len(prompt_scores) != len(order):
+        raise ValueError(
+            f"map_back: {len(prompt_scores)} scores for an order of {len(order)} responses"
+        )
+    original = [0] * len(order)
+    for p, o in enumerate(order):
+        original[o] = prompt_scores[p]
+    return original
+
+
+def best_index(rewards: Sequence[float]) -> int:
+    """Index of the unique maximum reward; ValueError when there is none (the label is ambiguous)."""
+    if not rewards:
+        raise ValueError("rewards: expected at least one reward")
+    for i, r in enumerate(rewards):
+        if isinstance(r, bool) or not isinstance(r, Real):
+            raise ValueError(f"rewards[{i}]: expected a number, got {r!r}")
+    top = max(rewards)
+    winners = [i for i, r in enumerate(rewards) if r == top]
+    if len(winners) != 1:
+        raise ValueError(f"rewards: expected one unique maximum, got {list(rewards)}")
+    return winners[0]
+
+
+def hint_position(rewards: Sequence[float], order: Sequence[int]) -> int:
+    """1-based prompt position of the best response once the responses are put in `order`."""
+    best = best_index(rewards)
+    return check_order(order, len(rewards)).index(best) + 1
+
+
+def is_correct(scores: Sequence[float] | None, rewards: Sequence[float]) -> bool:
+    """Eq. 10: did this trajectory rank the ground-truth best response strictly first?
+
+    For n >= 2 the best response's score must beat every other score (a tie at the top is
+    wrong, otherwise a model could score everything equal and be right). For n = 1 there is
+    nothing to rank, so the score must equal the reward (the 0/1 verifiable label). A parse
+    failure (None) or a score list of the wrong length is simply wrong. Rewards without a
+    unique maximum are bad data, not a model error: ValueError.
+    """
+    if scores is None or len(scores) != len(rewards) or not rewards:
+        return False
+    if len(rewards) == 1:
+        return scores[0] == rewards[0]
+    j = best_index(rewards)
+    return all(scores[j] > s for i, s in enumerate(scores) if i != j)
+
+
+def rule_reward(scores: Sequence[float] | None, rewards: Sequence[float]) -> float:
+    """Eq. 11: +1 for a correct trajectory, -1 otherwise. No format term: the KL keeps the format."""
+    return 1.0 if is_correct(scores, rewards) else -1.0
+
+
+def rft_accept(correct: Sequence[bool], hinted: bool = False) -> list[bool]:
+    """Which of one item's sampled trajectories rejective fine-tuning keeps.
+
+    Non-hinted: only correct ones, and none at all when every sample is correct, because an
+    item the sampler always gets right teaches nothing. Hinted samples were given the answer,
+    so their being correct says nothing about difficulty: each correct one is kept.
+    """
+    flags = [bool(c) for c in correct]
+    if not hinted and flags and all(flags):
+        return [False] * len(flags)
+    return flags

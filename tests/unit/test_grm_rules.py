@@ -1,0 +1,157 @@
+"""Orders, Eq. 10 / Eq. 11 and the RFT acceptance filter."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spct.grm import (
+    check_order,
+    hint_position,
+    is_correct,
+    map_back,
+    random_order,
+    rft_accept,
+    rule_reward,
+)
+
+
+@pytest.mark.parametrize(
+    ("order", "n", "message"),
+    [
+        ([0, 0, 1], 3, "repeats"),
+        ([0, 1], 3, "2 entries for 3 responses"),
+        ([0, 1, 3], 3, r"order\[2\] = 3 is out of range"),
+        ([0, -1, 1], 3, "out of range"),
+        ([0, 1.0, 2], 3, r"order\[1\]: expected an integer"),
+        ([True, False], 2, "expected an integer"),
+        (None, 2, "permutation"),
+    ],
+)
+def test_check_order_names_the_problem(order, n, message):
+    with pytest.raises(ValueError, match=message):
+        check_order(order, n)
+
+
+def test_random_order_is_a_seeded_uniform_permutation():
+    rng = random.Random(0)
+    seen = {tuple(random_order(3, rng)) for _ in range(200)}
+    assert seen == set(itertools.permutations(range(3)))
+    assert random_order(5, random.Random(7)) == random_order(5, random.Random(7))
+    with pytest.raises(ValueError):
+        random_order(0, rng)
+
+
+def test_map_back_example():
+    # prompt shows responses 2, 0, 1; the model scored them 8, 3, 5 in that order
+    assert map_back([8, 3, 5], [2, 0, 1]) == [3, 5, 8]
+    assert map_back(None, [2, 0, 1]) is None
+    with pytest.raises(ValueError):
+        map_back([8, 3], [2, 0, 1])
+
+
+@given(st.data())
+def test_map_back_undoes_the_shuffle(data):
+    original = data.draw(st.lists(st.integers(1, 10), min_size=1, max_size=8))
+    order = data.draw(st.permutations(range(len(original))))
+    prompt_scores = [original[o] for o in order]
+    assert map_back(prompt_scores, order) == original
+
+
+def test_hint_position_follows_the_best_response():
+    rewards = [0.1, 0.9, 0.3]
+    assert hint_position(rewards, [0, 1, 2]) == 2
+    assert hint_position(rewards, [1, 2, 0]) == 1
+    assert hint_position(rewards, [2, 0, 1]) == 3
+    with pytest.raises(ValueError, match="unique maximum"):
+        hint_position([1, 1], [0, 1])
+
+
+@pytest.mark.parametrize(
+    ("scores", "rewards", "expected"),
+    [
+        ([9, 2], [1.0, 0.0], True),
+        ([2, 9], [1.0, 0.0], False),
+        ([9, 9], [1.0, 0.0], False),  # a tie at the top is wrong
+        ([5, 9, 9], [0, 1, 0], False),
+        ([5, 9, 8], [0, 1, 0], True),
+        ([1, 1, 1], [0, 1, 0], False),
+        ([1, 1, 2], [0, 0.5, 1], True),  # only the best must win; others may tie
+        ([1], [1], True),
+        ([0], [1], False),
+        ([0], [0], True),
+        ([1], [0.0], False),
+        (None, [1, 0], False),
+        ([9], [1, 0], False),  # wrong length is wrong, not a crash
+        ([9, 2, 1], [1, 0], False),
+        ([], [1], False),
+    ],
+)
+def test_eq10(scores, rewards, expected):
+    assert is_correct(scores, rewards) is expected
+    assert rule_reward(scores, rewards) == (1.0 if expected else -1.0)
+
+
+@given(st.data())
+def test_eq10_agrees_with_its_definition(data):
+    n = data.draw(st.integers(2, 6))
+    rewards = data.draw(st.lists(st.integers(0, 100), min_size=n, max_size=n, unique=True))
+    scores = data.draw(st.lists(st.integers(1, 10), min_size=n, max_size=n))
+    j = rewards.index(max(rewards))
+    winners = [i for i, s in enumerate(scores) if s == max(scores)]
+    assert is_correct(scores, rewards) == (winners == [j])
+
+
+def test_eq10_rejects_an_ambiguous_label():
+    with pytest.raises(ValueError, match="unique maximum"):
+        is_correct([9, 2], [1, 1])
+
+
+def test_rule_reward_is_exactly_plus_or_minus_one():
+    assert rule_reward([9, 2], [1, 0]) == 1.0
+    assert rule_reward([2, 9], [1, 0]) == -1.0
+    assert rule_reward(None, [1, 0]) == -1.0
+
+
+@pytest.mark.parametrize(
+    ("correct", "expected"),
+    [
+        ([True, False, True], [True, False, True]),
+        ([False, False, False], [False, False, False]),
+        ([True, True, True], [False, False, False]),  # too easy
+        ([True], [False]),
+        ([False], [False]),
+        ([], []),
+    ],
+)
+def test_rft_accept_non_hinted(correct, expected):
+    assert rft_accept(correct) == expected
+
+
+@pytest.mark.parametrize(
+    ("correct", "expected"),
+    [
+        ([True], [True]),  # no too-easy filter for hinted samples
+        ([False], [False]),
+        ([True, True], [True, True]),
+        ([True, False], [True, False]),
+    ],
+)
+def test_rft_accept_hinted(correct, expected):
+    assert rft_accept(correct, hinted=True) == expected
+
+
+def test_the_core_imports_no_heavy_stack():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, spct.grm; "
+        "heavy = [m for m in ('ray', 'vllm', 'deepspeed', 'torch') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
