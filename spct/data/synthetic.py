@@ -1,0 +1,303 @@
+"""A synthetic verifiable task on which SPCT's mechanisms have something to act on.
+
+A query asks for m small independent sums ("aspects"), e.g. `Solve: 3+4 ; 7+8 ; 2+5 ; 1+1`;
+a response answers all of them (`7 15 6 2`). A program knows which answers are right, so the
+ground truth is exact: the reward of a response is its number of correct answers, and the
+best response beats every other by a chosen margin.
+
+The task is shaped for inference-time scaling. A critique's principles pick WHICH aspects it
+checks, and its scores reflect the share of checked answers that passed. One critique that
+checks part of the evidence can miss the aspect on which the best response differs and tie;
+several critiques with different principles see more of it, so voting can beat one greedy
+critique. With a single aspect (or a critique that always checks every aspect) it could not:
+greedy would already return each item's most likely verdict.
+
+`write_trajectory` is the programmatic GRM used for warm-up data: it writes the three-part
+output (principles, analysis, scores) a model then learns to write itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spct.data.schema import DataError, Item, validate
+from spct.grm import check_order, format_scores
+
+SPLITS = ("train", "validation", "test")
+
+# Queries are partitioned between splits by a hash of the query itself (independent of the
+# seed), so no test query is ever seen in training, whatever seeds produced either set.
+_SPLIT_BUCKETS = {"train": range(0, 8), "validation": range(8, 9), "test": range(9, 10)}
+
+ASPECT = "Sum"
+DELTAS = (-2, -1, 1, 2, -10, 10)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Shape and difficulty of the synthetic task.
+
+    margin: how many more correct answers the best response has than the runner-up (1 is the
+    hardest: the two differ in a single aspect). single_fraction: share of items with one
+    response (reward 1 when every answer is right, else 0), drawn only when min_responses is 1.
+    single_correct_fraction: share of those single responses that are fully right. deltas: how
+    a wrong answer misses the true one (small, plausible slips, including a lost carry).
+    """
+
+    n_aspects: int = 4
+    max_operand: int = 9
+    min_responses: int = 1
+    max_responses: int = 4
+    margin: int = 1
+    single_fraction: float = 0.2
+    single_correct_fraction: float = 0.5
+    deltas: tuple[int, ...] = DELTAS
+
+    def __post_init__(self) -> None:
+        def bad(field: str, expected: str) -> ValueError:
+            return ValueError(f"SyntheticConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
+
+        if self.n_aspects < 1:
+            raise bad("n_aspects", "an integer >= 1")
+        if self.max_operand < 1:
+            raise bad("max_operand", "an integer >= 1")
+        if self.min_responses < 1:
+            raise bad("min_responses", "an integer >= 1")
+        if self.max_responses < self.min_responses:
+            raise bad("max_responses", f"an integer >= min_responses ({self.min_responses})")
+        if not 1 <= self.margin <= self.n_aspects:
+            raise bad("margin", f"an integer in [1, n_aspects = {self.n_aspects}]")
+        if not 0.0 <= self.single_fraction <= 1.0:
+            raise bad("single_fraction", "a share in [0, 1]")
+        if self.single_fraction > 0 and self.min_responses > 1:
+            raise bad("single_fraction", f"0 when min_responses = {self.min_responses} > 1")
+        if self.max_responses == 1 and self.single_fraction < 1:
+            raise bad("single_fraction", "1 when max_responses = 1 (every item has one response)")
+        if not 0.0 <= self.single_correct_fraction <= 1.0:
+            raise bad("single_correct_fraction", "a share in [0, 1]")
+        if 0 in self.deltas or not any(d > 0 for d in self.deltas):
+            raise bad("deltas", "non-zero offsets, at least one of them positive")
+
+
+def split_of(query: str) -> str:
+    """The split a query belongs to (a fixed partition of the query space)."""
+    bucket = int.from_bytes(hashlib.blake2b(query.encode(), digest_size=8).digest(), "big") % 10
+    return next(name for name, r in _SPLIT_BUCKETS.items() if bucket in r)
+
+
+def render_query(operands: Sequence[Sequence[int]]) -> str:
+    return "Solve: " + " ; ".join(f"{a}+{b}" for a, b in operands)
+
+
+def render_response(claims: Sequence[int]) -> str:
+    return " ".join(str(c) for c in claims)
+
+
+def make_items(
+    n_items: int, seed: int = 0, split: str = "train", config: SyntheticConfig | None = None
+) -> list[Item]:
+    """`n_items` distinct items of `split`, a pure function of (seed, split, config).
+
+    Raises ValueError for an unknown split, or when the query space of a small config cannot
+    supply that many distinct items.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    if n_items < 0:
+        raise ValueError(f"n_items: expected >= 0, got {n_items}")
+    config = config or SyntheticConfig()
+    rng = random.Random(f"spct-synthetic:{seed}:{split}")
+    items: list[Item] = []
+    seen: set[str] = set()
+    attempts = 0
+    max_attempts = 200 * n_items + 1000
+    while len(items) < n_items:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"make_items: found only {len(items)} distinct {split} items of {n_items} "
+                f"after {max_attempts} draws; enlarge max_operand or n_aspects"
+            )
+        item = _draw_item(rng, config, split)
+        if item is None:
+            continue
+        key = item.conversation[0]["content"] + "\n" + "\n".join(item.responses)
+        if key in seen:
+            continue
+        seen.add(key)
+        item.id = f"synthetic-{split}-{seed}-{len(items)}"
+        items.append(validate(item, item.id))
+    return items
+
+
+def make_splits(
+    config: SyntheticConfig | None, seed: int, sizes: dict[str, int]
+) -> dict[str, list[Item]]:
+    """One list of items per requested split, e.g. sizes = {"train": 2000, "test": 500}."""
+    return {split: make_items(n, seed, split, config) for split, n in sizes.items()}
+
+
+def _draw_item(rng: random.Random, cfg: SyntheticConfig, split: str) -> Item | None:
+    m = cfg.n_aspects
+    operands = [(rng.randint(0, cfg.max_operand), rng.randint(0, cfg.max_operand)) for _ in range(m)]
+    query = render_query(operands)
+    if split_of(query) != split:
+        return None
+    answers = [a + b for a, b in operands]
+    if cfg.min_responses == 1 and rng.random() < cfg.single_fraction:
+        n_right = m if rng.random() < cfg.single_correct_fraction else m - rng.randint(1, m)
+        counts = [n_right]
+    else:
+        n = rng.randint(max(2, cfg.min_responses), cfg.max_responses)
+        best = rng.randint(cfg.margin, m)
+        runner_up = best - cfg.margin
+        counts = [best, runner_up] + [rng.randint(0, runner_up) for _ in range(n - 2)]
+        rng.shuffle(counts)
+    claims = [_claims(rng, answers, c, cfg.deltas) for c in counts]
+    rewards = [float(c) for c in counts]
+    if len(counts) == 1:
+        rewards = [1.0 if counts[0] == m else 0.0]
+    return Item(
+        conversation=[{"role": "user", "content": query}],
+        responses=[render_response(c) for c in claims],
+        rewards=rewards,
+        source="synthetic",
+        subset="single" if len(counts) == 1 else "multi",
+        meta={"operands": [list(p) for p in operands], "answers": answers, "claims": claims},
+    )
+
+
+def _claims(rng: random.Random, answers: list[int], n_right: int, deltas: Sequence[int]) -> list[int]:
+    right = set(rng.sample(range(len(answers)), n_right))
+    return [a if k in right else _slip(rng, a, deltas) for k, a in enumerate(answers)]
+
+
+def _slip(rng: random.Random, value: int, deltas: Sequence[int]) -> int:
+    """A plausible wrong value near `value` (never negative: the sums are of naturals)."""
+    return value + rng.choice([d for d in deltas if value + d >= 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The programmatic critic.
+
+
+@dataclass(frozen=True)
+class Critique:
+    """What one critique checks: aspect indices (ascending) and the value it computes for each.
+
+    A computed value that differs from the true answer is the "consistent wrong reasoning"
+    of a slipped check: every response is judged against it.
+    """
+
+    checked: tuple[int, ...]
+    computed: tuple[int, ...]
+
+
+def ground_truth(item: Item) -> tuple[list[list[int]], list[int], list[list[int]]]:
+    """(operands, answers, claims) from a synthetic item's meta; DataError when absent."""
+    where = item.id or "<item>"
+    for key in ("operands", "answers", "claims"):
+        if key not in item.meta:
+            raise DataError(where, f"meta.{key}", "missing: not an item of spct.data.synthetic")
+    claims = item.meta["claims"]
+    if len(claims) != item.n:
+        raise DataError(where, "meta.claims", f"expected one claim list per response ({item.n})")
+    return item.meta["operands"], item.meta["answers"], claims
+
+
+def plan_critique(
+    item: Item, rng: random.Random, n_checked: int | tuple[int, int], noise: float = 0.0
+) -> Critique:
+    """Choose the principles (which aspects to check) and, with probability `noise`, one slip.
+
+    n_checked is a count or an inclusive (lo, hi) range, clipped to the number of aspects. A
+    slip computes a wrong value that some response claimed when one did (the tempting error),
+    else a nearby wrong value; either way at least one verdict changes.
+    """
+    _, answers, claims = ground_truth(item)
+    m = len(answers)
+    lo, hi = (n_checked, n_checked) if isinstance(n_checked, int) else n_checked
+    if not 1 <= lo <= hi:
+        raise ValueError(f"n_checked: expected an int >= 1 or a range lo <= hi, got {n_checked!r}")
+    count = min(rng.randint(lo, hi), m)
+    checked = sorted(rng.sample(range(m), count))
+    computed = [answers[k] for k in checked]
+    if noise > 0 and rng.random() < noise:
+        slot = rng.randrange(count)
+        truth = answers[checked[slot]]
+        tempting = sorted({c[checked[slot]] for c in claims} - {truth})
+        computed[slot] = rng.choice(tempting) if tempting else _slip(rng, truth, DELTAS)
+    return Critique(tuple(checked), tuple(computed))
+
+
+def critique_scores(item: Item, order: Sequence[int], critique: Critique, low: int = 1, high: int = 10) -> list[int]:
+    """Scores in prompt order: the share of checked answers that match the computed values.
+
+    On the 1..10 range a response scores low + round((high - low) * passed / checked); on a
+    0/1 range (the single-response template) it scores high only when every check passed.
+    """
+    order = check_order(order, item.n)
+    _, _, claims = ground_truth(item)
+    total = len(critique.checked)
+    scores = []
+    for o in order:
+        passed = sum(claims[o][k] == v for k, v in zip(critique.checked, critique.computed, strict=True))
+        if high - low == 1:
+            scores.append(high if passed == total else low)
+        else:
+            scores.append(low + (2 * (high - low) * passed + total) // (2 * total))
+    return scores
+
+
+def oracle_scores(item: Item, order: Sequence[int], checked: Sequence[int], low: int = 1, high: int = 10) -> list[int]:
+    """What a noiseless critique checking `checked` aspects scores, in prompt order."""
+    _, answers, _ = ground_truth(item)
+    aspects = tuple(sorted(checked))
+    critique = Critique(aspects, tuple(answers[k] for k in aspects))
+    return critique_scores(item, order, critique, low, high)
+
+
+def render_trajectory(item: Item, order: Sequence[int], critique: Critique, low: int = 1, high: int = 10) -> str:
+    order = check_order(order, item.n)
+    operands, _, claims = ground_truth(item)
+    weights = _weights(len(critique.checked))
+    criteria = "; ".join(f"{ASPECT} {k + 1} (Weight: {w}%)" for k, w in zip(critique.checked, weights, strict=True))
+    parts = []
+    for k, value in zip(critique.checked, critique.computed, strict=True):
+        a, b = operands[k]
+        verdicts = "; ".join(
+            f"R{p + 1} {claims[o][k]} {'right' if claims[o][k] == value else 'wrong'}" for p, o in enumerate(order)
+        )
+        parts.append(f"{ASPECT} {k + 1}: {a}+{b}={value}; {verdicts}.")
+    scores = critique_scores(item, order, critique, low, high)
+    return f"Specific Criteria: {criteria}\nAnalysis: {' '.join(parts)}\nScores: {format_scores(scores)}"
+
+
+def write_trajectory(
+    item: Item,
+    order: Sequence[int],
+    rng: random.Random,
+    n_checked: int | tuple[int, int],
+    noise: float = 0.0,
+    low: int = 1,
+    high: int = 10,
+) -> str:
+    """A complete GRM output for `item` with its responses shown in `order`.
+
+    Example (two responses, aspects 1 and 3 checked):
+        Specific Criteria: Sum 1 (Weight: 50%); Sum 3 (Weight: 50%)
+        Analysis: Sum 1: 3+4=7; R1 7 right; R2 7 right. Sum 3: 2+5=7; R1 6 wrong; R2 7 right.
+        Scores: \\boxed{6, 10}
+    R indices are prompt positions; scores are in prompt order. Use low=0, high=1 for the
+    single-response template.
+    """
+    return render_trajectory(item, order, plan_critique(item, rng, n_checked, noise), low, high)
+
+
+def _weights(count: int) -> list[int]:
+    """Equal integer percentages summing to 100 (the remainder goes to the last ones)."""
+    base, extra = divmod(100, count)
+    return [base + (1 if i >= count - extra else 0) for i in range(count)]

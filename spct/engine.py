@@ -1,0 +1,301 @@
+"""One vLLM engine serving the model being trained, with in-place weight updates.
+
+`VLLMEngine` is a plain class; the rollout group and the reward pool run it as a Ray actor.
+Everything goes through vLLM's public API: `LLM.generate`, `SamplingParams`, `collective_rpc`
+into a worker extension, `reset_prefix_cache`, `sleep`/`wake_up`. Weights arrive either as
+safetensors bytes (the Ray object store transport), as a folder on disk, or as an NCCL broadcast
+from the learner (GPUs only, `NcclWeightExtension`).
+
+The worker extensions are injected by vLLM into its worker class, so their method names must
+not collide with the worker's own (vLLM asserts on that) and they only reach the worker through
+`self`: `self.reload_weights` is vLLM's in-place reload, which runs the model's weight loaders
+(fused qkv / gate_up, tied embeddings). Calling `model.load_weights` directly does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from spct.versions import check_versions
+
+log = logging.getLogger(__name__)
+
+_RELOAD_EXTENSION = "spct.engine.WeightReloadExtension"
+_NCCL_EXTENSION = "spct.engine.NcclWeightExtension"
+
+
+class WeightReloadExtension:
+    """Methods vLLM mixes into each of its workers (CPU and GPU)."""
+
+    def load_safetensors_bytes(self, payload: bytes) -> int:
+        from safetensors.torch import load
+
+        state = load(payload)
+        self.reload_weights(weights_iterator=iter(state.items()))
+        return len(state)
+
+
+class NcclWeightExtension(WeightReloadExtension):
+    """GPU workers: join a group with the learner (rank 0) and receive broadcast weights.
+
+    The group holds the learner plus every worker of every engine; a worker's rank is its
+    engine's `rank_offset` plus its tensor-parallel rank. Tensors travel in buckets: both sides
+    cut the same (names, dtypes, shapes) list with `plan_buckets`, so only the metadata goes
+    through Ray and the bytes go through NCCL.
+    """
+
+    def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int):
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        group = StatelessProcessGroup.create(
+            host=master_addr, port=port, rank=rank_offset + self.rank, world_size=world_size
+        )
+        self._spct_weight_comm = PyNcclCommunicator(group, device=self.device)
+
+    def receive_broadcast(
+        self,
+        names: list[str],
+        dtypes: list[str],
+        shapes: list[list[int]],
+        bucket_bytes: int,
+    ) -> int:
+        comm = getattr(self, "_spct_weight_comm", None)
+        if comm is None:
+            raise RuntimeError("receive_broadcast before init_weight_group")
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            for bucket in plan_buckets(dtypes, shapes, bucket_bytes):
+                size = sum(nbytes for _, nbytes in bucket)
+                buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+                comm.broadcast(buffer, src=0)
+                torch.cuda.current_stream().synchronize()
+                offset = 0
+                for index, nbytes in bucket:
+                    raw = buffer[offset : offset + nbytes]
+                    dtype = getattr(torch, dtypes[index])
+                    yield names[index], raw.view(dtype).view(shapes[index])
+                    offset += nbytes
+
+        self.reload_weights(weights_iterator=tensors())
+        return len(names)
+
+
+def plan_buckets(
+    dtypes: Sequence[str], shapes: Sequence[Sequence[int]], bucket_bytes: int
+) -> list[list[tuple[int, int]]]:
+    """Cut tensors, in order, into buckets of at most `bucket_bytes` (a bigger tensor goes alone).
+
+    Each bucket lists (tensor index, byte size). Sender and receivers call this on the same
+    metadata, so they agree on the bucket boundaries without exchanging them.
+    """
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes: expected a positive integer, got {bucket_bytes}")
+    buckets: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    used = 0
+    for index, (dtype, shape) in enumerate(zip(dtypes, shapes, strict=True)):
+        numel = 1
+        for dim in shape:
+            numel *= int(dim)
+        nbytes = numel * getattr(torch, dtype).itemsize
+        if current and used + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, used = [], 0
+        current.append((index, nbytes))
+        used += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+_SAMPLING_FIELDS: frozenset[str] | None = None
+
+
+def make_sampling_params(sampling: dict[str, Any]):
+    """SamplingParams from a plain dict, with the sampled token's logprob on by default.
+
+    Logprobs are vLLM's raw ones (the model's distribution before temperature and top-p), which
+    is what the learner recomputes for the importance ratio.
+    """
+    global _SAMPLING_FIELDS
+    from vllm import SamplingParams
+
+    if _SAMPLING_FIELDS is None:
+        _SAMPLING_FIELDS = frozenset(SamplingParams.__struct_fields__)
+    if not isinstance(sampling, dict):
+        raise TypeError(f"sampling: expected a dict of SamplingParams fields, got {sampling!r}")
+    unknown = sorted(set(sampling) - _SAMPLING_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"sampling: unknown field(s) {unknown}; expected SamplingParams fields such as "
+            "n, temperature, top_p, top_k, max_tokens, seed, logprobs, stop"
+        )
+    return SamplingParams(**{"logprobs": 0, **sampling})
+
+
+class VLLMEngine:
+    """One vLLM `LLM`: in-process on CPU, tensor-parallel over its GPUs otherwise.
+
+    Every generation result carries `version`, the number of the weights that produced it
+    (0 = the weights loaded from `model`), so the learner can tell stale rollouts apart.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        max_model_len: int = 512,
+        seed: int = 0,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        kv_cache_gib: float | None = None,
+        enforce_eager: bool = True,
+        enable_prefix_caching: bool = True,
+        enable_sleep_mode: bool = False,
+    ) -> None:
+        check_versions(("torch", "vllm", "transformers"), role="rollout engine")
+        from vllm import LLM
+
+        self.on_gpu = torch.cuda.is_available()
+        kwargs: dict[str, Any] = dict(
+            model=str(model),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            worker_extension_cls=_NCCL_EXTENSION if self.on_gpu else _RELOAD_EXTENSION,
+        )
+        if self.on_gpu:
+            kwargs.update(
+                gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode
+            )
+        elif kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"{model}: the tokenizer has no eos token, so generation could never stop; "
+                "set eos_token in its tokenizer_config.json"
+            )
+        self._version = 0
+        self._asleep = False
+
+    def version(self) -> int:
+        return self._version
+
+    def chat_prompt_ids(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+
+    def generate(
+        self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True
+    ) -> list[dict[str, Any]]:
+        """Sample completions; one dict per prompt, in order (see the module docstring)."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts: expected a list of strings, got a single string")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompts[{i}]: expected a string, got {type(prompt).__name__}")
+        if self._asleep:
+            raise RuntimeError("generate on a sleeping engine: call wake_up() first")
+        params = make_sampling_params(sampling)
+        if not prompts:
+            return []
+        if chat:
+            inputs: list[Any] = [{"prompt_token_ids": self.chat_prompt_ids(p)} for p in prompts]
+        else:
+            inputs = list(prompts)
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [
+            {
+                "prompt_token_ids": list(out.prompt_token_ids),
+                "samples": [_sample(c) for c in out.outputs],
+                "version": self._version,
+            }
+            for out in outputs
+        ]
+
+    def update_weights(self, payload: bytes, version: int) -> int:
+        """Load a full state dict (HF names, safetensors bytes) in place; returns the version."""
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload: expected safetensors bytes, got {type(payload).__name__}")
+        self.llm.collective_rpc("load_safetensors_bytes", args=(bytes(payload),))
+        return self._finish_update(version)
+
+    def update_weights_from_path(self, folder: str, version: int) -> int:
+        """Load the weights of a Hugging Face folder (e.g. a learner checkpoint) in place."""
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"update_weights_from_path: no such folder {folder}")
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
+        return self._finish_update(version)
+
+    def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int):
+        """GPU only: join the learner's NCCL group (see `NcclWeightExtension`)."""
+        self._require_gpu("init_weight_group")
+        self.llm.collective_rpc(
+            "init_weight_group", args=(master_addr, port, rank_offset, world_size)
+        )
+
+    def receive_broadcast(
+        self,
+        names: list[str],
+        dtypes: list[str],
+        shapes: list[list[int]],
+        version: int,
+        bucket_bytes: int,
+    ) -> int:
+        """GPU only: receive one bucketed broadcast from the learner; returns the version."""
+        self._require_gpu("receive_broadcast")
+        self.llm.collective_rpc("receive_broadcast", args=(names, dtypes, shapes, bucket_bytes))
+        return self._finish_update(version)
+
+    def sleep(self, level: int = 1) -> None:
+        """Free GPU memory between rollouts (weights offloaded, KV cache dropped)."""
+        if not self.on_gpu:
+            log.info("sleep: no GPU memory to free on CPU; ignored")
+            return
+        self.llm.sleep(level=level)
+        self._asleep = True
+
+    def wake_up(self) -> None:
+        if not self.on_gpu:
+            log.info("wake_up: nothing to restore on CPU; ignored")
+            return
+        self.llm.wake_up()
+        self._asleep = False
+
+    def _finish_update(self, version: int) -> int:
+        # Cached KV blocks were computed with the old weights.
+        self.llm.reset_prefix_cache()
+        self._version = int(version)
+        return self._version
+
+    def _require_gpu(self, what: str) -> None:
+        if not self.on_gpu:
+            raise RuntimeError(f"{what}: the NCCL transport needs GPUs; use the 'ray' weight sync")
+
+
+def _sample(completion) -> dict[str, Any]:
+    token_ids = [int(t) for t in completion.token_ids]
+    logprobs = None
+    if completion.logprobs is not None:
+        logprobs = [float(step[t].logprob) for step, t in zip(completion.logprobs, token_ids)]
+    return {
+        "text": completion.text,
+        "token_ids": token_ids,
+        "logprobs": logprobs,
+        "finish_reason": completion.finish_reason,
+    }

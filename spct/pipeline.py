@@ -1,0 +1,330 @@
+"""The training pipeline: set-up, the phases in order, checkpoints, a summary.
+
+`Pipeline` owns the components (rollout group, learner group, weight sync, tracker,
+checkpoints) and exposes the few operations the phase recipes (spct/recipes/) are written in:
+`prompt`, `generate`, `new_learner`, `sync`, `log`, `checkpoint`, `evaluate`. Classes below it
+never read the config: the builders here turn config sections into flat arguments.
+
+Features: phases run in the order the config lists; each starts from the previous phase's
+Hugging Face checkpoint; a rerun with the same output_dir resumes from the latest checkpoint
+(a finished phase is skipped, an unfinished one resumes at its last saved step) and first
+syncs the restored weights to the rollout group; held-out greedy accuracy after each phase.
+
+Raises ConfigError (spct.config) for an invalid configuration and VersionMismatch
+(spct.versions) when an actor finds the wrong stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from spct.config import Config
+from spct.data import Item, load_items
+from spct.grm import build_prompt, is_correct, load_template, map_back, parse_scores, random_order
+from spct.tracking import Timings, Tracker
+
+log = logging.getLogger("spct")
+
+
+@dataclasses.dataclass
+class RunState:
+    """What a checkpoint records besides the weights, enough to resume the run."""
+
+    completed: list[str] = dataclasses.field(default_factory=list)
+    phase: str | None = None
+    phase_step: int = 0
+    global_step: int = 0
+    weight_version: int = 0
+    model: str | None = None  # HF folder of the latest weights
+    learner_state: str | None = None  # DeepSpeed checkpoint of an unfinished phase
+    wandb_run_id: str | None = None
+    results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (well-behaved near 0 and 1)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+class Pipeline:
+    def __init__(self, config: Config):
+        self.cfg = config
+        self.out = Path(config.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.timings = Timings()
+        self.state = RunState()
+        self.rollout = None
+        self.sync = None
+        self.learner = None
+        self.tracker: Tracker | None = None
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        import ray
+
+        from spct.rollout import RolloutGroup
+        from spct.weight_sync import make_weight_sync
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self._load_state()
+        if not ray.is_initialized():
+            ray.init(
+                address=cfg.cluster.address,
+                num_cpus=cfg.cluster.num_cpus,
+                num_gpus=cfg.cluster.num_gpus or None,
+                include_dashboard=False,
+                runtime_env={"env_vars": _actor_env()},
+            )
+        if self.state.model is None:
+            self.state.model = self._base_model()
+        self.tokenizer = _load_tokenizer(self.state.model)
+        self.data = self._load_data()
+        self.tracker = Tracker(
+            self.out,
+            kind=cfg.logger.kind,
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            run_name=cfg.logger.run_name or self.out.name,
+            mode=cfg.logger.mode,
+            config=dataclasses.asdict(cfg),
+            run_id=self.state.wandb_run_id,
+        )
+        self.state.wandb_run_id = self.tracker.run_id
+        r = cfg.rollout
+        self.rollout = RolloutGroup(
+            self.state.model,
+            num_engines=r.num_engines,
+            engine_kwargs=dict(
+                dtype=cfg.model.dtype,
+                max_model_len=cfg.model.max_model_len,
+                seed=cfg.seed,
+                tensor_parallel_size=r.tensor_parallel_size,
+                gpu_memory_utilization=r.gpu_memory_utilization,
+                kv_cache_gib=r.kv_cache_gib,
+                enforce_eager=r.enforce_eager,
+                enable_prefix_caching=r.enable_prefix_caching,
+            ),
+            num_cpus_per_engine=r.num_cpus_per_engine,
+            num_gpus_per_engine=r.tensor_parallel_size if cfg.cluster.num_gpus else 0,
+        )
+        self.sync = make_weight_sync("nccl" if cfg.cluster.num_gpus else "ray", self.rollout)
+        if resumed:
+            log.info("resuming %s: completed %s, at %s step %d", self.out, self.state.completed,
+                     self.state.phase, self.state.phase_step)
+
+    def _base_model(self) -> str:
+        m = self.cfg.model
+        if m.path is not None:
+            return m.path
+        from spct.data.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(self.out / "base_model", preset=m.tiny_preset, seed=self.cfg.seed))
+
+    def _load_data(self) -> dict[str, list[Item]]:
+        d = self.cfg.data
+        if d.kind == "synthetic":
+            from spct.data.synthetic import SyntheticConfig, make_splits
+
+            sizes = {"train": d.train_size, "validation": d.validation_size, "test": d.test_size}
+            return make_splits(SyntheticConfig(**d.task), self.cfg.seed, sizes)
+        splits = {}
+        for split in ("train", "validation", "test"):
+            source = getattr(d, split)
+            if source is not None:
+                splits[split] = load_items(source, format=d.format, skip_invalid=d.skip_invalid, split=split)
+        return splits
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> RunState:
+        from spct.recipes import RECIPES
+
+        if self.state.model != self._base_model() or self.state.completed or self.state.phase:
+            self.push_weights_from_folder(self.state.model)
+        for phase in self.cfg.phases:
+            if phase in self.state.completed:
+                log.info("phase %s already complete, skipping", phase)
+                continue
+            start = time.perf_counter()
+            if self.state.phase != phase:
+                self.state.phase, self.state.phase_step, self.state.learner_state = phase, 0, None
+                self.state.extra = {}
+            RECIPES[phase](self)
+            self.state.timings[phase] = {**self.timings.pop(), "time/total": time.perf_counter() - start}
+            self.state.results[phase] = self.evaluate(phase)
+            self.state.completed.append(phase)
+            self.state.phase, self.state.phase_step, self.state.learner_state = None, 0, None
+            self._write_state()
+        return self.state
+
+    def cleanup(self) -> None:
+        if self.learner is not None:
+            self.learner.shutdown()
+        if self.rollout is not None:
+            self.rollout.shutdown()
+        if self.tracker is not None:
+            self.tracker.finish()
+
+    # ---------------------------------------------------------------- operations for recipes
+    def prompt(self, item: Item, order: list[int], hint: bool = False, training: bool = True):
+        """(prompt text, low, high) with the template the item's size calls for."""
+        name = self.cfg.model.single_template if training and item.n == 1 else self.cfg.model.template
+        template = load_template(name)
+        return build_prompt(item, order, hint=hint or None, template=template), template.low, template.high
+
+    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, seed: int | None = None):
+        sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
+        if seed is not None:
+            sampling["seed"] = seed
+        with self.timings("generate"):
+            return self.rollout.generate(prompts, sampling)
+
+    def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool):
+        """A learner group starting from the latest weights (and optimizer state on resume)."""
+        from spct.learner import LearnerGroup
+
+        if self.learner is not None:
+            self.learner.shutdown()
+        lc = self.cfg.learner
+        self.learner = LearnerGroup(
+            lc.num_ranks,
+            dict(
+                model=self.state.model,
+                zero_stage=lc.zero_stage,
+                lr=lr,
+                weight_decay=lc.weight_decay,
+                betas=tuple(lc.betas),
+                warmup_steps=warmup_steps,
+                total_steps=total_steps,
+                lr_schedule=lc.lr_schedule,
+                micro_batch_size=lc.micro_batch_size,
+                grad_clip=lc.grad_clip,
+                dtype=self.cfg.model.dtype,
+                with_reference=with_reference,
+                seed=self.cfg.seed,
+                gradient_checkpointing=lc.gradient_checkpointing,
+            ),
+            num_cpus_per_rank=lc.num_cpus_per_rank,
+            num_gpus_per_rank=1 if self.cfg.cluster.num_gpus else 0,
+        )
+        if self.state.learner_state:
+            self.learner.load_state(self.state.learner_state)
+        return self.learner
+
+    def sync_weights(self) -> int:
+        """Push the learner's weights to every rollout engine; returns the new version."""
+        with self.timings("weight_sync"):
+            self.state.weight_version += 1
+            self.sync.push(self.learner.state_for_sync(), self.state.weight_version)
+        return self.state.weight_version
+
+    def push_weights_from_folder(self, folder: str) -> None:
+        with self.timings("weight_sync"):
+            self.rollout.update_weights_from_path(folder, self.state.weight_version)
+
+    def log(self, metrics: dict[str, Any], phase: str) -> None:
+        self.state.global_step += 1
+        self.tracker.log(metrics, step=self.state.global_step, phase=phase, phase_step=self.state.phase_step)
+
+    def maybe_checkpoint(self, every: int) -> None:
+        if every and self.state.phase_step % every == 0:
+            self.checkpoint(final=False)
+
+    def checkpoint(self, final: bool) -> None:
+        """Save the learner's weights in HF format (plus optimizer state unless final)."""
+        name = f"{self.state.phase}-final" if final else f"{self.state.phase}-step{self.state.phase_step:06d}"
+        folder = self.ckpt_dir / name
+        self.learner.save(str(folder / "model"))
+        self.state.model = str(folder / "model")
+        self.state.learner_state = None
+        if not final:
+            self.learner.save_state(str(folder / "learner"))
+            self.state.learner_state = str(folder / "learner")
+        self._write_state()
+        self._prune(keep=self.cfg.checkpoint.keep_last)
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, phase: str) -> dict[str, float]:
+        """Greedy held-out accuracy (Eq. 10) on the eval split, with a 95% interval."""
+        items = self.data.get(self.cfg.eval.split) or []
+        if self.cfg.eval.max_items:
+            items = items[: self.cfg.eval.max_items]
+        if not items:
+            log.warning("no %s split to evaluate on", self.cfg.eval.split)
+            return {}
+        rng = random.Random(f"{self.cfg.seed}:eval")  # the same orders after every phase
+        orders = [random_order(it.n, rng) for it in items]
+        prompts = [self.prompt(it, o, training=False) for it, o in zip(items, orders, strict=True)]
+        results = self.generate([p for p, _, _ in prompts], n=1, temperature=0.0)
+        correct = failures = 0
+        for it, order, (_, low, high), res in zip(items, orders, prompts, results, strict=True):
+            scores = parse_scores(res["samples"][0]["text"], it.n, low, high)
+            failures += scores is None
+            correct += is_correct(map_back(scores, order), it.rewards)
+        lo, hi = wilson_interval(correct, len(items))
+        out = {"accuracy": correct / len(items), "ci_low": lo, "ci_high": hi,
+               "parse_failure_rate": failures / len(items), "n": len(items)}
+        self.tracker.log({f"eval/{k}": v for k, v in out.items()}, step=self.state.global_step, phase=phase)
+        log.info("%s: held-out greedy accuracy %.3f [%.3f, %.3f] on %d items", phase, out["accuracy"], lo, hi,
+                 len(items))
+        return out
+
+    # ---------------------------------------------------------------- state on disk
+    def save_progress(self) -> None:
+        """Record progress that is not a checkpoint (e.g. RFT samples already on disk)."""
+        self._write_state()
+
+    def _write_state(self) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.ckpt_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(self.state), indent=1))
+        os.replace(tmp, self.ckpt_dir / "state.json")
+
+    def _load_state(self) -> bool:
+        path = self.ckpt_dir / "state.json"
+        if not path.exists():
+            return False
+        self.state = RunState(**json.loads(path.read_text()))
+        return True
+
+    def _prune(self, keep: int) -> None:
+        """Drop old step checkpoints; phase-final ones and the ones in use stay."""
+        in_use = {Path(p).parent for p in (self.state.model, self.state.learner_state) if p}
+        steps = sorted(p for p in self.ckpt_dir.glob("*-step*") if p.is_dir() and p not in in_use)
+        for old in steps[: max(0, len(steps) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _actor_env() -> dict[str, str]:
+    """Environment every actor inherits (set once here, where it is visible)."""
+    env = {
+        # In-process vLLM engines: seconds to start on CPU instead of tens.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key in ("WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def _load_tokenizer(path: str):
+    from spct.data.tiny import load_tokenizer
+
+    return load_tokenizer(path)

@@ -1,0 +1,122 @@
+"""Rejective fine-tuning: sample trajectories, keep the correct ones of non-trivial items, SFT.
+
+Non-hinted: N_RFT samples per item, each with its own response order; incorrect ones are
+dropped, and so is every sample of an item whose N_RFT samples are all correct (too easy).
+Hinted: one more sample whose prompt names the best response; kept if correct, trained on
+WITHOUT the hint. Every sample (kept or not, with its label) is appended to
+rft/trajectories.jsonl as it comes, so an interrupted run loses nothing and the meta RM can
+later train on the non-hinted ones.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from tqdm import tqdm
+
+from spct.grm import is_correct, map_back, parse_scores, random_order, rft_accept
+from spct.recipes.sft import encode_sft, sft_batch
+
+
+def run_rft(p) -> None:
+    c, seed = p.cfg.rft, p.cfg.seed
+    items = list(p.data["train"])
+    random.Random(f"{seed}:rft:items").shuffle(items)
+    items = items[: c.items or len(items)]
+    path = p.out / "rft" / "trajectories.jsonl"
+    if not p.state.extra.get("sampling_done"):
+        _sample(p, items, path)
+    kept = [json.loads(line) for line in path.open()]
+    kept = [t for t in kept if t["accepted"]]
+    if not kept:
+        raise RuntimeError(f"RFT accepted no trajectory (see {path}); nothing to fine-tune on")
+
+    learner = p.new_learner(c.lr, c.warmup_steps, c.sft_steps, with_reference=False)
+    bar = tqdm(range(p.state.phase_step, c.sft_steps), desc="rft sft", initial=p.state.phase_step,
+               total=c.sft_steps)
+    for step in bar:
+        rng = random.Random(f"{seed}:rft:{step}")
+        batch = [kept[rng.randrange(len(kept))] for _ in range(c.batch_size)]
+        with p.timings("train"):
+            metrics = learner.sft_step(sft_batch([encode_sft(p.tokenizer, t["prompt"], t["completion"])
+                                                  for t in batch]))
+        p.state.phase_step = step + 1
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        p.log(metrics, "rft")
+        p.maybe_checkpoint(p.cfg.checkpoint.every_steps)
+    p.checkpoint(final=True)
+    p.sync_weights()
+
+
+def _sample(p, items, path) -> None:
+    c, seed = p.cfg.rft, p.cfg.seed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = p.state.extra.get("items_done", 0)
+    counts = p.state.extra.setdefault("counts", {"samples": 0, "kept": 0, "too_easy": 0, "all_wrong": 0,
+                                                  "hinted": 0, "hinted_kept": 0, "parse_failures": 0})
+    _truncate(path, p.state.extra.get("lines", 0))
+    per_item = c.n_samples + (1 if c.hinted else 0)
+    chunk = max(1, c.generate_batch // per_item)
+    bar = tqdm(total=len(items), initial=done, desc="rft sampling")
+    with path.open("a") as out:
+        for start in range(done, len(items), chunk):
+            batch = items[start : start + chunk]
+            jobs = []  # (item, order, hinted, training prompt, prompt sent, low, high)
+            for item in batch:
+                rng = random.Random(f"{seed}:rft-sample:{item.id}")
+                for k in range(per_item):
+                    hinted = k == c.n_samples
+                    order = random_order(item.n, rng)
+                    prompt, low, high = p.prompt(item, order)
+                    sent = p.prompt(item, order, hint=True)[0] if hinted else prompt
+                    jobs.append((item, order, hinted, prompt, sent, low, high))
+            results = p.generate([j[4] for j in jobs], n=1, temperature=c.temperature, seed=seed + start)
+            with p.timings("reward"):
+                records = []
+                for (item, order, hinted, prompt, _, low, high), res in zip(jobs, results, strict=True):
+                    text = res["samples"][0]["text"]
+                    scores = parse_scores(text, item.n, low, high)
+                    counts["parse_failures"] += scores is None
+                    records.append({"id": item.id, "order": order, "hinted": hinted, "prompt": prompt,
+                                    "completion": text, "scores": map_back(scores, order),
+                                    "correct": is_correct(map_back(scores, order), item.rewards)})
+                for i in range(0, len(records), per_item):
+                    group = records[i : i + per_item]
+                    plain, hint = group[: c.n_samples], group[c.n_samples :]
+                    for r, keep in zip(plain, rft_accept([r["correct"] for r in plain]), strict=True):
+                        r["accepted"] = keep
+                    for r, keep in zip(hint, rft_accept([r["correct"] for r in hint], hinted=True), strict=True):
+                        r["accepted"] = keep
+                    counts["samples"] += len(plain)
+                    counts["kept"] += sum(r["accepted"] for r in plain)
+                    counts["too_easy"] += all(r["correct"] for r in plain)
+                    counts["all_wrong"] += not any(r["correct"] for r in plain)
+                    counts["hinted"] += len(hint)
+                    counts["hinted_kept"] += sum(r["accepted"] for r in hint)
+            for r in records:
+                out.write(json.dumps(r) + "\n")
+            out.flush()
+            p.state.extra["items_done"] = start + len(batch)
+            p.state.extra["lines"] = p.state.extra.get("lines", 0) + len(records)
+            p.save_progress()
+            bar.update(len(batch))
+            n_items = p.state.extra["items_done"]
+            p.log({"items": n_items,
+                   "accept_rate": counts["kept"] / max(1, counts["samples"]),
+                   "hinted_accept_rate": counts["hinted_kept"] / max(1, counts["hinted"]),
+                   "too_easy_rate": counts["too_easy"] / n_items,
+                   "all_wrong_rate": counts["all_wrong"] / n_items,
+                   "parse_failure_rate": counts["parse_failures"] / max(1, p.state.extra["lines"]),
+                   **p.timings.lap()}, "rft")
+    bar.close()
+    p.state.extra["sampling_done"] = True
+    p.save_progress()
+
+
+def _truncate(path, lines: int) -> None:
+    """Drop lines written after the last recorded progress (a crash mid-chunk)."""
+    if not path.exists():
+        return
+    kept = path.read_text().splitlines(keepends=True)[:lines]
+    path.write_text("".join(kept))

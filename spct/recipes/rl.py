@@ -1,0 +1,65 @@
+"""Rule-based online RL: GRPO with the SPCT rule reward (Eq. 11) and KL to the reference.
+
+Each step: shuffle each item's responses, sample G trajectories of that prompt from the
+rollout group, parse and score them against the ground truth (+1 correct, -1 otherwise, a
+parse failure included), normalise rewards within each group, one learner step on the clipped
+objective plus beta * KL, then sync the new weights (version + 1) to the rollout engines.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from tqdm import tqdm
+
+from spct.algos import group_advantages
+from spct.grm import map_back, parse_scores, random_order, rule_reward
+
+
+def run_rl(p) -> None:
+    c, seed = p.cfg.rl, p.cfg.seed
+    train = p.data["train"]
+    learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=c.beta > 0)
+    bar = tqdm(range(p.state.phase_step, c.steps), desc="rl", initial=p.state.phase_step, total=c.steps)
+    for step in bar:
+        rng = random.Random(f"{seed}:rl:{step}")
+        items = rng.sample(train, c.prompts_per_step)
+        orders = [random_order(it.n, rng) for it in items]
+        prompts = [p.prompt(it, o) for it, o in zip(items, orders, strict=True)]
+        results = p.generate([text for text, _, _ in prompts], n=c.group_size, temperature=c.temperature,
+                             seed=seed * 100_003 + step)
+
+        with p.timings("reward"):
+            rewards, failures, lengths, batch = [], 0, [], {"input_ids": [], "prompt_lens": [], "old_logprobs": []}
+            for item, order, (_, low, high), res in zip(items, orders, prompts, results, strict=True):
+                for sample in res["samples"]:
+                    scores = parse_scores(sample["text"], item.n, low, high)
+                    failures += scores is None
+                    rewards.append(rule_reward(map_back(scores, order), item.rewards))
+                    lengths.append(len(sample["token_ids"]))
+                    batch["input_ids"].append(res["prompt_token_ids"] + sample["token_ids"])
+                    batch["prompt_lens"].append(len(res["prompt_token_ids"]))
+                    batch["old_logprobs"].append(sample["logprobs"])
+            batch["advantages"] = group_advantages(torch.tensor(rewards), c.group_size).tolist()
+
+        with p.timings("train"):
+            metrics = learner.grpo_step(batch, clip_eps=c.clip_eps, beta=c.beta, kl_kind=c.kl_kind)
+        version = p.sync_weights()
+        p.state.phase_step = step + 1
+        times = p.timings.lap()
+        n = len(rewards)
+        metrics.update({
+            "reward_mean": sum(rewards) / n,
+            "accuracy": sum(r > 0 for r in rewards) / n,
+            "parse_failure_rate": failures / n,
+            "response_length": sum(lengths) / n,
+            "tokens_per_s": sum(lengths) / max(times.get("time/generate", 0.0), 1e-9),
+            "weight_version": version,
+            "rollout_version_lag": version - 1 - min(r["version"] for r in results),
+            **times,
+        })
+        bar.set_postfix(acc=f"{metrics['accuracy']:.2f}", kl=f"{metrics.get('kl', 0.0):.4f}")
+        p.log(metrics, "rl")
+        p.maybe_checkpoint(p.cfg.checkpoint.every_steps)
+    p.checkpoint(final=True)

@@ -1,0 +1,24 @@
+"""Turning (prompt, completion) text into the token ids the learner trains on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def encode_sft(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Chat-formatted prompt ids + completion ids + eos, and the prompt length.
+
+    The prompt goes through the same chat template the rollout engines apply, so the model is
+    trained on exactly the token sequence it will later be sampled from.
+    """
+    prompt_ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    if not isinstance(prompt_ids, list):
+        prompt_ids = prompt_ids["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return [*prompt_ids, *completion_ids, tokenizer.eos_token_id], len(prompt_ids)
+
+
+def sft_batch(examples: list[tuple[list[int], int]]) -> dict[str, Any]:
+    return {"input_ids": [ids for ids, _ in examples], "prompt_lens": [n for _, n in examples]}

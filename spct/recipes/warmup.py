@@ -1,0 +1,39 @@
+"""Warm-up: SFT on programmatic GRM trajectories of the synthetic task, with noisy verdicts.
+
+Only the embedded default needs it: its model starts from random weights and must first learn
+the output format. The verdicts are deliberately noisy (a check slips in a consistent way) so
+that RFT's rejection filter has something to remove afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tqdm import tqdm
+
+from spct.data.synthetic import write_trajectory
+from spct.grm import random_order
+from spct.recipes.sft import encode_sft, sft_batch
+
+
+def run_warmup(p) -> None:
+    c, seed = p.cfg.warmup, p.cfg.seed
+    train = p.data["train"]
+    learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=False)
+    bar = tqdm(range(p.state.phase_step, c.steps), desc="warmup", initial=p.state.phase_step, total=c.steps)
+    for step in bar:
+        rng = random.Random(f"{seed}:warmup:{step}")
+        examples = []
+        for item in rng.sample(train, c.batch_size):
+            order = random_order(item.n, rng)
+            prompt, low, high = p.prompt(item, order)
+            completion = write_trajectory(item, order, rng, (c.checks_min, c.checks_max), c.noise, low, high)
+            examples.append(encode_sft(p.tokenizer, prompt, completion))
+        with p.timings("train"):
+            metrics = learner.sft_step(sft_batch(examples))
+        p.state.phase_step = step + 1
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        p.log(metrics, "warmup")
+        p.maybe_checkpoint(p.cfg.checkpoint.every_steps)
+    p.checkpoint(final=True)
+    p.sync_weights()
