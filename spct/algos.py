@@ -31,7 +31,9 @@ _F = TypeVar("_F", bound=Callable)
 def _register(registry: dict[str, _F], kind: str, name: str) -> Callable[[_F], _F]:
     def add(fn: _F) -> _F:
         if name in registry:
-            raise ValueError(f"{kind} '{name}' is already registered (by {registry[name].__name__})")
+            raise ValueError(
+                f"{kind} '{name}' is already registered (by {registry[name].__name__})"
+            )
         registry[name] = fn
         return fn
 
@@ -177,6 +179,7 @@ def _clipped_objective(
     clip_eps_high: float | None,
     beta: float,
     kl_kind: str,
+    kl_ratio_correction: bool,
 ) -> tuple[Tensor, dict[str, float]]:
     """Per-token PPO-clip loss plus beta * KL, and the token-mean metrics that describe it.
 
@@ -189,9 +192,10 @@ def _clipped_objective(
             raise ValueError(f"{name}: expected shape {tuple(logp.shape)}, got {tuple(t.shape)}")
     if advantages.dim() == 1 and advantages.shape[0] == logp.shape[0]:
         advantages = advantages.unsqueeze(-1)
-    elif advantages.shape != logp.shape:
+    elif advantages.shape not in (logp.shape, (logp.shape[0], 1)):
         raise ValueError(
-            f"advantages: expected shape ({logp.shape[0]},) or {tuple(logp.shape)}, "
+            f"advantages: expected shape ({logp.shape[0]},), ({logp.shape[0]}, 1) or "
+            f"{tuple(logp.shape)}, "
             f"got {tuple(advantages.shape)}"
         )
     eps_low = clip_eps
@@ -220,6 +224,8 @@ def _clipped_objective(
     metrics: dict[str, float] = {}
     if ref_logp is not None:
         kl = kl_estimate(logp, ref_logp, kl_kind)
+        if kl_ratio_correction:
+            kl = kl * ratio
         if beta > 0:
             per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask).item()
@@ -244,21 +250,35 @@ def grpo_policy_loss(
     clip_eps_high: float | None = None,
     beta: float = 0.0,
     kl_kind: str = "k3",
+    kl_ratio_correction: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """GRPO loss: clipped ratio surrogate per token plus beta * KL, averaged per sequence.
 
     Per token, with ratio = exp(logp - old_logp) and A the sequence's advantage:
     -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps_high) * A) + beta * KL(pi || pi_ref).
     `clip_eps_high` defaults to `clip_eps` (symmetric); a larger one is DAPO's clip-higher.
+    `kl_ratio_correction` multiplies the per-token KL by the (differentiable) ratio: the tokens
+    come from the old policy, and the weighted estimate has the unbiased reverse-KL gradient
+    (DeepSeek-V3.2). Off by default, as in the DeepSeekMath GRPO the paper follows; TRL 1.16
+    turns it on by default (`use_bias_correction_kl`).
     The per-token loss is averaged over each sequence's valid tokens, then over sequences,
     as in the paper and TRL's "grpo" loss type.
 
     Metrics (floats, token means over valid tokens): `clip_fraction`, the share of tokens
-    whose gradient the clip removed; `ratio_mean`; and `kl` when `ref_logp` is given (also
-    with beta = 0, to watch the drift).
+    whose gradient the clip removed; `ratio_mean`; and `kl`, the penalty's per-token term,
+    when `ref_logp` is given (also with beta = 0, to watch the drift).
     """
     per_token, metrics = _clipped_objective(
-        logp, old_logp, advantages, mask, ref_logp, clip_eps, clip_eps_high, beta, kl_kind
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        ref_logp,
+        clip_eps,
+        clip_eps_high,
+        beta,
+        kl_kind,
+        kl_ratio_correction,
     )
     return per_sequence_token_mean(per_token, mask), metrics
 
@@ -274,6 +294,7 @@ def token_mean_policy_loss(
     clip_eps_high: float | None = None,
     beta: float = 0.0,
     kl_kind: str = "k3",
+    kl_ratio_correction: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """The same per-token objective as `grpo_policy_loss`, averaged over all valid tokens.
 
@@ -282,7 +303,16 @@ def token_mean_policy_loss(
     per-sequence mean's bias towards short correct and long wrong answers.
     """
     per_token, metrics = _clipped_objective(
-        logp, old_logp, advantages, mask, ref_logp, clip_eps, clip_eps_high, beta, kl_kind
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        ref_logp,
+        clip_eps,
+        clip_eps_high,
+        beta,
+        kl_kind,
+        kl_ratio_correction,
     )
     return masked_mean(per_token, mask), metrics
 

@@ -73,23 +73,15 @@ def test_group_of_one_gets_zero_not_nan():
     assert torch.equal(adv, torch.zeros(3))
 
 
-@given(
-    st.lists(st.sampled_from([-1.0, 1.0]), min_size=1, max_size=6).flatmap(
-        lambda group: st.tuples(
-            st.just(len(group)),
-            st.lists(st.sampled_from([-1.0, 1.0]), min_size=len(group), max_size=len(group) * 5),
-        )
-    )
-)
+@given(g=st.integers(1, 6), n_groups=st.integers(1, 5), data=st.data())
 @settings(max_examples=50, deadline=None)
-def test_group_advantages_are_finite_and_centred(case):
-    g, values = case
-    values = values[: len(values) // g * g]
-    if not values:
-        return
+def test_group_advantages_are_finite_and_centred(g, n_groups, data):
+    values = data.draw(
+        st.lists(st.sampled_from([-1.0, 0.0, 1.0]), min_size=g * n_groups, max_size=g * n_groups)
+    )
     adv = group_advantages(torch.tensor(values), group_size=g).reshape(-1, g)
     assert torch.isfinite(adv).all()
-    torch.testing.assert_close(adv.sum(dim=1), torch.zeros(adv.shape[0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(adv.sum(dim=1), torch.zeros(n_groups), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -253,7 +245,9 @@ def test_clipping_on_both_sides(ratio, advantage, expected_loss, clipped):
 def test_clip_eps_high_widens_only_the_upper_side():
     logp, old, mask = _one_token(1.25)
     sym, _ = grpo_policy_loss(logp, old, torch.tensor([1.0]), mask, clip_eps=0.2)
-    wide, _ = grpo_policy_loss(logp, old, torch.tensor([1.0]), mask, clip_eps=0.2, clip_eps_high=0.28)
+    wide, _ = grpo_policy_loss(
+        logp, old, torch.tensor([1.0]), mask, clip_eps=0.2, clip_eps_high=0.28
+    )
     assert sym.item() == pytest.approx(-1.2)
     assert wide.item() == pytest.approx(-1.25)
     logp, old, mask = _one_token(0.7)
@@ -298,9 +292,34 @@ def test_kl_metric_is_reported_with_beta_zero_but_not_added():
     assert metrics["kl"] > 0
 
 
+def test_kl_ratio_correction_keeps_the_on_policy_value_and_changes_the_gradient():
+    ref = torch.tensor([[math.log(0.25)]])
+    grads, losses = [], []
+    for correction in (False, True):
+        logp = torch.tensor([[math.log(0.5)]], requires_grad=True)
+        loss, _ = grpo_policy_loss(
+            logp,
+            logp.detach(),
+            torch.zeros(1),
+            torch.ones(1, 1),
+            ref_logp=ref,
+            beta=1.0,
+            kl_ratio_correction=correction,
+        )
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(logp.grad.item())
+    assert losses[0] == pytest.approx(losses[1])
+    # d/dlogp of k3 is 1 - ref/pi = 0.5; with the ratio it gains + k3 (ratio = 1 here).
+    assert grads[0] == pytest.approx(0.5)
+    assert grads[1] == pytest.approx(0.5 + (0.5 + math.log(2) - 1))
+
+
 def test_beta_without_reference_is_an_error():
     with pytest.raises(ValueError, match="ref_logp"):
-        grpo_policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), beta=0.1)
+        grpo_policy_loss(
+            torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), beta=0.1
+        )
 
 
 def test_policy_loss_rejects_mismatched_shapes():
@@ -351,6 +370,8 @@ def test_per_token_advantages_are_accepted():
     logp = torch.zeros(1, 2)
     loss, _ = grpo_policy_loss(logp, logp, torch.tensor([[1.0, 3.0]]), torch.ones(1, 2))
     assert loss.item() == pytest.approx(-2.0)
+    column, _ = grpo_policy_loss(logp, logp, torch.tensor([[3.0]]), torch.ones(1, 2))
+    assert column.item() == pytest.approx(-3.0)
 
 
 # ------------------------------------------------------------------------------- log-probs, SFT
@@ -519,8 +540,11 @@ def test_advantages_match_trl(trl_trainer, scale_rewards, scale):
     torch.testing.assert_close(ours, trl_adv, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("kl_ratio_correction", [False, True])
 @pytest.mark.parametrize("trl_loss_type, ours_name", [("grpo", "grpo"), ("bnpo", "token_mean")])
-def test_policy_loss_and_gradient_match_trl(trl_trainer, trl_loss_type, ours_name):
+def test_policy_loss_and_gradient_match_trl(
+    trl_trainer, trl_loss_type, ours_name, kl_ratio_correction
+):
     """TRL's own _compute_loss on its own rollouts, with off-policy old log-probs so both clip
     sides are active, against ours on log-probs from token_logprobs; values, metrics, grads."""
     trainer, batch = trl_trainer
@@ -544,6 +568,7 @@ def test_policy_loss_and_gradient_match_trl(trl_trainer, trl_loss_type, ours_nam
     inputs["ref_per_token_logps"] = ref
 
     trainer.loss_type = trl_loss_type
+    trainer.args.use_bias_correction_kl = kl_ratio_correction
     try:
         model.zero_grad()
         trl_loss = trainer._compute_loss(model, inputs)
@@ -551,6 +576,7 @@ def test_policy_loss_and_gradient_match_trl(trl_trainer, trl_loss_type, ours_nam
         trl_grads = [p.grad.clone() for p in model.parameters()]
     finally:
         trainer.loss_type = "grpo"
+        trainer.args.use_bias_correction_kl = True
     mode = "train" if model.training else "eval"
     trl_metrics = {k: v[-1] for k, v in trainer._metrics[mode].items()}
 
@@ -564,6 +590,7 @@ def test_policy_loss_and_gradient_match_trl(trl_trainer, trl_loss_type, ours_nam
         clip_eps=TRL_EPS,
         clip_eps_high=TRL_EPS_HIGH,
         beta=TRL_BETA,
+        kl_ratio_correction=kl_ratio_correction,
     )
     loss.backward()
 
@@ -571,5 +598,7 @@ def test_policy_loss_and_gradient_match_trl(trl_trainer, trl_loss_type, ours_nam
     for ours_grad, trl_grad in zip((p.grad for p in model.parameters()), trl_grads, strict=True):
         torch.testing.assert_close(ours_grad, trl_grad, atol=1e-6, rtol=1e-5)
     assert metrics["clip_fraction"] > 0
-    assert metrics["clip_fraction"] == pytest.approx(trl_metrics["clip_ratio/region_mean"], abs=1e-6)
+    assert metrics["clip_fraction"] == pytest.approx(
+        trl_metrics["clip_ratio/region_mean"], abs=1e-6
+    )
     assert metrics["kl"] == pytest.approx(trl_metrics["kl"], abs=1e-6)
