@@ -84,6 +84,9 @@ class WarmupConfig:
 
 @dataclass
 class RFTConfig:
+    # The trajectory sampler: null = the model being trained (its state when RFT starts), or any
+    # local path / hub id of a frozen GRM, served by a GRM reward pool.
+    teacher: str | None = None
     items: int = 0  # 0 = the whole train split
     n_samples: int = 3  # N_RFT
     temperature: float = 1.0

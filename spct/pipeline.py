@@ -72,6 +72,7 @@ class Pipeline:
         self.rollout = None
         self.sync = None
         self.learner = None
+        self.teacher = None
         self.tracker: Tracker | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -129,6 +130,13 @@ class Pipeline:
             log.info("resuming %s: completed %s, at %s step %d", self.out, self.state.completed,
                      self.state.phase, self.state.phase_step)
 
+    def _engine_kwargs(self) -> dict[str, Any]:
+        r, m = self.cfg.rollout, self.cfg.model
+        return dict(dtype=m.dtype, max_model_len=m.max_model_len, seed=self.cfg.seed,
+                    tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
+                    kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager,
+                    enable_prefix_caching=r.enable_prefix_caching)
+
     def _base_model(self) -> str:
         m = self.cfg.model
         if m.path is not None:
@@ -176,8 +184,9 @@ class Pipeline:
     def cleanup(self) -> None:
         if self.learner is not None:
             self.learner.shutdown()
-        if self.rollout is not None:
-            self.rollout.shutdown()
+        for group in (self.rollout, self.teacher):
+            if group is not None:
+                group.shutdown()
         if self.tracker is not None:
             self.tracker.finish()
 
@@ -188,12 +197,26 @@ class Pipeline:
         template = load_template(name)
         return build_prompt(item, order, hint=hint or None, template=template), template.low, template.high
 
-    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, seed: int | None = None):
+    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, seed: int | None = None,
+                 group=None):
+        """Sample from the rollout group (or another engine group, e.g. a teacher pool's)."""
         sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
         if seed is not None:
             sampling["seed"] = seed
         with self.timings("generate"):
-            return self.rollout.generate(prompts, sampling)
+            return (group or self.rollout).generate(prompts, sampling)
+
+    def teacher_pool(self, model: str):
+        """A GRM reward pool serving a frozen teacher, started on first use."""
+        if self.teacher is None:
+            from spct.reward_pool import GRMRewardPool
+
+            r = self.cfg.rollout
+            self.teacher = GRMRewardPool(
+                model, r.num_engines, self._engine_kwargs(), template=self.cfg.model.template,
+                max_new_tokens=self.cfg.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
+                num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0)
+        return self.teacher
 
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool):
         """A learner group starting from the latest weights (and optimizer state on resume)."""

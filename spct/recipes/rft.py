@@ -58,6 +58,7 @@ def _sample(p, items, path) -> None:
     _truncate(path, p.state.extra.get("lines", 0))
     per_item = c.n_samples + (1 if c.hinted else 0)
     chunk = max(1, c.generate_batch // per_item)
+    teacher = p.teacher_pool(c.teacher).group if c.teacher else None
     bar = tqdm(total=len(items), initial=done, desc="rft sampling")
     with path.open("a") as out:
         for start in range(done, len(items), chunk):
@@ -71,7 +72,8 @@ def _sample(p, items, path) -> None:
                     prompt, low, high = p.prompt(item, order)
                     sent = p.prompt(item, order, hint=True)[0] if hinted else prompt
                     jobs.append((item, order, hinted, prompt, sent, low, high))
-            results = p.generate([j[4] for j in jobs], n=1, temperature=c.temperature, seed=seed + start)
+            results = p.generate([j[4] for j in jobs], n=1, temperature=c.temperature, seed=seed + start,
+                                 group=teacher)
             with p.timings("reward"):
                 records = []
                 for (item, order, hinted, prompt, _, low, high), res in zip(jobs, results, strict=True):

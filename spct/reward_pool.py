@@ -1,0 +1,97 @@
+"""The GRM reward pool: vLLM engines serving a frozen GRM, scoring items by voting.
+
+`score(items, k, temperature)` shows each item's responses in a fresh random order for every
+one of its k samples, parses each sample's scores, maps them back to the input order and sums
+them (Voting@k; with a meta RM, only the top k_meta samples count). It is the engine behind
+RFT sampling from a teacher, evaluation and the HTTP reward endpoint.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from spct.data import Item
+from spct.grm import build_prompt, load_template, map_back, parse_scores, random_order, vote
+from spct.rollout import RolloutGroup
+
+
+class GRMRewardPool:
+    def __init__(
+        self,
+        model: str,
+        num_engines: int = 1,
+        engine_kwargs: dict[str, Any] | None = None,
+        template: str = "default",
+        max_new_tokens: int = 1024,
+        num_cpus_per_engine: float = 1,
+        num_gpus_per_engine: float = 0,
+        placement_group=None,
+    ) -> None:
+        self.template = load_template(template)
+        self.max_new_tokens = max_new_tokens
+        self.group = RolloutGroup(
+            model,
+            num_engines,
+            engine_kwargs,
+            num_cpus_per_engine=num_cpus_per_engine,
+            num_gpus_per_engine=num_gpus_per_engine,
+            placement_group=placement_group,
+            name="reward_pool",
+        )
+
+    def sample(
+        self,
+        items: Sequence[Item],
+        k: int,
+        temperature: float = 0.5,
+        seed: int = 0,
+        hint: bool = False,
+    ) -> list[list[dict[str, Any]]]:
+        """k samples per item: {order, prompt, text, scores (input order, None on a parse failure)}."""
+        if k < 1:
+            raise ValueError(f"k: expected >= 1, got {k}")
+        jobs = []
+        for i, item in enumerate(items):
+            rng = random.Random(f"{seed}:pool:{item.id if item.id is not None else i}")
+            for _ in range(k):
+                order = random_order(item.n, rng)
+                jobs.append((i, order, build_prompt(item, order, hint=hint or None, template=self.template)))
+        sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens, seed=seed)
+        results = self.group.generate([prompt for _, _, prompt in jobs], sampling)
+        out: list[list[dict[str, Any]]] = [[] for _ in items]
+        for (i, order, prompt), res in zip(jobs, results, strict=True):
+            text = res["samples"][0]["text"]
+            scores = parse_scores(text, items[i].n, self.template.low, self.template.high)
+            out[i].append({"order": order, "prompt": prompt, "text": text, "scores": map_back(scores, order)})
+        return out
+
+    def score(
+        self,
+        items: Sequence[Item],
+        k: int = 1,
+        temperature: float = 0.5,
+        seed: int = 0,
+        k_meta: int | None = None,
+        meta_score: Callable[[list[dict[str, Any]]], list[float]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per item: {"rewards": voted per-response totals in input order, "samples": [...]}.
+
+        `meta_score`, when given, maps a list of {prompt, completion} trajectories to meta-RM
+        scores; then only the k_meta best-rated samples of each item count.
+        """
+        samples = self.sample(items, k, temperature, seed)
+        out = []
+        for item, its in zip(items, samples, strict=True):
+            meta = None
+            if meta_score is not None:
+                meta = meta_score([{"prompt": s["prompt"], "completion": s["text"]} for s in its])
+                for s, m in zip(its, meta, strict=True):
+                    s["meta_score"] = m
+            totals = vote([s["scores"] for s in its], item.n, k_meta=k_meta if meta else None, meta_scores=meta)
+            out.append({"rewards": totals, "samples": its})
+        return out
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
