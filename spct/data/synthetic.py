@@ -58,7 +58,9 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         def bad(field: str, expected: str) -> ValueError:
-            return ValueError(f"SyntheticConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
+            return ValueError(
+                f"SyntheticConfig.{field}: expected {expected}, got {getattr(self, field)!r}"
+            )
 
         if self.n_aspects < 1:
             raise bad("n_aspects", "an integer >= 1")
@@ -142,7 +144,9 @@ def make_splits(
 
 def _draw_item(rng: random.Random, cfg: SyntheticConfig, split: str) -> Item | None:
     m = cfg.n_aspects
-    operands = [(rng.randint(0, cfg.max_operand), rng.randint(0, cfg.max_operand)) for _ in range(m)]
+    operands = [
+        (rng.randint(0, cfg.max_operand), rng.randint(0, cfg.max_operand)) for _ in range(m)
+    ]
     query = render_query(operands)
     if split_of(query) != split:
         return None
@@ -170,7 +174,9 @@ def _draw_item(rng: random.Random, cfg: SyntheticConfig, split: str) -> Item | N
     )
 
 
-def _claims(rng: random.Random, answers: list[int], n_right: int, deltas: Sequence[int]) -> list[int]:
+def _claims(
+    rng: random.Random, answers: list[int], n_right: int, deltas: Sequence[int]
+) -> list[int]:
     right = set(rng.sample(range(len(answers)), n_right))
     return [a if k in right else _slip(rng, a, deltas) for k, a in enumerate(answers)]
 
@@ -233,7 +239,9 @@ def plan_critique(
     return Critique(tuple(checked), tuple(computed))
 
 
-def critique_scores(item: Item, order: Sequence[int], critique: Critique, low: int = 1, high: int = 10) -> list[int]:
+def critique_scores(
+    item: Item, order: Sequence[int], critique: Critique, low: int = 1, high: int = 10
+) -> list[int]:
     """Scores in prompt order: the share of checked answers that match the computed values.
 
     On the 1..10 range a response scores low + round((high - low) * passed / checked); on a
@@ -244,7 +252,9 @@ def critique_scores(item: Item, order: Sequence[int], critique: Critique, low: i
     total = len(critique.checked)
     scores = []
     for o in order:
-        passed = sum(claims[o][k] == v for k, v in zip(critique.checked, critique.computed, strict=True))
+        passed = sum(
+            claims[o][k] == v for k, v in zip(critique.checked, critique.computed, strict=True)
+        )
         if high - low == 1:
             scores.append(high if passed == total else low)
         else:
@@ -252,7 +262,9 @@ def critique_scores(item: Item, order: Sequence[int], critique: Critique, low: i
     return scores
 
 
-def oracle_scores(item: Item, order: Sequence[int], checked: Sequence[int], low: int = 1, high: int = 10) -> list[int]:
+def oracle_scores(
+    item: Item, order: Sequence[int], checked: Sequence[int], low: int = 1, high: int = 10
+) -> list[int]:
     """What a noiseless critique checking `checked` aspects scores, in prompt order."""
     _, answers, _ = ground_truth(item)
     aspects = tuple(sorted(checked))
@@ -260,16 +272,21 @@ def oracle_scores(item: Item, order: Sequence[int], checked: Sequence[int], low:
     return critique_scores(item, order, critique, low, high)
 
 
-def render_trajectory(item: Item, order: Sequence[int], critique: Critique, low: int = 1, high: int = 10) -> str:
+def render_trajectory(
+    item: Item, order: Sequence[int], critique: Critique, low: int = 1, high: int = 10
+) -> str:
     order = check_order(order, item.n)
     operands, _, claims = ground_truth(item)
     weights = _weights(len(critique.checked))
-    criteria = "; ".join(f"{ASPECT} {k + 1} (Weight: {w}%)" for k, w in zip(critique.checked, weights, strict=True))
+    criteria = "; ".join(
+        f"{ASPECT} {k + 1} (Weight: {w}%)" for k, w in zip(critique.checked, weights, strict=True)
+    )
     parts = []
     for k, value in zip(critique.checked, critique.computed, strict=True):
         a, b = operands[k]
         verdicts = "; ".join(
-            f"R{p + 1} {claims[o][k]} {'right' if claims[o][k] == value else 'wrong'}" for p, o in enumerate(order)
+            f"R{p + 1} {claims[o][k]} {'right' if claims[o][k] == value else 'wrong'}"
+            for p, o in enumerate(order)
         )
         parts.append(f"{ASPECT} {k + 1}: {a}+{b}={value}; {verdicts}.")
     scores = critique_scores(item, order, critique, low, high)

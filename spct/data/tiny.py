@@ -7,7 +7,7 @@ hub model, so the code under test is the code that trains real models.
 The tokenizer is a byte-level BPE trained on the project's own text with every digit its
 own token: a merged "15" would make each sum a separate fact to memorise, while single
 digits make arithmetic learnable by a model of about a million parameters. Byte level means
-any text round-trips exactly.
+any text round-trips exactly (for qwen2 folders: any NFC text, see `build_tokenizer`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -86,7 +87,9 @@ class TinySpec:
             )
         kv = self.kv_heads
         if kv < 1 or self.num_heads % kv:
-            raise ValueError(f"TinySpec.num_kv_heads: expected a divisor of num_heads {self.num_heads}, got {kv}")
+            raise ValueError(
+                f"TinySpec.num_kv_heads: expected a divisor of num_heads {self.num_heads}, got {kv}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -99,13 +102,19 @@ class TinySpec:
 
 PRESETS: dict[str, TinySpec] = {
     # The smallest shape vLLM's CPU backend accepts: for tests of the plumbing, not of learning.
-    "test": TinySpec(arch="llama", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+    "test": TinySpec(
+        arch="llama", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128
+    ),
     # The shape a measured prototype found to learn the synthetic arithmetic in minutes on CPU.
-    "demo": TinySpec(arch="llama", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
+    "demo": TinySpec(
+        arch="llama", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512
+    ),
 }
 
 
-def resolve_spec(preset: str = "test", arch: str | None = None, overrides: Mapping[str, Any] | None = None) -> TinySpec:
+def resolve_spec(
+    preset: str = "test", arch: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> TinySpec:
     """A preset with `arch` and field overrides applied; ValueError names what is unknown."""
     if preset not in PRESETS:
         raise ValueError(f"tiny-model preset: expected one of {sorted(PRESETS)}, got {preset!r}")
@@ -115,7 +124,9 @@ def resolve_spec(preset: str = "test", arch: str | None = None, overrides: Mappi
     known = {f.name for f in fields(TinySpec)}
     unknown = sorted(set(changes) - known)
     if unknown:
-        raise ValueError(f"tiny-model overrides: unknown field(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(
+            f"tiny-model overrides: unknown field(s) {unknown}; known: {sorted(known)}"
+        )
     return replace(PRESETS[preset], **changes)
 
 
@@ -139,7 +150,9 @@ def build_tokenizer(
     if arch not in ARCHS:
         raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size: expected >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size: expected >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE())
     if arch == "qwen2":
         tok.normalizer = normalizers.NFC()
@@ -191,7 +204,9 @@ def default_corpus(seed: int = 0, n_items: int = 2000) -> list[str]:
         order = random_order(item.n, rng)
         low, high = (0, 1) if item.n == 1 else (1, 10)
         texts.append(build_prompt(item, order, template="compact"))
-        texts.append(write_trajectory(item, order, rng, (1, config.n_aspects), noise=0.1, low=low, high=high))
+        texts.append(
+            write_trajectory(item, order, rng, (1, config.n_aspects), noise=0.1, low=low, high=high)
+        )
     return texts
 
 
@@ -218,6 +233,7 @@ def model_config(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> PreTrain
         num_key_value_heads=spec.kv_heads,
         max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=spec.tie_word_embeddings,
+        # No BOS token exists; code that insists on one gets the end-of-turn token.
         bos_token_id=eos,
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,
@@ -257,7 +273,10 @@ def ensure_tiny_model(
     spec = resolve_spec(preset, arch, overrides)
     texts, digest = _corpus_digest(default_corpus(seed) if corpus is None else corpus)
     out = Path(out_dir)
-    if _manifest(preset, spec, seed, digest) == read_manifest(out) and (out / "config.json").is_file():
+    complete = all(
+        (out / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")
+    )
+    if complete and _manifest(preset, spec, seed, digest) == read_manifest(out):
         return out
     return _build(out, preset, spec, seed, texts, digest)
 
@@ -271,12 +290,18 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _manifest(preset: str, spec: TinySpec, seed: int, digest: str) -> dict[str, Any]:
-    return {"format": MANIFEST_FORMAT, "preset": preset, "spec": asdict(spec), "seed": seed, "corpus_sha256": digest}
+    return {
+        "format": MANIFEST_FORMAT,
+        "preset": preset,
+        "spec": asdict(spec),
+        "seed": seed,
+        "corpus_sha256": digest,
+    }
 
 
-def _build(out: Path, preset: str, spec: TinySpec, seed: int, texts: list[str], digest: str) -> Path:
-    import torch
-
+def _build(
+    out: Path, preset: str, spec: TinySpec, seed: int, texts: list[str], digest: str
+) -> Path:
     tokenizer = build_tokenizer(texts, spec.vocab_size, spec.max_position_embeddings, spec.arch)
     config = model_config(spec, tokenizer)
     with torch.random.fork_rng(devices=[]):
@@ -310,7 +335,7 @@ def _check_local(name_or_path: str | os.PathLike[str]) -> str:
     name = os.fspath(name_or_path)
     looks_local = (
         isinstance(name_or_path, os.PathLike)
-        or name.startswith(("/", "./", "../", "~", "."))
+        or name.startswith(("/", ".", "~"))
         or name.count("/") > 1
         or "\\" in name
         or os.path.exists(name)
@@ -318,7 +343,9 @@ def _check_local(name_or_path: str | os.PathLike[str]) -> str:
     if looks_local:
         path = Path(name).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"model folder not found: {path} (expected a local folder or a hub id like 'org/name')")
+            raise FileNotFoundError(
+                f"model folder not found: {path} (expected a local folder or a hub id like 'org/name')"
+            )
         return str(path)
     return name
 
@@ -329,11 +356,8 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> PreTrainedTokenizerB
 
 def load_causal_lm(name_or_path: str | os.PathLike[str], dtype: str = "float32") -> PreTrainedModel:
     """AutoModelForCausalLM in `dtype` ("float32", "bfloat16", "float16" or "auto")."""
-    import torch
-
     allowed = ("float32", "bfloat16", "float16", "auto")
     if dtype not in allowed:
         raise ValueError(f"dtype: expected one of {allowed}, got {dtype!r}")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     return AutoModelForCausalLM.from_pretrained(_check_local(name_or_path), dtype=torch_dtype)
-
