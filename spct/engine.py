@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -71,47 +71,59 @@ class NcclWeightExtension(WeightReloadExtension):
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             for bucket in plan_buckets(dtypes, shapes, bucket_bytes):
-                size = sum(nbytes for _, nbytes in bucket)
-                buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+                buffer = torch.empty(bucket_size(bucket), dtype=torch.uint8, device=self.device)
                 comm.broadcast(buffer, src=0)
                 torch.cuda.current_stream().synchronize()
-                offset = 0
-                for index, nbytes in bucket:
+                for index, offset, nbytes in bucket:
                     raw = buffer[offset : offset + nbytes]
                     dtype = getattr(torch, dtypes[index])
                     yield names[index], raw.view(dtype).view(shapes[index])
-                    offset += nbytes
 
         self.reload_weights(weights_iterator=tensors())
         return len(names)
 
 
+# Each tensor starts on this boundary inside a bucket, so its bytes can be viewed as any dtype.
+_ALIGN = 16
+
+
+class BucketEntry(NamedTuple):
+    index: int
+    offset: int
+    nbytes: int
+
+
 def plan_buckets(
     dtypes: Sequence[str], shapes: Sequence[Sequence[int]], bucket_bytes: int
-) -> list[list[tuple[int, int]]]:
+) -> list[list[BucketEntry]]:
     """Cut tensors, in order, into buckets of at most `bucket_bytes` (a bigger tensor goes alone).
 
-    Each bucket lists (tensor index, byte size). Sender and receivers call this on the same
-    metadata, so they agree on the bucket boundaries without exchanging them.
+    Sender and receivers call this on the same metadata, so they agree on bucket boundaries
+    and byte offsets without exchanging them. A bucket's size is its last entry's end.
     """
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes: expected a positive integer, got {bucket_bytes}")
-    buckets: list[list[tuple[int, int]]] = []
-    current: list[tuple[int, int]] = []
+    buckets: list[list[BucketEntry]] = []
+    current: list[BucketEntry] = []
     used = 0
     for index, (dtype, shape) in enumerate(zip(dtypes, shapes, strict=True)):
         numel = 1
         for dim in shape:
             numel *= int(dim)
         nbytes = numel * getattr(torch, dtype).itemsize
-        if current and used + nbytes > bucket_bytes:
+        offset = -(-used // _ALIGN) * _ALIGN
+        if current and offset + nbytes > bucket_bytes:
             buckets.append(current)
-            current, used = [], 0
-        current.append((index, nbytes))
-        used += nbytes
+            current, offset = [], 0
+        current.append(BucketEntry(index, offset, nbytes))
+        used = offset + nbytes
     if current:
         buckets.append(current)
     return buckets
+
+
+def bucket_size(bucket: Sequence[BucketEntry]) -> int:
+    return bucket[-1].offset + bucket[-1].nbytes
 
 
 _SAMPLING_FIELDS: frozenset[str] | None = None
@@ -292,7 +304,9 @@ def _sample(completion) -> dict[str, Any]:
     token_ids = [int(t) for t in completion.token_ids]
     logprobs = None
     if completion.logprobs is not None:
-        logprobs = [float(step[t].logprob) for step, t in zip(completion.logprobs, token_ids)]
+        logprobs = [
+            float(step[t].logprob) for step, t in zip(completion.logprobs, token_ids, strict=True)
+        ]
     return {
         "text": completion.text,
         "token_ids": token_ids,

@@ -1,0 +1,155 @@
+"""The rollout group: N vLLM engines, as Ray actors, serving the model being trained.
+
+A batch is cut into contiguous chunks, one per engine, generated concurrently and put back in
+input order. Each result names the engine that produced it and the weight version it used, so
+the learner can see which rollouts are stale. Weight updates go to every engine and return only
+when all of them hold the new version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from spct.engine import VLLMEngine
+
+log = logging.getLogger(__name__)
+
+# Settings read by vLLM at engine start that must reach the actors' processes.
+_FORWARDED_ENV = (
+    "VLLM_ENABLE_V1_MULTIPROCESSING",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_CPU_OMP_THREADS_BIND",
+    "VLLM_LOGGING_LEVEL",
+    "TOKENIZERS_PARALLELISM",
+    "HF_HUB_OFFLINE",
+)
+
+
+def split_contiguous(n: int, parts: int) -> list[range]:
+    """`parts` contiguous ranges covering 0..n-1, sizes differing by at most one."""
+    if parts < 1:
+        raise ValueError(f"parts: expected >= 1, got {parts}")
+    base, extra = divmod(n, parts)
+    ranges, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        ranges.append(range(start, start + size))
+        start += size
+    return ranges
+
+
+class RolloutGroup:
+    """N `VLLMEngine` actors. With a placement group, engine i takes bundle i (which must hold
+    its CPUs and GPUs); `engine_kwargs` are `VLLMEngine`'s arguments other than `model`."""
+
+    def __init__(
+        self,
+        model: str,
+        num_engines: int,
+        engine_kwargs: dict[str, Any] | None = None,
+        num_cpus_per_engine: float = 1,
+        num_gpus_per_engine: float = 0,
+        placement_group=None,
+        name: str = "rollout",
+    ) -> None:
+        if num_engines < 1:
+            raise ValueError(f"{name}.num_engines: expected >= 1, got {num_engines}")
+        kwargs = dict(engine_kwargs or {})
+        if "model" in kwargs:
+            raise ValueError(
+                f"{name}.engine_kwargs: give the model as `model`, not in engine_kwargs"
+            )
+        if num_gpus_per_engine:
+            tp = kwargs.setdefault("tensor_parallel_size", int(num_gpus_per_engine))
+            if tp != num_gpus_per_engine:
+                raise ValueError(
+                    f"{name}: tensor_parallel_size {tp} must equal num_gpus_per_engine "
+                    f"{num_gpus_per_engine} (one engine spans exactly its GPUs)"
+                )
+        self.name = name
+        self.model = str(model)
+        self.workers_per_engine = int(kwargs.get("tensor_parallel_size", 1))
+        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        if not num_gpus_per_engine and num_engines > 1:
+            # vLLM's CPU worker pins its OpenMP threads to the NUMA node's cores starting at
+            # core 0; two engines on one node would then share a core and leave the rest idle.
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        actor_cls = ray.remote(VLLMEngine)
+        self.engines = []
+        for i in range(num_engines):
+            options: dict[str, Any] = dict(
+                num_cpus=num_cpus_per_engine,
+                num_gpus=num_gpus_per_engine,
+                runtime_env={"env_vars": env},
+            )
+            if placement_group is not None:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group,
+                    placement_group_bundle_index=i,
+                    placement_group_capture_child_tasks=True,
+                )
+            self.engines.append(actor_cls.options(**options).remote(self.model, **kwargs))
+        # Surface a failed start (bad path, version mismatch) here rather than at first use.
+        self.versions()
+        log.info("%s: %d engine(s) of %s ready", name, num_engines, self.model)
+
+    @property
+    def num_engines(self) -> int:
+        return len(self.engines)
+
+    def generate(
+        self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True
+    ) -> list[dict[str, Any]]:
+        """One result per prompt, in input order, each with `engine` and `version` keys."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts: expected a list of strings, got a single string")
+        prompts = list(prompts)
+        chunks = [
+            (i, r) for i, r in enumerate(split_contiguous(len(prompts), self.num_engines)) if r
+        ]
+        refs = [
+            self.engines[i].generate.remote([prompts[j] for j in r], sampling, chat)
+            for i, r in chunks
+        ]
+        results: list[dict[str, Any]] = []
+        for (i, _), chunk in zip(chunks, ray.get(refs), strict=True):
+            for result in chunk:
+                result["engine"] = i
+                results.append(result)
+        return results
+
+    def update_weights(self, payload: bytes | ray.ObjectRef, version: int) -> list[int]:
+        """Send one safetensors payload to every engine; returns their versions once all loaded."""
+        ref = payload if isinstance(payload, ray.ObjectRef) else ray.put(payload)
+        return self._wait_all([e.update_weights.remote(ref, version) for e in self.engines])
+
+    def update_weights_from_path(self, folder: str, version: int) -> list[int]:
+        return self._wait_all(
+            [e.update_weights_from_path.remote(str(folder), version) for e in self.engines]
+        )
+
+    def versions(self) -> list[int]:
+        return ray.get([e.version.remote() for e in self.engines])
+
+    def sleep(self, level: int = 1) -> None:
+        ray.get([e.sleep.remote(level) for e in self.engines])
+
+    def wake_up(self) -> None:
+        ray.get([e.wake_up.remote() for e in self.engines])
+
+    def shutdown(self) -> None:
+        for engine in self.engines:
+            ray.kill(engine)
+        self.engines = []
+
+    def _wait_all(self, refs: list[ray.ObjectRef]) -> list[int]:
+        versions = ray.get(refs)
+        if len(set(versions)) != 1:
+            raise RuntimeError(f"{self.name}: engines disagree on the weight version: {versions}")
+        return versions
