@@ -197,12 +197,13 @@ class Pipeline:
         template = load_template(name)
         return build_prompt(item, order, hint=hint or None, template=template), template.low, template.high
 
-    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, seed: int | None = None,
-                 group=None):
-        """Sample from the rollout group (or another engine group, e.g. a teacher pool's)."""
+    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, group=None):
+        """Sample from the rollout group (or another engine group, e.g. a teacher pool's).
+
+        Randomness comes from each engine's seed (model seed): vLLM's CPU sampler cannot take
+        per-request seeds.
+        """
         sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
-        if seed is not None:
-            sampling["seed"] = seed
         with self.timings("generate"):
             return (group or self.rollout).generate(prompts, sampling)
 

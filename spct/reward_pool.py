@@ -58,7 +58,8 @@ class GRMRewardPool:
             for _ in range(k):
                 order = random_order(item.n, rng)
                 jobs.append((i, order, build_prompt(item, order, hint=hint or None, template=self.template)))
-        sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens, seed=seed)
+        # Per-request seeds are not supported by vLLM's CPU sampler; the engines are seeded.
+        sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens)
         results = self.group.generate([prompt for _, _, prompt in jobs], sampling)
         out: list[list[dict[str, Any]]] = [[] for _ in items]
         for (i, order, prompt), res in zip(jobs, results, strict=True):

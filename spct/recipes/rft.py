@@ -11,12 +11,15 @@ later train on the non-hinted ones.
 from __future__ import annotations
 
 import json
+import logging
 import random
 
 from tqdm import tqdm
 
 from spct.grm import is_correct, map_back, parse_scores, random_order, rft_accept
 from spct.recipes.sft import encode_sft, sft_batch
+
+log = logging.getLogger("spct")
 
 
 def run_rft(p) -> None:
@@ -30,7 +33,9 @@ def run_rft(p) -> None:
     kept = [json.loads(line) for line in path.open()]
     kept = [t for t in kept if t["accepted"]]
     if not kept:
-        raise RuntimeError(f"RFT accepted no trajectory (see {path}); nothing to fine-tune on")
+        # Every sample is on disk; fine-tuning on nothing would only waste the phase.
+        log.warning("RFT accepted no trajectory (see %s): skipping its fine-tuning", path)
+        return
 
     learner = p.new_learner(c.lr, c.warmup_steps, c.sft_steps, with_reference=False)
     bar = tqdm(range(p.state.phase_step, c.sft_steps), desc="rft sft", initial=p.state.phase_step,
@@ -72,8 +77,7 @@ def _sample(p, items, path) -> None:
                     prompt, low, high = p.prompt(item, order)
                     sent = p.prompt(item, order, hint=True)[0] if hinted else prompt
                     jobs.append((item, order, hinted, prompt, sent, low, high))
-            results = p.generate([j[4] for j in jobs], n=1, temperature=c.temperature, seed=seed + start,
-                                 group=teacher)
+            results = p.generate([j[4] for j in jobs], n=1, temperature=c.temperature, group=teacher)
             with p.timings("reward"):
                 records = []
                 for (item, order, hinted, prompt, _, low, high), res in zip(jobs, results, strict=True):

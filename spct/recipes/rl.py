@@ -27,8 +27,7 @@ def run_rl(p) -> None:
         items = rng.sample(train, c.prompts_per_step)
         orders = [random_order(it.n, rng) for it in items]
         prompts = [p.prompt(it, o) for it, o in zip(items, orders, strict=True)]
-        results = p.generate([text for text, _, _ in prompts], n=c.group_size, temperature=c.temperature,
-                             seed=seed * 100_003 + step)
+        results = p.generate([text for text, _, _ in prompts], n=c.group_size, temperature=c.temperature)
 
         with p.timings("reward"):
             rewards, failures, lengths, batch = [], 0, [], {"input_ids": [], "prompt_lens": [], "old_logprobs": []}
