@@ -37,13 +37,19 @@ def shown(prompt: str) -> list[str]:
     return [text for _, text, _ in found]
 
 
-@pytest.mark.parametrize("name", BUILTIN_TEMPLATES)
+@pytest.mark.parametrize("name", ["default", "single"])
 @pytest.mark.parametrize("order", [[0, 1, 2], [2, 0, 1], [1, 2, 0]])
 def test_responses_are_wrapped_in_prompt_order(name, order):
     prompt = build_prompt(ITEM, order, template=name)
     assert shown(prompt) == [ITEM.responses[o] for o in order]
     assert "Name a prime number above 10." in prompt
     assert prompt == prompt.rstrip()
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 0, 1], [1, 2, 0]])
+def test_compact_template_lists_responses_in_prompt_order(order):
+    lines = build_prompt(ITEM, order, template="compact").splitlines()
+    assert lines[-3:] == [f"R{p + 1}: {ITEM.responses[o]}" for p, o in enumerate(order)]
 
 
 def test_builtin_ranges_come_from_the_template_files():
@@ -113,11 +119,7 @@ def test_compact_template_is_minimal_and_exact():
         "conversation": [{"role": "user", "content": "Q: 37+48=?"}],
         "responses": ["085", "084"],
     }
-    assert build_prompt(item, [1, 0], template="compact") == (
-        "Q: 37+48=?\n"
-        "[The Begin of Response 1]\n084\n[The End of Response 1]\n"
-        "[The Begin of Response 2]\n085\n[The End of Response 2]"
-    )
+    assert build_prompt(item, [1, 0], template="compact") == "Q: 37+48=?\nR1: 084\nR2: 085"
     prompt = build_prompt(ITEM, [0, 1, 2], template="compact")
     assert all(line == line.rstrip() for line in prompt.splitlines())
 
@@ -196,9 +198,7 @@ def test_response_text_is_not_evaluated_as_jinja():
         "responses": ["{% raw %}{{ 7*7 }}"],
     }
     prompt = build_prompt(item, [0], template="compact")
-    assert (
-        prompt == "{{ n }}\n[The Begin of Response 1]\n{% raw %}{{ 7*7 }}\n[The End of Response 1]"
-    )
+    assert prompt == "{{ n }}\nR1: {% raw %}{{ 7*7 }}"
 
 
 def test_user_template_from_a_path(tmp_path):

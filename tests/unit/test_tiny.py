@@ -84,7 +84,7 @@ def test_prompts_are_compact(trained, texts):
     """A trained vocabulary should pack the project's text well beyond one token per byte."""
     tok = trained["llama"]
     n_tokens = sum(len(tok(t)["input_ids"]) for t in texts)
-    assert n_tokens < 0.6 * sum(len(t) for t in texts)
+    assert n_tokens < 0.7 * sum(len(t) for t in texts)
 
 
 def test_chat_template_wraps_turns_in_role_tokens(trained):

@@ -1,0 +1,117 @@
+"""The whole pipeline through `python -m spct.train experiment=quick`, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _train(out: Path, *overrides: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "spct.train", "experiment=quick", f"output_dir={out}", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _records(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick") / "run"
+    log = _finish(_train(out, "logger=wandb"))
+    return out, log
+
+
+def test_quick_experiment_runs_every_phase(quick_run):
+    out, log = quick_run
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert list(results) == ["warmup", "rft", "rl"]
+    for res in results.values():
+        assert 0.0 <= res["ci_low"] <= res["accuracy"] <= res["ci_high"] <= 1.0
+        assert res["n"] == 32
+    assert "held-out accuracy" in (out / "summary.md").read_text()
+    assert "held-out accuracy" in log
+
+    records = _records(out)
+    rl = [r for r in records if r["phase"] == "rl" and "reward_mean" in r]
+    assert len(rl) == 2
+    for key in ("reward_mean", "accuracy", "parse_failure_rate", "kl", "entropy", "response_length",
+                "logprob_gap", "time/generate", "time/reward", "time/train", "time/weight_sync",
+                "tokens_per_s", "weight_version"):
+        assert key in rl[0], key
+    # On-policy: the learner recomputes the rollout engine's log-probs on the same weights.
+    assert rl[0]["logprob_gap"] < 1e-3
+    assert [r["weight_version"] for r in rl] == sorted({r["weight_version"] for r in rl})
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps)
+
+    samples = [json.loads(line) for line in (out / "rft" / "trajectories.jsonl").read_text().splitlines()]
+    assert len(samples) == 16 * 3  # 16 items x (2 non-hinted + 1 hinted)
+    assert all(not s["prompt"].rstrip().endswith(("Response 1", "Response 2", "Response 3", "Response 4"))
+               or "The best response is" not in s["prompt"] for s in samples)
+    assert any((out / "wandb").glob("offline-run-*"))
+
+
+def test_checkpoints_load_in_transformers(quick_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = quick_run
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["completed"] == ["warmup", "rft", "rl"]
+    model = AutoModelForCausalLM.from_pretrained(state["model"])
+    tok = AutoTokenizer.from_pretrained(state["model"])
+    assert model.config.vocab_size >= len(tok)
+    assert Path(state["model"]).parent.name == "rl-final"
+
+
+def test_rerun_of_a_finished_run_does_no_work(quick_run):
+    out, _ = quick_run
+    before = len(_records(out))
+    log = _finish(_train(out))
+    assert "already complete" in log
+    assert len(_records(out)) == before
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = _train(out, "warmup.steps=60", "checkpoint.every_steps=5", start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if any(r["phase"] == "warmup" and (r.get("phase_step") or 0) >= 12 for r in _records(out)):
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("warm-up never reached step 12")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["phase"] == "warmup" and state["phase_step"] % 5 == 0 and state["phase_step"] >= 10
+    saved = state["phase_step"]
+    before = len(_records(out))
+
+    _finish(_train(out, "warmup.steps=60", "checkpoint.every_steps=5"))
+    rerun = _records(out)[before:]
+    # The rerun starts right after the checkpoint and runs to the end exactly once.
+    assert [r["phase_step"] for r in rerun if r["phase"] == "warmup" and "loss" in r] == list(range(saved + 1, 61))
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["completed"] == ["warmup", "rft", "rl"]
