@@ -67,6 +67,8 @@ class LearnerConfig:
     lr_schedule: str = "constant"
     gradient_checkpointing: bool = False
     num_cpus_per_rank: float = 1.0
+    # CPU only: torch threads per rank (0 = Ray's default, one per reserved CPU).
+    num_threads: int = 0
 
 
 @dataclass

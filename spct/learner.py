@@ -248,6 +248,7 @@ class LearnerWorker:
         with_reference: bool = False,
         seed: int = 0,
         gradient_checkpointing: bool = False,
+        num_threads: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank: expected 0..{world_size - 1}, got {rank}")
@@ -298,6 +299,10 @@ class LearnerWorker:
             _skip_cpu_shm_kernel()
         deepspeed.init_distributed(dist_backend="nccl" if self.on_cuda else "gloo")
         self.device = torch.device("cuda", 0) if self.on_cuda else torch.device("cpu")
+        if num_threads:
+            # Ray caps an actor's OpenMP threads at its CPU reservation; on a small CPU node the
+            # learner and the rollout engines take turns, so a step may use every core.
+            torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
 
         torch_dtype = DTYPES[dtype]

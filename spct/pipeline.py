@@ -87,7 +87,8 @@ class Pipeline:
         resumed = self._load_state()
         if not ray.is_initialized():
             ray.init(
-                address=cfg.cluster.address,
+                # "local" always starts a fresh local cluster, never joining one found on the machine.
+                address=cfg.cluster.address or "local",
                 num_cpus=cfg.cluster.num_cpus,
                 num_gpus=cfg.cluster.num_gpus or None,
                 include_dashboard=False,
@@ -243,6 +244,7 @@ class Pipeline:
                 with_reference=with_reference,
                 seed=self.cfg.seed,
                 gradient_checkpointing=lc.gradient_checkpointing,
+                num_threads=lc.num_threads or None,
             ),
             num_cpus_per_rank=lc.num_cpus_per_rank,
             num_gpus_per_rank=1 if self.cfg.cluster.num_gpus else 0,

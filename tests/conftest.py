@@ -46,6 +46,6 @@ def ray_cluster():
     """One local Ray cluster per test module (starting Ray costs seconds)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
