@@ -1,0 +1,211 @@
+"""The meta reward model: a scalar classifier that judges whether one GRM trajectory is correct.
+
+MetaRM@k keeps the trajectories this model ranks highest and votes only over those, so it sees
+exactly what a vote sees: the GRM prompt (query and responses) followed by the GRM's principles,
+critique and scores. Its logit is the evidence that the trajectory is correct by Eq. 10.
+
+It is a plain class so callers choose its resources: `ray.remote(MetaRM).options(num_gpus=1)`.
+By default it starts from the GRM backbone: a causal-LM checkpoint loaded as a sequence
+classifier gets a fresh scalar head, seeded so two actors built alike score alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from spct.versions import check_versions
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+class MetaRM:
+    """A sequence classifier with one output (a logit) over the text of a GRM trajectory.
+
+    Args:
+        model: a local folder or hub id, either a causal LM (a fresh head is added) or a saved
+            meta RM.
+        dtype: "float32", "bfloat16", "float16" or "auto" (the checkpoint's own).
+        max_length: tokens kept per trajectory, capped at the model's context. Longer inputs
+            lose their beginning, so the critique and the scores always survive.
+        seed: seeds the fresh head's initialisation.
+        lr: AdamW learning rate for `train_step`.
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        micro_batch_size: sequences per forward pass; a larger `train_step` batch accumulates.
+        weight_decay, grad_clip: AdamW weight decay and the gradient-norm clip (0 = none).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        dtype: str = "bfloat16",
+        max_length: int = 4096,
+        seed: int = 0,
+        lr: float = 1e-5,
+        device: str = "auto",
+        micro_batch_size: int = 8,
+        weight_decay: float = 0.0,
+        grad_clip: float = 1.0,
+    ) -> None:
+        check_versions(("torch", "transformers"), role="meta RM")
+        if dtype not in DTYPES:
+            raise ValueError(f"MetaRM dtype: expected one of {DTYPES}, got {dtype!r}")
+        if max_length < 2:
+            raise ValueError(f"MetaRM max_length: expected >= 2 tokens, got {max_length}")
+        if micro_batch_size < 1:
+            raise ValueError(f"MetaRM micro_batch_size: expected >= 1, got {micro_batch_size}")
+        self.device = torch.device(_resolve_device(device))
+        self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
+        self.micro_batch_size = micro_batch_size
+
+        path = _local_or_hub(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token_id is None:
+            if self.tokenizer.eos_token_id is None:
+                raise ValueError(
+                    f"{path}: the tokenizer has neither a pad nor an eos token to pad with"
+                )
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        torch.manual_seed(seed)
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=torch_dtype
+        )
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(self.device).eval()
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_length = min(max_length, context) if context else max_length
+        self._optimizer: torch.optim.Optimizer | None = None
+        self.steps = 0
+
+    def text(self, trajectory: Mapping[str, Any]) -> str:
+        """The classifier's input: the GRM conversation as the tokenizer's chat renders it."""
+        prompt, completion = trajectory["prompt"], trajectory["completion"]
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+                tokenize=False,
+            )
+        return prompt + "\n" + completion
+
+    def encode(self, trajectory: Mapping[str, Any]) -> list[int]:
+        """Token ids, truncated from the left to `max_length`.
+
+        A chat template writes its own special tokens; plain text gets the tokenizer's.
+        """
+        ids = self.tokenizer(
+            self.text(trajectory),
+            add_special_tokens=not self.tokenizer.chat_template,
+            verbose=False,
+        )["input_ids"]
+        return ids[-self.max_length :]
+
+    @torch.no_grad()
+    def score(self, trajectories: Sequence[Mapping[str, Any]]) -> list[float]:
+        """One logit per trajectory, in input order; higher means more likely correct."""
+        _check(trajectories, need_label=False)
+        self.model.eval()
+        ids = [self.encode(t) for t in trajectories]
+        # Similar lengths share a micro-batch, so little compute goes to padding.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        scores = [0.0] * len(ids)
+        for chunk in _chunks(order, self.micro_batch_size):
+            logits = self._logits([ids[i] for i in chunk])
+            for i, value in zip(chunk, logits.float().tolist(), strict=True):
+                scores[i] = value
+        return scores
+
+    def train_step(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """One AdamW step of binary cross-entropy on the whole batch (micro-batches accumulate)."""
+        _check(batch, need_label=True)
+        if not batch:
+            raise ValueError("MetaRM.train_step: expected a non-empty batch")
+        if self._optimizer is None:
+            self._optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay
+            )
+        self.model.train()
+        self._optimizer.zero_grad(set_to_none=True)
+        total_loss, correct = 0.0, 0
+        for start in range(0, len(batch), self.micro_batch_size):
+            micro = batch[start : start + self.micro_batch_size]
+            labels = torch.tensor([float(t["label"]) for t in micro], device=self.device)
+            logits = self._logits([self.encode(t) for t in micro]).float()
+            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+            (loss / len(batch)).backward()
+            total_loss += loss.item()
+            correct += int(((logits > 0).float() == labels).sum().item())
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self._optimizer.step()
+        self.model.eval()
+        self.steps += 1
+        return {"loss": total_loss / len(batch), "accuracy": correct / len(batch)}
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Model and tokenizer in Hugging Face format; `MetaRM(path)` loads them back."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        return str(out)
+
+    def _logits(self, ids: list[list[int]]) -> torch.Tensor:
+        # Right padding leaves every real token at its own position whatever the model's
+        # position encoding, so a trajectory scores the same alone or in any batch; the
+        # model pools at the last non-pad token.
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
+        mask = torch.tensor(
+            [[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device
+        )
+        return self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0]
+
+
+def _check(trajectories: Sequence[Mapping[str, Any]], need_label: bool) -> None:
+    """Fail on the first malformed trajectory, naming its index and the field."""
+    for i, t in enumerate(trajectories):
+        if not isinstance(t, Mapping):
+            raise TypeError(f"trajectory {i}: expected a dict, got {type(t).__name__}")
+        for key in ("prompt", "completion"):
+            if not isinstance(t.get(key), str):
+                raise ValueError(
+                    f"trajectory {i}: field {key!r}: expected a string, got {t.get(key)!r:.80}"
+                )
+        if need_label and t.get("label") not in (0, 1):
+            raise ValueError(
+                f"trajectory {i}: field 'label': expected 0 or 1, got {t.get('label')!r}"
+            )
+
+
+def _chunks(seq: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or device == "cuda" or device.startswith("cuda:"):
+        return device
+    raise ValueError(f"MetaRM device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def _local_or_hub(model: str | os.PathLike[str]) -> str:
+    name = os.fspath(model)
+    local = (
+        isinstance(model, os.PathLike) or name.startswith(("/", ".", "~")) or os.path.exists(name)
+    )
+    if local and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"meta RM model folder not found: {name} (expected a folder or a hub id)"
+        )
+    return str(Path(name).expanduser()) if local else name

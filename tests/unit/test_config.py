@@ -1,0 +1,213 @@
+"""Every shipped config composes and validates; bad keys, types and combinations fail by name.
+
+The parametrisations walk conf/ itself, so a config file added later is checked without
+touching this test. Nothing here loads a model or starts Ray.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from spct.config import Config, ConfigError, register_schema, to_config, validate
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+YAML_FILES = sorted(CONF.rglob("*.yaml"))
+COMMAND = "python -m spct.train"
+
+Compose = Callable[[Sequence[str]], DictConfig]
+
+
+@pytest.fixture(scope="module")
+def compose() -> Compose:
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        yield lambda overrides=(): hydra_compose("config", overrides=list(overrides))
+
+
+def runnable(compose: Compose, overrides: Sequence[str]) -> DictConfig:
+    """`overrides` plus what a real-data run must add on the command line: a training set,
+    and no synthetic-only warmup phase."""
+    cfg = compose(overrides)
+    if cfg.data.kind != "files" or cfg.data.train is not None:
+        return cfg
+    extra = ["data.train=/data/train.jsonl"]
+    if "warmup" in cfg.phases:
+        extra.append("phases=[" + ",".join(p for p in cfg.phases if p != "warmup") + "]")
+    return compose([*overrides, *extra])
+
+
+def unvalidated(cfg: DictConfig) -> Config:
+    """The typed config with key and type checks but without `validate`."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+
+
+def header(path: Path) -> list[str]:
+    """The leading comment lines of a YAML file, after an optional `# @package` line."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if lines and lines[0].startswith("# @package"):
+        lines = lines[1:]
+    out = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        out.append(line.lstrip("#").strip())
+    return out
+
+
+def documented_overrides(path: Path) -> list[list[str]]:
+    """The Hydra overrides of each `python -m spct.train ...` command in a file's header."""
+    lines, commands = header(path), []
+    for i, line in enumerate(lines):
+        if COMMAND not in line:
+            continue
+        text = line.split(COMMAND, 1)[1]
+        while text.endswith("\\") and i + 1 < len(lines):
+            i += 1
+            text = text[:-1] + " " + lines[i]
+        text = text.split("(", 1)[0]
+        commands.append([t for t in shlex.split(text) if not t.startswith("-")])
+    return commands
+
+
+def test_conf_has_groups_and_options():
+    assert {
+        "model",
+        "data",
+        "rollout",
+        "learner",
+        "rft",
+        "rl",
+        "cluster",
+        "logger",
+        "experiment",
+    } <= set(GROUPS)
+    assert all(options for options in (list((CONF / g).glob("*.yaml")) for g in GROUPS))
+
+
+def test_the_default_is_the_tiny_synthetic_cpu_run(compose: Compose):
+    config = to_config(compose([]))
+    assert config.phases == ["warmup", "rft", "rl"]
+    assert config.model.path is None and config.model.tiny_preset is not None
+    assert config.data.kind == "synthetic"
+    assert config.cluster.num_gpus == 0 and config.cluster.address is None
+    assert config.output_dir
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_of_every_group_composes_and_validates(
+    compose: Compose, group: str, option: str
+):
+    to_config(runnable(compose, [f"{group}={option}"]))
+    path = CONF / group / f"{option}.yaml"
+    if path.read_text(encoding="utf-8").startswith("# @package"):
+        return
+    written = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    composed = OmegaConf.to_container(compose([f"{group}={option}"])[group], resolve=False)
+    assert {k: composed.get(k) for k in written} == written, (
+        f"{path.name}'s values must reach {group}"
+    )
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=[str(p.relative_to(CONF)) for p in YAML_FILES])
+def test_every_yaml_starts_with_a_comment_giving_its_command(path: Path):
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first = lines[1] if lines and lines[0].startswith("# @package") else (lines[0] if lines else "")
+    assert first.startswith("#"), f"{path}: expected a comment as the first line, got {first!r}"
+    assert any(COMMAND in line for line in header(path)), (
+        f"{path}: expected '{COMMAND} ...' in the header comment"
+    )
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=[str(p.relative_to(CONF)) for p in YAML_FILES])
+def test_every_documented_command_composes(compose: Compose, path: Path):
+    commands = documented_overrides(path)
+    assert commands, f"{path}: no '{COMMAND}' command in the header"
+    for overrides in commands:
+        to_config(runnable(compose, overrides))
+
+
+@pytest.mark.parametrize("experiment", ["grm-qwen2.5-7b", "grm-gemma-2-27b"])
+def test_paper_settings_are_the_real_model_defaults(compose: Compose, experiment: str):
+    config = to_config(compose([f"experiment={experiment}", "data.train=/data/train.jsonl"]))
+    assert config.model.path is not None
+    assert config.phases == ["rft", "rl"]
+    assert config.rft.n_samples == 3
+    assert config.rft.lr == pytest.approx(5e-6)
+    assert config.rft.batch_size == 1024 and config.rft.sft_steps == 900
+    assert config.rl.group_size == 4
+    assert config.rl.beta == pytest.approx(0.08)
+    assert config.rl.lr == pytest.approx(4e-7)
+    assert config.rl.prompts_per_step * config.rl.group_size == 512 and config.rl.steps == 900
+
+
+def test_schema_defaults_are_the_paper_settings():
+    c = Config()
+    assert (c.rft.n_samples, c.rl.group_size, c.rl.beta) == (3, 4, 0.08)
+    assert (c.rft.lr, c.rl.lr) == (5e-6, 4e-7)
+
+
+def test_a_misspelt_key_fails_naming_it(compose: Compose):
+    with pytest.raises(ConfigCompositionException, match=r"rl\.bta"):
+        compose(["rl.bta=0.1"])
+    with pytest.raises(ConfigKeyError, match="bta") as err:
+        to_config({"model": {"tiny_preset": "test"}, "output_dir": "out", "rl": {"bta": 0.1}})
+    assert "rl.bta" in str(err.value)
+
+
+def test_a_wrong_type_fails_naming_the_key(compose: Compose):
+    with pytest.raises(ConfigCompositionException, match=r"rl\.beta") as err:
+        compose(["rl.beta=abc"])
+    assert "could not be converted to Float" in str(err.value.__cause__)
+    with pytest.raises(ValidationError, match=r"learner\.num_ranks"):
+        to_config(
+            {"model": {"tiny_preset": "test"}, "output_dir": "out", "learner": {"num_ranks": "two"}}
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides,fields",
+    [
+        (["rl.group_size=1"], ["rl.group_size"]),
+        (["phases=[rft,bogus]"], ["phases", "bogus"]),
+        (["phases=[rft,rft]"], ["phases", "each phase once"]),
+        (
+            ["learner.num_ranks=3"],
+            [
+                "warmup.batch_size",
+                "rft.batch_size",
+                "rl.prompts_per_step * rl.group_size",
+                "learner.num_ranks (3)",
+            ],
+        ),
+        (["data=files", "phases=[rft,rl]"], ["data.train"]),
+        (
+            ["data=files", "data.train=/data/train.jsonl"],
+            ["'warmup' only with data.kind=synthetic"],
+        ),
+        (["rl.kl_kind=k4", "rl.beta=-1"], ["rl.kl_kind", "rl.beta"]),
+    ],
+)
+def test_validate_names_every_field_in_a_bad_combination(
+    compose: Compose, overrides: list[str], fields: list[str]
+):
+    config = unvalidated(compose(overrides))
+    with pytest.raises(ConfigError) as err:
+        validate(config)
+    for field in fields:
+        assert field in str(err.value)
+
+
+def test_batch_sizes_that_divide_by_the_ranks_validate(compose: Compose):
+    validate(unvalidated(compose(["learner.num_ranks=4"])))
+    validate(unvalidated(compose(["learner.num_ranks=2"])))
