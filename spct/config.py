@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-PHASES = ("warmup", "rft", "rl")
+PHASES = ("warmup", "rft", "rl", "meta_rm", "eval")
 
 
 @dataclass
@@ -114,9 +114,30 @@ class RLConfig:
 
 
 @dataclass
+class MetaRMConfig:
+    """The meta RM: a scalar head trained with BCE to tell correct GRM trajectories (Eq. 10)."""
+
+    model: str | None = None  # null = the trained GRM's backbone with a fresh head
+    items: int = 0  # train items the trained GRM samples for it (0 = the whole train split)
+    samples_per_item: int = 3
+    temperature: float = 0.5
+    use_rft: bool = True  # add the non-hinted RFT trajectories (the GRM's earlier mistakes)
+    validation_items: int = 0  # held-out items for ROC-AUC (0 = the whole validation split)
+    steps: int = 300
+    batch_size: int = 512
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    max_length: int = 4096
+
+
+@dataclass
 class EvalConfig:
     split: str = "test"
     max_items: int = 0  # 0 = all
+    # Inference-time scaling (the eval phase): k_max samples per item at this temperature.
+    k_max: int = 8
+    temperature: float = 0.5
+    k_meta_ratio: float = 0.5
 
 
 @dataclass
@@ -152,6 +173,7 @@ class Config:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    meta_rm: MetaRMConfig = field(default_factory=MetaRMConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -173,7 +195,9 @@ def register_schema() -> None:
 
 def to_config(cfg: DictConfig | dict) -> Config:
     """Merge onto the schema (type and key checks), then validate the relations between fields."""
-    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    # Merge a plain container, so keys added with Hydra's `+key=value` are checked too.
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
     config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(config)
     return config
@@ -204,11 +228,15 @@ def validate(c: Config) -> None:
     need(c.rl.beta >= 0, "rl.beta", ">= 0")
     need(c.rl.kl_kind in ("k1", "k2", "k3"), "rl.kl_kind", "k1, k2 or k3")
     need(c.rft.n_samples >= 1, "rft.n_samples", ">= 1")
+    need(c.eval.k_max >= 1, "eval.k_max", ">= 1")
+    need(0 < c.eval.k_meta_ratio <= 1, "eval.k_meta_ratio", "in (0, 1]")
+    need("eval" not in c.phases or c.phases[-1] == "eval", "phases", "'eval' last")
     need(c.warmup.checks_min <= c.warmup.checks_max, "warmup.checks_min", "<= warmup.checks_max")
     need(c.logger.kind in ("wandb", "none"), "logger.kind", "'wandb' or 'none'")
     need(c.logger.mode in ("auto", "online", "offline"), "logger.mode", "auto, online or offline")
     r = c.learner.num_ranks
     for key, size in (("warmup.batch_size", c.warmup.batch_size), ("rft.batch_size", c.rft.batch_size),
+                      ("meta_rm.batch_size", c.meta_rm.batch_size),
                       ("rl.prompts_per_step * rl.group_size", c.rl.prompts_per_step * c.rl.group_size)):
         need(size % r == 0, key, f"a multiple of learner.num_ranks ({r}), got {size}")
     if errors:

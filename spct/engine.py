@@ -227,18 +227,33 @@ class VLLMEngine:
         if not prompts:
             return []
         if chat:
-            inputs: list[Any] = [{"prompt_token_ids": self.chat_prompt_ids(p)} for p in prompts]
+            ids = [self.chat_prompt_ids(p) for p in prompts]
         else:
-            inputs = list(prompts)
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [
-            {
-                "prompt_token_ids": list(out.prompt_token_ids),
-                "samples": [_sample(c) for c in out.outputs],
-                "version": self._version,
-            }
-            for out in outputs
-        ]
+            ids = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
+        # A prompt that leaves no room to generate gets empty samples (its scores then fail to
+        # parse) instead of failing the whole batch; generation never runs past the context.
+        limit = self.llm.model_config.max_model_len
+        fits = [i for i, x in enumerate(ids) if len(x) < limit]
+        per_prompt = []
+        for i in fits:
+            p = params.clone()
+            p.max_tokens = min(params.max_tokens or limit, limit - len(ids[i]))
+            per_prompt.append(p)
+        if len(fits) < len(ids):
+            log.warning("%d of %d prompts do not fit max_model_len %d; they get empty samples",
+                        len(ids) - len(fits), len(ids), limit)
+        outputs = iter(self.llm.generate([{"prompt_token_ids": ids[i]} for i in fits], per_prompt,
+                                         use_tqdm=False) if fits else [])
+        empty = {"text": "", "token_ids": [], "logprobs": [], "finish_reason": "prompt_too_long"}
+        results = []
+        for x in ids:
+            if len(x) < limit:
+                out = next(outputs)
+                samples = [_sample(c) for c in out.outputs]
+            else:
+                samples = [dict(empty) for _ in range(params.n)]
+            results.append({"prompt_token_ids": x, "samples": samples, "version": self._version})
+        return results
 
     def update_weights(self, payload: bytes, version: int) -> int:
         """Load a full state dict (HF names, safetensors bytes) in place; returns the version."""

@@ -38,6 +38,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from spct.algos import (
@@ -51,6 +52,8 @@ from spct.algos import (
 IGNORE_INDEX = -100
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# causal_lm: the GRM (SFT and GRPO); classification: a scalar head, the meta RM (BCE).
+TASKS = ("causal_lm", "classification")
 SEQUENCE_KEYS = ("input_ids", "prompt_lens", "old_logprobs", "advantages")
 CHECKPOINT_TAG = "learner"
 
@@ -249,7 +252,12 @@ class LearnerWorker:
         seed: int = 0,
         gradient_checkpointing: bool = False,
         num_threads: int | None = None,
+        task: str = "causal_lm",
     ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+        if task == "classification" and with_reference:
+            raise ValueError("task classification: a reference model is only for GRPO (with_reference=False)")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank: expected 0..{world_size - 1}, got {rank}")
         if zero_stage not in (0, 1, 2, 3):
@@ -309,7 +317,15 @@ class LearnerWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         pad = self.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
-        policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+        self.task = task
+        if task == "classification":
+            # A scalar head (the meta RM); on a causal-LM checkpoint it starts fresh, seeded.
+            from transformers import AutoModelForSequenceClassification
+
+            policy = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, dtype=torch_dtype)
+            policy.config.pad_token_id = self.pad_id
+        else:
+            policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
         policy.config.use_cache = False
         if gradient_checkpointing:
             policy.gradient_checkpointing_enable(
@@ -535,6 +551,46 @@ class LearnerWorker:
         }
         return metrics
 
+    def bce_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
+        """One optimizer step of binary cross-entropy on a scalar head (task="classification").
+
+        `batch` holds `input_ids` (token lists) and `labels` (0 or 1 per sequence). The loss is
+        the mean over the global batch's sequences, whatever the micro-batching and ranks.
+        """
+        if self.task != "classification":
+            raise ValueError('bce_step needs a learner built with task="classification"')
+        start = time.perf_counter()
+        ids, labels = list(batch["input_ids"]), [float(y) for y in batch["labels"]]
+        n_global, _ = self._shard_sizes(len(ids), 0)
+        self.engine.train()
+        loss_sum = correct = 0.0
+        for lo in range(0, len(ids), self.micro_batch_size):
+            rows = ids[lo : lo + self.micro_batch_size]
+            width = max(len(r) for r in rows)
+            x = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            attn = torch.zeros_like(x)
+            for j, r in enumerate(rows):
+                x[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+                attn[j, : len(r)] = 1
+            y = torch.tensor(labels[lo : lo + len(rows)], device=self.device)
+            logits = self.engine(input_ids=x.to(self.device), attention_mask=attn.to(self.device)).logits
+            logits = logits.view(-1).float()
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+            # Ranks hold equal shares and DeepSpeed averages over them: weight by the local share.
+            self.engine.backward(loss * (len(rows) / len(ids)), scale_wrt_gas=False)
+            loss_sum += loss.item() * len(rows)
+            correct += float(((logits > 0).float() == y).sum())
+        grad_norm, lr = self._optimizer_step()
+        loss_total, correct_total = self._all_reduce([loss_sum, correct])
+        return {
+            "loss": loss_total / n_global,
+            "accuracy": correct_total / n_global,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "sequences": float(n_global),
+            "step_time_s": time.perf_counter() - start,
+        }
+
     # -- weights out -----------------------------------------------------------------------
 
     def state_for_sync(self) -> dict[str, Tensor] | None:
@@ -717,6 +773,23 @@ class LearnerGroup:
             kl_kind=kl_kind,
             clip_eps_high=clip_eps_high,
         )
+
+    def bce_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
+        """Meta-RM training step: `input_ids` token lists and 0/1 `labels`, split over ranks."""
+        ids, labels = batch.get("input_ids"), batch.get("labels")
+        if ids is None or labels is None or len(ids) != len(labels) or not ids:
+            raise ValueError("bce batch: expected equal, non-empty lists 'input_ids' and 'labels'")
+        for i, y in enumerate(labels):
+            if y not in (0, 1):
+                raise ValueError(f"bce batch.labels[{i}]: expected 0 or 1, got {y!r}")
+        n = len(ids)
+        if n % self.num_ranks:
+            raise ValueError(f"bce batch of {n} sequences does not split evenly across {self.num_ranks} ranks")
+        size = n // self.num_ranks
+        shards = [{"input_ids": list(ids[r * size : (r + 1) * size]), "labels": list(labels[r * size : (r + 1) * size])}
+                  for r in range(self.num_ranks)]
+        results = self._call("bce_step", shards)
+        return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
     def state_for_sync(self, as_ref: bool = False) -> Any:
         """Rank 0's full state dict (or, with `as_ref`, its ObjectRef, to hand on without

@@ -25,6 +25,31 @@ from spct.versions import check_versions
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
+def trajectory_text(tokenizer, trajectory: Mapping[str, Any]) -> str:
+    """The classifier's input: the GRM conversation as the tokenizer's chat renders it."""
+    prompt, completion = trajectory["prompt"], trajectory["completion"]
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+            tokenize=False,
+        )
+    return prompt + "\n" + completion
+
+
+def encode_trajectory(tokenizer, trajectory: Mapping[str, Any], max_length: int) -> list[int]:
+    """Token ids, truncated from the left to `max_length` so the critique's end survives.
+
+    A chat template writes its own special tokens; plain text gets the tokenizer's. The meta-RM
+    learner (spct.learner, task="classification") trains on exactly these ids.
+    """
+    ids = tokenizer(
+        trajectory_text(tokenizer, trajectory),
+        add_special_tokens=not tokenizer.chat_template,
+        verbose=False,
+    )["input_ids"]
+    return ids[-max_length:]
+
+
 class MetaRM:
     """A sequence classifier with one output (a logit) over the text of a GRM trajectory.
 
@@ -86,26 +111,10 @@ class MetaRM:
         self.steps = 0
 
     def text(self, trajectory: Mapping[str, Any]) -> str:
-        """The classifier's input: the GRM conversation as the tokenizer's chat renders it."""
-        prompt, completion = trajectory["prompt"], trajectory["completion"]
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
-                tokenize=False,
-            )
-        return prompt + "\n" + completion
+        return trajectory_text(self.tokenizer, trajectory)
 
     def encode(self, trajectory: Mapping[str, Any]) -> list[int]:
-        """Token ids, truncated from the left to `max_length`.
-
-        A chat template writes its own special tokens; plain text gets the tokenizer's.
-        """
-        ids = self.tokenizer(
-            self.text(trajectory),
-            add_special_tokens=not self.tokenizer.chat_template,
-            verbose=False,
-        )["input_ids"]
-        return ids[-self.max_length :]
+        return encode_trajectory(self.tokenizer, trajectory, self.max_length)
 
     @torch.no_grad()
     def score(self, trajectories: Sequence[Mapping[str, Any]]) -> list[float]:

@@ -34,6 +34,9 @@ from spct.tracking import Timings, Tracker
 
 log = logging.getLogger("spct")
 
+# Phases that change the GRM's weights; each is followed by a held-out greedy evaluation.
+GRM_PHASES = ("warmup", "rft", "rl")
+
 
 @dataclasses.dataclass
 class RunState:
@@ -46,6 +49,7 @@ class RunState:
     weight_version: int = 0
     model: str | None = None  # HF folder of the latest weights
     learner_state: str | None = None  # DeepSpeed checkpoint of an unfinished phase
+    meta_rm: str | None = None  # HF folder of the trained meta RM
     wandb_run_id: str | None = None
     results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
@@ -86,14 +90,13 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self._load_state()
         if not ray.is_initialized():
-            ray.init(
-                # "local" always starts a fresh local cluster, never joining one found on the machine.
-                address=cfg.cluster.address or "local",
-                num_cpus=cfg.cluster.num_cpus,
-                num_gpus=cfg.cluster.num_gpus or None,
-                include_dashboard=False,
-                runtime_env={"env_vars": _actor_env()},
-            )
+            if cfg.cluster.address is None:
+                # "local" always starts a fresh cluster, never joining one found on the machine.
+                resources = dict(address="local", num_cpus=cfg.cluster.num_cpus,
+                                 num_gpus=cfg.cluster.num_gpus or None)
+            else:  # joining a cluster: its nodes declared their own resources
+                resources = dict(address=cfg.cluster.address)
+            ray.init(**resources, include_dashboard=False, runtime_env={"env_vars": _actor_env()})
         if self.state.model is None:
             self.state.model = self._base_model()
         self.tokenizer = _load_tokenizer(self.state.model)
@@ -174,9 +177,11 @@ class Pipeline:
             if self.state.phase != phase:
                 self.state.phase, self.state.phase_step, self.state.learner_state = phase, 0, None
                 self.state.extra = {}
-            RECIPES[phase](self)
+            result = RECIPES[phase](self)
+            if phase in GRM_PHASES:  # the GRM changed: held-out greedy accuracy
+                result = self.evaluate(phase)
             self.state.timings[phase] = {**self.timings.pop(), "time/total": time.perf_counter() - start}
-            self.state.results[phase] = self.evaluate(phase)
+            self.state.results[phase] = result or {}
             self.state.completed.append(phase)
             self.state.phase, self.state.phase_step, self.state.learner_state = None, 0, None
             self._write_state()
@@ -220,8 +225,10 @@ class Pipeline:
                 num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0)
         return self.teacher
 
-    def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool):
-        """A learner group starting from the latest weights (and optimizer state on resume)."""
+    def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
+                    task: str = "causal_lm", model: str | None = None):
+        """A learner group starting from `model` (default: the latest GRM weights, with the
+        optimizer state of an interrupted phase on resume)."""
         from spct.learner import LearnerGroup
 
         if self.learner is not None:
@@ -230,7 +237,8 @@ class Pipeline:
         self.learner = LearnerGroup(
             lc.num_ranks,
             dict(
-                model=self.state.model,
+                model=model or self.state.model,
+                task=task,
                 zero_stage=lc.zero_stage,
                 lr=lr,
                 weight_decay=lc.weight_decay,
@@ -249,7 +257,7 @@ class Pipeline:
             num_cpus_per_rank=lc.num_cpus_per_rank,
             num_gpus_per_rank=1 if self.cfg.cluster.num_gpus else 0,
         )
-        if self.state.learner_state:
+        if self.state.learner_state and task == "causal_lm":
             self.learner.load_state(self.state.learner_state)
         return self.learner
 

@@ -48,15 +48,20 @@ class GRMRewardPool:
         temperature: float = 0.5,
         seed: int = 0,
         hint: bool = False,
+        shuffle: bool = True,
     ) -> list[list[dict[str, Any]]]:
-        """k samples per item: {order, prompt, text, scores (input order, None on a parse failure)}."""
+        """k samples per item: {order, prompt, text, scores (input order, None on a parse failure)}.
+
+        Each sample shows the responses in a fresh random order (seeded by item); with
+        shuffle=False they appear as given (e.g. for the greedy sample).
+        """
         if k < 1:
             raise ValueError(f"k: expected >= 1, got {k}")
         jobs = []
         for i, item in enumerate(items):
             rng = random.Random(f"{seed}:pool:{item.id if item.id is not None else i}")
             for _ in range(k):
-                order = random_order(item.n, rng)
+                order = random_order(item.n, rng) if shuffle else list(range(item.n))
                 jobs.append((i, order, build_prompt(item, order, hint=hint or None, template=self.template)))
         # Per-request seeds are not supported by vLLM's CPU sampler; the engines are seeded.
         sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens)
@@ -93,6 +98,13 @@ class GRMRewardPool:
             totals = vote([s["scores"] for s in its], item.n, k_meta=k_meta if meta else None, meta_scores=meta)
             out.append({"rewards": totals, "samples": its})
         return out
+
+    @classmethod
+    def from_group(cls, group: RolloutGroup, template: str, max_new_tokens: int) -> GRMRewardPool:
+        """A pool over engines that already exist (e.g. the training run's rollout group)."""
+        pool = cls.__new__(cls)
+        pool.template, pool.max_new_tokens, pool.group = load_template(template), max_new_tokens, group
+        return pool
 
     def shutdown(self) -> None:
         self.group.shutdown()

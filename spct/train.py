@@ -26,16 +26,29 @@ register_schema()
 
 
 def summary_table(state, wall: float) -> str:
-    """The end-of-run table: held-out accuracy and time per phase (Markdown)."""
-    rows = ["| phase | held-out accuracy | 95% CI | parse failures | items | time (s) |",
-            "|---|---|---|---|---|---|"]
+    """The end-of-run report (Markdown): held-out greedy accuracy and time per phase, the meta
+    RM's held-out ROC-AUC, and the inference-time scaling table of the eval phase."""
+    lines = ["| phase | held-out accuracy | 95% CI | parse failures | items | time (s) |",
+             "|---|---|---|---|---|---|"]
     for phase, res in state.results.items():
         t = state.timings.get(phase, {}).get("time/total", float("nan"))
-        if res:
-            rows.append(f"| {phase} | {res['accuracy']:.3f} | [{res['ci_low']:.3f}, {res['ci_high']:.3f}] | "
-                        f"{res['parse_failure_rate']:.3f} | {res['n']} | {t:.0f} |")
-    rows.append(f"\nwall time {wall:.0f} s")
-    return "\n".join(rows)
+        if "accuracy" in res:
+            lines.append(f"| {phase} | {res['accuracy']:.3f} | [{res['ci_low']:.3f}, {res['ci_high']:.3f}] | "
+                         f"{res['parse_failure_rate']:.3f} | {res['n']} | {t:.0f} |")
+        else:
+            lines.append(f"| {phase} | | | | | {t:.0f} |")
+    meta = state.results.get("meta_rm", {})
+    if "validation_roc_auc" in meta:
+        lines.append(f"\nmeta RM: held-out ROC-AUC {meta['validation_roc_auc']:.3f} on "
+                     f"{meta['validation_trajectories']} trajectories "
+                     f"({meta['validation_positive_rate']:.0%} correct)")
+    rows = state.results.get("eval", {}).get("scaling")
+    if rows:
+        lines += ["", "| method | k | accuracy | 95% CI | items |", "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['k']} | {r['accuracy']:.3f} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+                  f"| {r['n']} |" for r in rows]
+    lines.append(f"\nwall time {wall:.0f} s")
+    return "\n".join(lines)
 
 
 def run(cfg: DictConfig) -> dict:

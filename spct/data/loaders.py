@@ -32,6 +32,7 @@ class Items(list):
         super().__init__(items)
         self.skipped = skipped
         self.errors: list[str] = errors if errors is not None else []
+        self.format: str | None = None  # the format given or detected
 
 
 @dataclass
@@ -378,13 +379,15 @@ def load_items(
             if isinstance(rec, DataError):
                 raise rec
             if convert is None:
-                convert = CONVERTERS[detect_format(rec.data, rec.where)]
+                format = detect_format(rec.data, rec.where)
+                convert = CONVERTERS[format]
             out.extend(convert(rec))
         except DataError as e:
             if not skip_invalid or (convert is None and not isinstance(rec, DataError)):
                 raise
             out.skipped += 1
             out.errors.append(str(e))
+    out.format = format
     if out.skipped:
         logger.warning(
             "%s: skipped %d invalid record(s); first: %s", source, out.skipped, out.errors[0]

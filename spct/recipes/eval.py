@@ -1,0 +1,35 @@
+"""Evaluation at the end of training: inference-time scaling on the held-out split.
+
+Greedy, Voting@k and MetaRM@k (with the meta RM trained in the meta_rm phase, if any) from one
+set of k_max samples per item, drawn from the rollout engines that hold the trained GRM.
+Writes output_dir/eval/<split>/ (generations, table, scaling plot), like `spct.evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from spct.evaluate import meta_scorer, run_benchmarks
+from spct.reward_pool import GRMRewardPool
+
+
+def run_eval(p) -> dict:
+    c = p.cfg.eval
+    items = p.data[c.split][: c.max_items or None]
+    pool = GRMRewardPool.from_group(p.rollout, p.cfg.model.template, p.cfg.model.max_new_tokens)
+    score_meta = actor = None
+    if p.state.meta_rm:
+        score_meta, actor = meta_scorer(p.state.meta_rm, p.cfg.model.dtype, p.cfg.meta_rm.max_length)
+    rule = "synthetic" if p.cfg.data.kind == "synthetic" else "generic"
+    try:
+        with p.timings("generate"):
+            tables = run_benchmarks(pool, [(c.split, rule, items)], p.out / "eval", k_max=c.k_max,
+                                    temperature=c.temperature, k_meta_ratio=c.k_meta_ratio,
+                                    meta_score=score_meta, seed=p.cfg.seed, tracker=p.tracker,
+                                    step=p.state.global_step)
+    finally:
+        if actor is not None:
+            import ray
+
+            ray.kill(actor)
+    return {"scaling": [dataclasses.asdict(r) for r in tables[c.split]]}
