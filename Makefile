@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 	# torch first, at the exact version vLLM pins (on CPU machines the wheel may lie on disk).
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[$(EXTRA),dev]"
+	# The RewardBench scoring cross-check reads the reference package; its own pins
+	# (transformers 4.51, fschat) would break the stack, so it comes without dependencies.
+	$(PIP) install -q --no-deps rewardbench==0.1.4
 ifeq ($(EXTRA),cpu)
 	# The CPU vLLM wheel pulls CUDA builds of these; they break `import transformers` and are unused.
 	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec

@@ -1,0 +1,75 @@
+"""`python -m spct.evaluate` end to end on a tiny checkpoint, every benchmark sample file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
+FILES = sorted(p for p in BENCH.iterdir() if p.suffix in (".json", ".jsonl"))
+
+
+def _evaluate(out: Path, model: Path, *overrides: str) -> str:
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    cmd = [sys.executable, "-m", "spct.evaluate", f"model.path={model}", f"output_dir={out}", "logger=none",
+           "model.tiny_preset=null", "model.max_new_tokens=24", "bootstrap=50", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    specs = ["synthetic", *(str(p) for p in FILES)]
+    log = _evaluate(out, tiny_model_dir, f"benchmarks=[{','.join(specs)}]", "k_max=2", "max_items=3",
+                    "data.test_size=6")
+    return out, log
+
+
+def test_every_benchmark_gets_a_table_a_plot_and_its_generations(evaluated):
+    out, _ = evaluated
+    labels = ["synthetic", *(p.stem for p in FILES)]
+    for label in labels:
+        folder = out / label
+        rows = list(csv.DictReader((folder / "table.csv").open()))
+        assert [(r["method"], int(r["k"])) for r in rows] == [("Greedy", 1), ("Voting", 1), ("Voting", 2)]
+        assert (folder / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "| Voting | 2 |" in (folder / "table.md").read_text()
+        gens = [json.loads(line) for line in (folder / "generations.jsonl").open()]
+        # 3 samples per item (greedy + k_max = 2); JudgeBench items are judged in both orders.
+        assert len(gens) % 3 == 0 and {g["sample"] for g in gens} == {"greedy", 0, 1}
+        for g in gens:
+            assert sorted(g["order"]) == list(range(len(g["order"])))
+            assert set(g) >= {"item", "order", "text", "scores", "meta_score"}
+    summary = (out / "summary.md").read_text()
+    assert all(label in summary for label in labels) and "Overall" in summary
+
+
+def test_judgebench_is_judged_in_both_orders(evaluated):
+    out, _ = evaluated
+    jb = next(p.stem for p in FILES if p.stem.startswith("judgebench"))
+    gens = [json.loads(line) for line in (out / jb / "generations.jsonl").open()]
+    greedy = [g for g in gens if g["sample"] == "greedy"]
+    assert len(greedy) == 2 * 3  # 3 pairs, each as given and swapped
+    assert len({g["item"] for g in greedy}) == 3
+
+
+def test_rescore_reads_saved_generations_without_generating(evaluated, tiny_model_dir):
+    out, _ = evaluated
+    before = {p: (out / p / "table.csv").read_text() for p in ("synthetic",)}
+    log = _evaluate(out, tiny_model_dir, "benchmarks=[synthetic]", "k_max=2", "max_items=3",
+                    "data.test_size=6", "rescore=true")
+    assert "Started a local Ray instance" not in log
+    assert (out / "synthetic" / "table.csv").read_text() == before["synthetic"]
