@@ -45,10 +45,17 @@ def quick_run(tmp_path_factory):
 def test_quick_experiment_runs_every_phase(quick_run):
     out, log = quick_run
     results = json.loads((out / "results.json").read_text())["results"]
-    assert list(results) == ["warmup", "rft", "rl"]
-    for res in results.values():
+    assert list(results) == ["warmup", "rft", "rl", "meta_rm", "eval"]
+    for phase in ("warmup", "rft", "rl"):
+        res = results[phase]
         assert 0.0 <= res["ci_low"] <= res["accuracy"] <= res["ci_high"] <= 1.0
         assert res["n"] == 32
+    assert results["meta_rm"]["validation_trajectories"] == 16 * 2
+    methods = {(r["method"], r["k"]) for r in results["eval"]["scaling"]}
+    assert methods == {("Greedy", 1), ("Voting", 1), ("Voting", 2), ("Voting", 4), ("MetaRM", 1),
+                       ("MetaRM", 2), ("MetaRM", 4)}
+    assert (out / "eval" / "test" / "scaling.png").exists()
+    assert (out / "checkpoints" / "meta_rm-final" / "model" / "config.json").exists()
     assert "held-out accuracy" in (out / "summary.md").read_text()
     assert "held-out accuracy" in log
 
@@ -77,7 +84,7 @@ def test_checkpoints_load_in_transformers(quick_run):
 
     out, _ = quick_run
     state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["completed"] == ["warmup", "rft", "rl"]
+    assert state["completed"] == ["warmup", "rft", "rl", "meta_rm", "eval"]
     model = AutoModelForCausalLM.from_pretrained(state["model"])
     tok = AutoTokenizer.from_pretrained(state["model"])
     assert model.config.vocab_size >= len(tok)
@@ -114,4 +121,4 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     rerun = _records(out)[before:]
     # The rerun starts right after the checkpoint and runs to the end exactly once.
     assert [r["phase_step"] for r in rerun if r["phase"] == "warmup" and "loss" in r] == list(range(saved + 1, 61))
-    assert json.loads((out / "checkpoints" / "state.json").read_text())["completed"] == ["warmup", "rft", "rl"]
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["completed"][:3] == ["warmup", "rft", "rl"]

@@ -22,7 +22,9 @@ from spct.config import Config, ConfigError, register_schema, to_config, validat
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
-YAML_FILES = sorted(CONF.rglob("*.yaml"))
+# The training configs; conf/evaluate.yaml and conf/serve.yaml belong to other commands.
+OTHER_COMMANDS = {"evaluate.yaml": "python -m spct.evaluate", "serve.yaml": "python -m spct.serve"}
+YAML_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.relative_to(CONF).as_posix() not in OTHER_COMMANDS)
 COMMAND = "python -m spct.train"
 
 Compose = Callable[[Sequence[str]], DictConfig]
@@ -97,7 +99,7 @@ def test_conf_has_groups_and_options():
 
 def test_the_default_is_the_tiny_synthetic_cpu_run(compose: Compose):
     config = to_config(compose([]))
-    assert config.phases == ["warmup", "rft", "rl"]
+    assert config.phases == ["warmup", "rft", "rl", "meta_rm", "eval"]
     assert config.model.path is None and config.model.tiny_preset is not None
     assert config.data.kind == "synthetic"
     assert config.cluster.num_gpus == 0 and config.cluster.address is None
@@ -129,6 +131,11 @@ def test_every_yaml_starts_with_a_comment_giving_its_command(path: Path):
     )
 
 
+@pytest.mark.parametrize("name,command", sorted(OTHER_COMMANDS.items()))
+def test_other_entry_configs_name_their_command(name: str, command: str):
+    assert command in "".join(header(CONF / name))
+
+
 @pytest.mark.parametrize("path", YAML_FILES, ids=[str(p.relative_to(CONF)) for p in YAML_FILES])
 def test_every_documented_command_composes(compose: Compose, path: Path):
     commands = documented_overrides(path)
@@ -141,7 +148,7 @@ def test_every_documented_command_composes(compose: Compose, path: Path):
 def test_paper_settings_are_the_real_model_defaults(compose: Compose, experiment: str):
     config = to_config(compose([f"experiment={experiment}", "data.train=/data/train.jsonl"]))
     assert config.model.path is not None
-    assert config.phases == ["rft", "rl"]
+    assert config.phases == ["rft", "rl", "meta_rm", "eval"]
     assert config.rft.n_samples == 3
     assert config.rft.lr == pytest.approx(5e-6)
     assert config.rft.batch_size == 1024 and config.rft.sft_steps == 900
