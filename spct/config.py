@@ -187,6 +187,14 @@ class ConfigError(ValueError):
     pass
 
 
+def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, seed: int) -> dict[str, Any]:
+    """Flat VLLMEngine arguments from the config (rollout engines and reward pools alike)."""
+    return dict(dtype=model.dtype, max_model_len=model.max_model_len, seed=seed,
+                tensor_parallel_size=rollout.tensor_parallel_size,
+                gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=rollout.kv_cache_gib,
+                enforce_eager=rollout.enforce_eager, enable_prefix_caching=rollout.enable_prefix_caching)
+
+
 def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 

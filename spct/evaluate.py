@@ -30,7 +30,14 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from spct.config import ClusterConfig, DataConfig, LoggerConfig, ModelConfig, RolloutConfig
+from spct.config import (
+    ClusterConfig,
+    DataConfig,
+    LoggerConfig,
+    ModelConfig,
+    RolloutConfig,
+    engine_kwargs,
+)
 from spct.data import Item, load_items
 from spct.scaling import (
     GREEDY,
@@ -237,22 +244,14 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
     score_meta = None
     try:
         if not cfg.rescore:
-            import ray
-
-            from spct.pipeline import _actor_env
+            from spct.cluster import init_ray
             from spct.reward_pool import GRMRewardPool
 
-            if not ray.is_initialized():
-                ray.init(address=cfg.cluster.address or "local", include_dashboard=False,
-                         runtime_env={"env_vars": _actor_env()},
-                         **({} if cfg.cluster.address else {"num_cpus": cfg.cluster.num_cpus}))
+            init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
             r = cfg.rollout
             pool = GRMRewardPool(
                 cfg.model.path, r.num_engines,
-                dict(dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len, seed=cfg.seed,
-                     tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
-                     kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager,
-                     enable_prefix_caching=r.enable_prefix_caching),
+                engine_kwargs(cfg.model, r, cfg.seed),
                 template=cfg.model.template, max_new_tokens=cfg.model.max_new_tokens,
                 num_cpus_per_engine=r.num_cpus_per_engine,
                 num_gpus_per_engine=r.tensor_parallel_size if cfg.cluster.num_gpus else 0)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -27,9 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spct.config import Config
+from spct.cluster import init_ray
+from spct.config import Config, engine_kwargs
 from spct.data import Item, load_items
 from spct.grm import build_prompt, is_correct, load_template, map_back, parse_scores, random_order
+from spct.scaling import wilson_interval
 from spct.tracking import Timings, Tracker
 
 log = logging.getLogger("spct")
@@ -56,16 +57,6 @@ class RunState:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (well-behaved near 0 and 1)."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
-
-
 class Pipeline:
     def __init__(self, config: Config):
         self.cfg = config
@@ -81,22 +72,13 @@ class Pipeline:
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
-        import ray
-
         from spct.rollout import RolloutGroup
         from spct.weight_sync import make_weight_sync
 
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self._load_state()
-        if not ray.is_initialized():
-            if cfg.cluster.address is None:
-                # "local" always starts a fresh cluster, never joining one found on the machine.
-                resources = dict(address="local", num_cpus=cfg.cluster.num_cpus,
-                                 num_gpus=cfg.cluster.num_gpus or None)
-            else:  # joining a cluster: its nodes declared their own resources
-                resources = dict(address=cfg.cluster.address)
-            ray.init(**resources, include_dashboard=False, runtime_env={"env_vars": _actor_env()})
+        init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
         if self.state.model is None:
             self.state.model = self._base_model()
         self.tokenizer = _load_tokenizer(self.state.model)
@@ -116,16 +98,7 @@ class Pipeline:
         self.rollout = RolloutGroup(
             self.state.model,
             num_engines=r.num_engines,
-            engine_kwargs=dict(
-                dtype=cfg.model.dtype,
-                max_model_len=cfg.model.max_model_len,
-                seed=cfg.seed,
-                tensor_parallel_size=r.tensor_parallel_size,
-                gpu_memory_utilization=r.gpu_memory_utilization,
-                kv_cache_gib=r.kv_cache_gib,
-                enforce_eager=r.enforce_eager,
-                enable_prefix_caching=r.enable_prefix_caching,
-            ),
+            engine_kwargs=engine_kwargs(cfg.model, r, cfg.seed),
             num_cpus_per_engine=r.num_cpus_per_engine,
             num_gpus_per_engine=r.tensor_parallel_size if cfg.cluster.num_gpus else 0,
         )
@@ -133,13 +106,6 @@ class Pipeline:
         if resumed:
             log.info("resuming %s: completed %s, at %s step %d", self.out, self.state.completed,
                      self.state.phase, self.state.phase_step)
-
-    def _engine_kwargs(self) -> dict[str, Any]:
-        r, m = self.cfg.rollout, self.cfg.model
-        return dict(dtype=m.dtype, max_model_len=m.max_model_len, seed=self.cfg.seed,
-                    tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
-                    kv_cache_gib=r.kv_cache_gib, enforce_eager=r.enforce_eager,
-                    enable_prefix_caching=r.enable_prefix_caching)
 
     def _base_model(self) -> str:
         m = self.cfg.model
@@ -220,7 +186,7 @@ class Pipeline:
 
             r = self.cfg.rollout
             self.teacher = GRMRewardPool(
-                model, r.num_engines, self._engine_kwargs(), template=self.cfg.model.template,
+                model, r.num_engines, engine_kwargs(self.cfg.model, r, self.cfg.seed), template=self.cfg.model.template,
                 max_new_tokens=self.cfg.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
                 num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0)
         return self.teacher
@@ -343,19 +309,6 @@ class Pipeline:
         steps = sorted(p for p in self.ckpt_dir.glob("*-step*") if p.is_dir() and p not in in_use)
         for old in steps[: max(0, len(steps) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _actor_env() -> dict[str, str]:
-    """Environment every actor inherits (set once here, where it is visible)."""
-    env = {
-        # In-process vLLM engines: seconds to start on CPU instead of tens.
-        "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    for key in ("WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    return env
 
 
 def _load_tokenizer(path: str):

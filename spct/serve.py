@@ -310,24 +310,10 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
     """Start Ray (unless running), the GRM engines and the meta RM actor."""
     import ray
 
+    from spct.cluster import init_ray
     from spct.reward_pool import GRMRewardPool
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    if not ray.is_initialized():
-        env = {
-            "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"],
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-        for key in ("HF_HOME", "HF_HUB_OFFLINE"):
-            if key in os.environ:
-                env[key] = os.environ[key]
-        ray.init(
-            address=c.ray_address or "local",
-            num_cpus=c.num_cpus,
-            num_gpus=c.num_gpus or None,
-            include_dashboard=False,
-            runtime_env={"env_vars": env},
-        )
+    init_ray(c.ray_address, c.num_cpus, c.num_gpus)
     engine_kwargs = dict(
         dtype=c.dtype,
         max_model_len=c.max_model_len,
