@@ -222,7 +222,8 @@ def meta_scorer(path: str, dtype: str, max_length: int):
 
     from spct.meta_rm import MetaRM
 
-    actor = ray.remote(MetaRM).remote(path, dtype=dtype, max_length=max_length)
+    # Scoring is forward-only, so larger micro-batches than training's are fine.
+    actor = ray.remote(MetaRM).remote(path, dtype=dtype, max_length=max_length, micro_batch_size=64)
     return (lambda trajectories: ray.get(actor.score.remote(trajectories))), actor
 
 

@@ -40,7 +40,7 @@ def grm_trajectories(p, items, k: int, temperature: float, tag: str) -> list[dic
 def run_meta_rm(p) -> dict:
     import ray
 
-    from spct.meta_rm import MetaRM
+    from spct.evaluate import meta_scorer
 
     c, seed = p.cfg.meta_rm, p.cfg.seed
     folder = p.out / "meta_rm"
@@ -82,8 +82,8 @@ def run_meta_rm(p) -> dict:
     p.learner = None
     p.state.meta_rm = path
 
-    actor = ray.remote(MetaRM).remote(path, dtype=p.cfg.model.dtype, max_length=c.max_length)
-    scores = ray.get(actor.score.remote(val)) if val else []
+    score, actor = meta_scorer(path, p.cfg.model.dtype, c.max_length)
+    scores = score(val) if val else []
     ray.kill(actor)
     val_labels = [t["label"] for t in val]
     result: dict[str, float] = {"train_trajectories": len(data), "train_positive_rate": sum(labels) / len(labels),
