@@ -138,6 +138,7 @@ class EvalConfig:
     k_max: int = 8
     temperature: float = 0.5
     k_meta_ratio: float = 0.5
+    bootstrap: int = 1000  # resamples behind each confidence interval
 
 
 @dataclass

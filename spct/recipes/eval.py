@@ -25,7 +25,8 @@ def run_eval(p) -> dict:
         with p.timings("generate"):
             tables = run_benchmarks(pool, [(c.split, rule, items)], p.out / "eval", k_max=c.k_max,
                                     temperature=c.temperature, k_meta_ratio=c.k_meta_ratio,
-                                    meta_score=score_meta, seed=p.cfg.seed, tracker=p.tracker,
+                                    meta_score=score_meta, bootstrap=c.bootstrap, seed=p.cfg.seed,
+                                    tracker=p.tracker,
                                     step=p.state.global_step)
     finally:
         if actor is not None:
