@@ -54,7 +54,7 @@ LR_SCHEDULES = ("constant", "cosine")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # causal_lm: the GRM (SFT and GRPO); classification: a scalar head, the meta RM (BCE).
 TASKS = ("causal_lm", "classification")
-SEQUENCE_KEYS = ("input_ids", "prompt_lens", "old_logprobs", "advantages")
+SEQUENCE_KEYS = ("input_ids", "prompt_lens", "old_logprobs", "advantages", "labels")
 CHECKPOINT_TAG = "learner"
 
 
@@ -85,7 +85,7 @@ def validate_batch(batch: Mapping[str, Any], rollout: bool, where: str = "batch"
         raise TypeError(
             f"{where}: expected a dict of per-sequence lists, got {type(batch).__name__}"
         )
-    keys = SEQUENCE_KEYS if rollout else SEQUENCE_KEYS[:2]
+    keys = SEQUENCE_KEYS[:4] if rollout else SEQUENCE_KEYS[:2]
     missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}; a batch needs {list(keys)}")
@@ -121,6 +121,10 @@ def validate_batch(batch: Mapping[str, Any], rollout: bool, where: str = "batch"
                     f"{where}.advantages[{i}]: expected a finite float, got {batch['advantages'][i]}"
                 )
     return n
+
+
+def _rank_mean(results: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
 
 def shard_batch(batch: Mapping[str, Sequence[Any]], num_ranks: int) -> list[dict[str, list]]:
@@ -747,9 +751,8 @@ class LearnerGroup:
         self, method: str, batch: Mapping[str, Sequence[Any]], rollout: bool, **kw: Any
     ) -> dict[str, float]:
         validate_batch(batch, rollout=rollout)
-        shards = shard_batch(batch, self.num_ranks)
-        results = self._call(method, shards, **kw)
-        return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+        results = self._call(method, shard_batch(batch, self.num_ranks), **kw)
+        return _rank_mean(results)
 
     def sft_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
         return self._step("sft_step", batch, rollout=False)
@@ -782,14 +785,8 @@ class LearnerGroup:
         for i, y in enumerate(labels):
             if y not in (0, 1):
                 raise ValueError(f"bce batch.labels[{i}]: expected 0 or 1, got {y!r}")
-        n = len(ids)
-        if n % self.num_ranks:
-            raise ValueError(f"bce batch of {n} sequences does not split evenly across {self.num_ranks} ranks")
-        size = n // self.num_ranks
-        shards = [{"input_ids": list(ids[r * size : (r + 1) * size]), "labels": list(labels[r * size : (r + 1) * size])}
-                  for r in range(self.num_ranks)]
-        results = self._call("bce_step", shards)
-        return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+        results = self._call("bce_step", shard_batch(batch, self.num_ranks))
+        return _rank_mean(results)
 
     def state_for_sync(self, as_ref: bool = False) -> Any:
         """Rank 0's full state dict (or, with `as_ref`, its ObjectRef, to hand on without
