@@ -29,8 +29,8 @@ from typing import Any
 from spct.cluster import init_ray
 from spct.config import Config, engine_kwargs
 from spct.data import Item, load_items
-from spct.grm import build_prompt, is_correct, load_template, map_back, parse_scores, random_order
-from spct.scaling import wilson_interval
+from spct.grm import build_prompt, load_template, map_back, parse_scores, random_order
+from spct.scaling import judge, wilson_interval
 from spct.tracking import Timings, Tracker
 
 log = logging.getLogger("spct")
@@ -261,7 +261,10 @@ class Pipeline:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, phase: str) -> dict[str, float]:
-        """Greedy held-out accuracy (Eq. 10) on the eval split, with a 95% interval."""
+        """Greedy held-out accuracy (Eq. 10) on the eval split, with a 95% interval.
+
+        A tie earns 1/#tied, the same rule as the eval phase's Greedy and Voting@k rows, so the
+        per-phase accuracies and the scaling table are comparable."""
         items = self.data.get(self.cfg.eval.split) or []
         if self.cfg.eval.max_items:
             items = items[: self.cfg.eval.max_items]
@@ -272,11 +275,11 @@ class Pipeline:
         orders = [random_order(it.n, rng) for it in items]
         prompts = [self.prompt(it, o, training=False) for it, o in zip(items, orders, strict=True)]
         results = self.generate([p for p, _, _ in prompts], n=1, temperature=0.0)
-        correct = failures = 0
+        correct, failures = 0.0, 0
         for it, order, (_, low, high), res in zip(items, orders, prompts, results, strict=True):
             scores = parse_scores(res["samples"][0]["text"], it.n, low, high)
             failures += scores is None
-            correct += is_correct(map_back(scores, order), it.rewards)
+            correct += judge([map_back(scores, order)], it.rewards).credit()
         lo, hi = wilson_interval(correct, len(items))
         out = {"accuracy": correct / len(items), "ci_low": lo, "ci_high": hi,
                "parse_failure_rate": failures / len(items), "n": len(items)}

@@ -277,10 +277,7 @@ def render_trajectory(
 ) -> str:
     order = check_order(order, item.n)
     operands, _, claims = ground_truth(item)
-    weights = _weights(len(critique.checked))
-    criteria = "; ".join(
-        f"{ASPECT} {k + 1} (Weight: {w}%)" for k, w in zip(critique.checked, weights, strict=True)
-    )
+    criteria = "; ".join(f"{ASPECT} {k + 1}" for k in critique.checked)
     parts = []
     for k, value in zip(critique.checked, critique.computed, strict=True):
         a, b = operands[k]
@@ -305,16 +302,12 @@ def write_trajectory(
     """A complete GRM output for `item` with its responses shown in `order`.
 
     Example (two responses, aspects 1 and 3 checked):
-        Specific Criteria: Sum 1 (Weight: 50%); Sum 3 (Weight: 50%)
+        Specific Criteria: Sum 1; Sum 3
         Analysis: Sum 1: 3+4=7; R1 7 right; R2 7 right. Sum 3: 2+5=7; R1 6 wrong; R2 7 right.
         Scores: \\boxed{6, 10}
     R indices are prompt positions; scores are in prompt order. Use low=0, high=1 for the
-    single-response template.
+    single-response template. The principles carry no weights: every checked aspect counts the
+    same, so weights would only lengthen what a tiny model must write.
     """
     return render_trajectory(item, order, plan_critique(item, rng, n_checked, noise), low, high)
 
-
-def _weights(count: int) -> list[int]:
-    """Equal integer percentages summing to 100 (the remainder goes to the last ones)."""
-    base, extra = divmod(100, count)
-    return [base + (1 if i >= count - extra else 0) for i in range(count)]

@@ -135,8 +135,8 @@ def test_trajectory_has_the_three_parts_and_parses_to_the_oracle_scores():
         assert text == render_trajectory(item, order, critique, low, high)
         lines = text.split("\n")
         assert [line.split(":")[0] for line in lines] == ["Specific Criteria", "Analysis", "Scores"]
-        weights = [int(w) for w in re.findall(r"Weight: (\d+)%", lines[0])]
-        assert sum(weights) == 100 and len(weights) == len(critique.checked)
+        principles = [int(k) for k in re.findall(r"Sum (\d+)", lines[0])]
+        assert principles == [k + 1 for k in critique.checked]
         expected = oracle_scores(item, order, critique.checked, low, high)
         assert _parse(text, item.n, low, high) == expected
 
@@ -154,7 +154,7 @@ def test_trajectory_example_format():
     )
     text = render_trajectory(item, [0, 1], Critique((0, 2), (7, 7)))
     assert text == (
-        "Specific Criteria: Sum 1 (Weight: 50%); Sum 3 (Weight: 50%)\n"
+        "Specific Criteria: Sum 1; Sum 3\n"
         "Analysis: Sum 1: 3+4=7; R1 7 right; R2 7 right. Sum 3: 2+5=7; R1 6 wrong; R2 7 right.\n"
         "Scores: \\boxed{6, 10}"
     )
