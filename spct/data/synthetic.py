@@ -57,6 +57,8 @@ class SyntheticConfig:
     deltas: tuple[int, ...] = DELTAS
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "deltas", tuple(self.deltas))  # a list from a YAML config
+
         def bad(field: str, expected: str) -> ValueError:
             return ValueError(
                 f"SyntheticConfig.{field}: expected {expected}, got {getattr(self, field)!r}"
@@ -215,15 +217,23 @@ def ground_truth(item: Item) -> tuple[list[list[int]], list[int], list[list[int]
 
 
 def plan_critique(
-    item: Item, rng: random.Random, n_checked: int | tuple[int, int], noise: float = 0.0
+    item: Item,
+    rng: random.Random,
+    n_checked: int | tuple[int, int],
+    noise: float = 0.0,
+    carry_slip: float = 0.0,
 ) -> Critique:
-    """Choose the principles (which aspects to check) and, with probability `noise`, one slip.
+    """Choose the principles (which aspects to check) and the values the critique computes.
 
-    n_checked is a count or an inclusive (lo, hi) range, clipped to the number of aspects. A
-    slip computes a wrong value that some response claimed when one did (the tempting error),
-    else a nearby wrong value; either way at least one verdict changes.
+    n_checked is a count or an inclusive (lo, hi) range, clipped to the number of aspects.
+    carry_slip: the probability that a checked sum whose units carry (e.g. 8+9) is computed
+    without the carry (8+9=7). Above 0.5 it is the critic's most likely value, a consistent
+    wrong reasoning that greedy decoding of a model trained on it repeats, and that RFT and RL
+    can unlearn because the right value leads to correct verdicts more often.
+    noise: the probability of one more slip, to a wrong value that some response claimed when
+    one did (the tempting error), else a nearby wrong value; either way a verdict changes.
     """
-    _, answers, claims = ground_truth(item)
+    operands, answers, claims = ground_truth(item)
     m = len(answers)
     lo, hi = (n_checked, n_checked) if isinstance(n_checked, int) else n_checked
     if not 1 <= lo <= hi:
@@ -231,6 +241,11 @@ def plan_critique(
     count = min(rng.randint(lo, hi), m)
     checked = sorted(rng.sample(range(m), count))
     computed = [answers[k] for k in checked]
+    if carry_slip > 0:
+        for slot, k in enumerate(checked):
+            a, b = operands[k]
+            if a % 10 + b % 10 >= 10 and rng.random() < carry_slip:
+                computed[slot] = answers[k] - 10
     if noise > 0 and rng.random() < noise:
         slot = rng.randrange(count)
         truth = answers[checked[slot]]
@@ -298,6 +313,7 @@ def write_trajectory(
     noise: float = 0.0,
     low: int = 1,
     high: int = 10,
+    carry_slip: float = 0.0,
 ) -> str:
     """A complete GRM output for `item` with its responses shown in `order`.
 
@@ -309,5 +325,6 @@ def write_trajectory(
     single-response template. The principles carry no weights: every checked aspect counts the
     same, so weights would only lengthen what a tiny model must write.
     """
-    return render_trajectory(item, order, plan_critique(item, rng, n_checked, noise), low, high)
+    critique = plan_critique(item, rng, n_checked, noise, carry_slip)
+    return render_trajectory(item, order, critique, low, high)
 

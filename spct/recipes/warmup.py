@@ -1,8 +1,9 @@
 """Warm-up: SFT on programmatic GRM trajectories of the synthetic task, with noisy verdicts.
 
 Only the embedded default needs it: its model starts from random weights and must first learn
-the output format. The verdicts are deliberately noisy (a check slips in a consistent way) so
-that RFT's rejection filter has something to remove afterwards.
+the output format. The verdicts are deliberately flawed so that RFT and RL have something to
+fix: with `carry_slip` above one half the critic most often drops the carry of a sum like 8+9
+(a consistent wrong reasoning greedy decoding then repeats), and `noise` adds random slips.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def run_warmup(p) -> None:
         for item in rng.sample(train, c.batch_size):
             order = random_order(item.n, rng)
             prompt, low, high = p.prompt(item, order)
-            completion = write_trajectory(item, order, rng, (c.checks_min, c.checks_max), c.noise, low, high)
+            completion = write_trajectory(
+                item, order, rng, (c.checks_min, c.checks_max), c.noise, low, high, c.carry_slip
+            )
             examples.append(encode_sft(p.tokenizer, prompt, completion))
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))

@@ -121,6 +121,14 @@ def test_bad_config_names_the_field():
         SyntheticConfig(deltas=(0, 1))
 
 
+def test_deltas_from_a_yaml_list_shape_every_wrong_claim():
+    config = SyntheticConfig(deltas=[-10, 10], min_responses=2, max_responses=2, single_fraction=0.0)
+    assert config.deltas == (-10, 10)
+    for item in make_items(200, seed=0, split="train", config=config):
+        for claims in item.meta["claims"]:
+            assert all(c - a in (0, -10, 10) for c, a in zip(claims, item.meta["answers"], strict=True))
+
+
 def _parse(text: str, n: int, low: int, high: int) -> list[int] | None:
     return parse_scores(text, n, low, high)
 
@@ -211,6 +219,36 @@ def test_noise_slips_one_check_at_the_stated_rate(noise):
             assert f"{a}+{b}={critique.computed[wrong[0]]};" in text
     sd = math.sqrt(noise * (1 - noise) / len(items))
     assert abs(slipped / len(items) - noise) <= 4 * sd + 1e-9
+
+
+@pytest.mark.parametrize("carry_slip", [0.6, 1.0])
+def test_carry_slip_drops_the_carry_of_carrying_sums_only(carry_slip):
+    rng = random.Random(3)
+    lost = carrying = 0
+    for item in make_items(1000, seed=0, split="train", config=MULTI):
+        critique = plan_critique(item, rng, 2, carry_slip=carry_slip)
+        for k, value in zip(critique.checked, critique.computed, strict=True):
+            a, b = item.meta["operands"][k]
+            if a + b < 10:  # single-digit operands: a carry exactly when the sum is >= 10
+                assert value == a + b
+                continue
+            carrying += 1
+            assert value in (a + b, a + b - 10)
+            lost += value == a + b - 10
+    sd = math.sqrt(carry_slip * (1 - carry_slip) / carrying)
+    assert carrying > 300 and abs(lost / carrying - carry_slip) <= 4 * sd + 1e-9
+
+
+def test_carry_slip_is_the_greedy_verdict_a_model_learns_when_above_half():
+    """The most frequent trajectory line for a carrying sum is the carry-less one."""
+    item = next(it for it in make_items(200, seed=0, split="train", config=MULTI)
+                if sum(it.meta["operands"][0]) >= 10)
+    a, b = item.meta["operands"][0]
+    rng = random.Random(4)
+    lines = [render_trajectory(item, list(range(item.n)), plan_critique(item, rng, 4, carry_slip=0.6))
+             for _ in range(400)]
+    without = sum(f"{a}+{b}={a + b - 10};" in t for t in lines)
+    assert without > 400 // 2 and sum(f"{a}+{b}={a + b};" in t for t in lines) == 400 - without
 
 
 def test_a_slip_prefers_a_wrong_claim_some_response_made():
