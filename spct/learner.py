@@ -54,7 +54,10 @@ LR_SCHEDULES = ("constant", "cosine")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # causal_lm: the GRM (SFT and GRPO); classification: a scalar head, the meta RM (BCE).
 TASKS = ("causal_lm", "classification")
-SEQUENCE_KEYS = ("input_ids", "prompt_lens", "old_logprobs", "advantages", "labels")
+SFT_KEYS = ("input_ids", "prompt_lens")
+ROLLOUT_KEYS = (*SFT_KEYS, "old_logprobs", "advantages")
+# Every per-sequence list a step may carry (BCE batches add "labels"); shard_batch splits these.
+SEQUENCE_KEYS = (*ROLLOUT_KEYS, "labels")
 CHECKPOINT_TAG = "learner"
 
 
@@ -85,7 +88,7 @@ def validate_batch(batch: Mapping[str, Any], rollout: bool, where: str = "batch"
         raise TypeError(
             f"{where}: expected a dict of per-sequence lists, got {type(batch).__name__}"
         )
-    keys = SEQUENCE_KEYS[:4] if rollout else SEQUENCE_KEYS[:2]
+    keys = ROLLOUT_KEYS if rollout else SFT_KEYS
     missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}; a batch needs {list(keys)}")
