@@ -80,7 +80,11 @@ class WarmupConfig:
     lr: float = 2e-3
     warmup_steps: int = 50
     noise: float = 0.3
-    carry_slip: float = 0.0  # share of carrying sums the warm-up critic computes without the carry
+    # Probability that the warm-up critic computes a carrying sum without the carry (8+9=7):
+    # carry_slip when the units digits sum to 10, rising linearly to carry_slip_max (null: the
+    # same) when they sum to 18.
+    carry_slip: float = 0.0
+    carry_slip_max: float | None = None
     checks_min: int = 2
     checks_max: int = 2
 
@@ -242,8 +246,9 @@ def validate(c: Config) -> None:
     need(0 < c.eval.k_meta_ratio <= 1, "eval.k_meta_ratio", "in (0, 1]")
     need("eval" not in c.phases or c.phases[-1] == "eval", "phases", "'eval' last")
     need(c.warmup.checks_min <= c.warmup.checks_max, "warmup.checks_min", "<= warmup.checks_max")
-    for key in ("noise", "carry_slip"):
-        need(0 <= getattr(c.warmup, key) <= 1, f"warmup.{key}", "a probability in [0, 1]")
+    for key in ("noise", "carry_slip", "carry_slip_max"):
+        value = getattr(c.warmup, key)
+        need(value is None or 0 <= value <= 1, f"warmup.{key}", "a probability in [0, 1]")
     need(c.logger.kind in ("wandb", "none"), "logger.kind", "'wandb' or 'none'")
     need(c.logger.mode in ("auto", "online", "offline"), "logger.mode", "auto, online or offline")
     r = c.learner.num_ranks

@@ -1,9 +1,11 @@
 """A synthetic verifiable task on which SPCT's mechanisms have something to act on.
 
 A query asks for m small independent sums ("aspects"), e.g. `Solve: 3+4 ; 7+8 ; 2+5 ; 1+1`;
-a response answers all of them (`7 15 6 2`). A program knows which answers are right, so the
-ground truth is exact: the reward of a response is its number of correct answers, and the
-best response beats every other by a chosen margin.
+a response restates each sum with its answer (`3+4=7 ; 7+8=15 ; 2+5=6 ; 1+1=2`). A program
+knows which answers are right, so the ground truth is exact: the reward of a response is its
+number of correct answers, and the best response beats every other by a chosen margin. A
+critique that checks sum k finds each response's answer by its sum ("7+8=") rather than by
+counting positions, which a tiny model learns in far fewer steps.
 
 The task is shaped for inference-time scaling. A critique's principles pick WHICH aspects it
 checks, and its scores reflect the share of checked answers that passed. One critique that
@@ -45,9 +47,13 @@ class SyntheticConfig:
     response (reward 1 when every answer is right, else 0), drawn only when min_responses is 1.
     single_correct_fraction: share of those single responses that are fully right. deltas: how
     a wrong answer misses the true one (small, plausible slips, including a lost carry).
+    carry_drop: the share of wrong answers to a sum whose units carry that drop the carry
+    (8+9=7), the slip a flawed critic makes too; the rest miss by one of `deltas`. Operands are
+    drawn uniformly from [min_operand, max_operand]; a larger min_operand makes carries common.
     """
 
     n_aspects: int = 4
+    min_operand: int = 0
     max_operand: int = 9
     min_responses: int = 1
     max_responses: int = 4
@@ -55,6 +61,7 @@ class SyntheticConfig:
     single_fraction: float = 0.2
     single_correct_fraction: float = 0.5
     deltas: tuple[int, ...] = DELTAS
+    carry_drop: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deltas", tuple(self.deltas))  # a list from a YAML config
@@ -68,6 +75,8 @@ class SyntheticConfig:
             raise bad("n_aspects", "an integer >= 1")
         if self.max_operand < 1:
             raise bad("max_operand", "an integer >= 1")
+        if not 0 <= self.min_operand <= self.max_operand:
+            raise bad("min_operand", f"an integer in [0, max_operand = {self.max_operand}]")
         if self.min_responses < 1:
             raise bad("min_responses", "an integer >= 1")
         if self.max_responses < self.min_responses:
@@ -84,6 +93,8 @@ class SyntheticConfig:
             raise bad("single_correct_fraction", "a share in [0, 1]")
         if 0 in self.deltas or not any(d > 0 for d in self.deltas):
             raise bad("deltas", "non-zero offsets, at least one of them positive")
+        if not 0.0 <= self.carry_drop <= 1.0:
+            raise bad("carry_drop", "a share in [0, 1]")
 
 
 def split_of(query: str) -> str:
@@ -96,8 +107,8 @@ def render_query(operands: Sequence[Sequence[int]]) -> str:
     return "Solve: " + " ; ".join(f"{a}+{b}" for a, b in operands)
 
 
-def render_response(claims: Sequence[int]) -> str:
-    return " ".join(str(c) for c in claims)
+def render_response(operands: Sequence[Sequence[int]], claims: Sequence[int]) -> str:
+    return " ; ".join(f"{a}+{b}={c}" for (a, b), c in zip(operands, claims, strict=True))
 
 
 def make_items(
@@ -146,9 +157,8 @@ def make_splits(
 
 def _draw_item(rng: random.Random, cfg: SyntheticConfig, split: str) -> Item | None:
     m = cfg.n_aspects
-    operands = [
-        (rng.randint(0, cfg.max_operand), rng.randint(0, cfg.max_operand)) for _ in range(m)
-    ]
+    lo, hi = cfg.min_operand, cfg.max_operand
+    operands = [(rng.randint(lo, hi), rng.randint(lo, hi)) for _ in range(m)]
     query = render_query(operands)
     if split_of(query) != split:
         return None
@@ -162,13 +172,13 @@ def _draw_item(rng: random.Random, cfg: SyntheticConfig, split: str) -> Item | N
         runner_up = best - cfg.margin
         counts = [best, runner_up] + [rng.randint(0, runner_up) for _ in range(n - 2)]
         rng.shuffle(counts)
-    claims = [_claims(rng, answers, c, cfg.deltas) for c in counts]
+    claims = [_claims(rng, operands, c, cfg) for c in counts]
     rewards = [float(c) for c in counts]
     if len(counts) == 1:
         rewards = [1.0 if counts[0] == m else 0.0]
     return Item(
         conversation=[{"role": "user", "content": query}],
-        responses=[render_response(c) for c in claims],
+        responses=[render_response(operands, c) for c in claims],
         rewards=rewards,
         source="synthetic",
         subset="single" if len(counts) == 1 else "multi",
@@ -177,10 +187,18 @@ def _draw_item(rng: random.Random, cfg: SyntheticConfig, split: str) -> Item | N
 
 
 def _claims(
-    rng: random.Random, answers: list[int], n_right: int, deltas: Sequence[int]
+    rng: random.Random, operands: list[tuple[int, int]], n_right: int, cfg: SyntheticConfig
 ) -> list[int]:
-    right = set(rng.sample(range(len(answers)), n_right))
-    return [a if k in right else _slip(rng, a, deltas) for k, a in enumerate(answers)]
+    right = set(rng.sample(range(len(operands)), n_right))
+    claims = []
+    for k, (a, b) in enumerate(operands):
+        if k in right:
+            claims.append(a + b)
+        elif cfg.carry_drop > 0 and a % 10 + b % 10 >= 10 and rng.random() < cfg.carry_drop:
+            claims.append(a + b - 10)
+        else:
+            claims.append(_slip(rng, a + b, cfg.deltas))
+    return claims
 
 
 def _slip(rng: random.Random, value: int, deltas: Sequence[int]) -> int:
@@ -221,15 +239,17 @@ def plan_critique(
     rng: random.Random,
     n_checked: int | tuple[int, int],
     noise: float = 0.0,
-    carry_slip: float = 0.0,
+    carry_slip: float | tuple[float, float] = 0.0,
 ) -> Critique:
     """Choose the principles (which aspects to check) and the values the critique computes.
 
     n_checked is a count or an inclusive (lo, hi) range, clipped to the number of aspects.
     carry_slip: the probability that a checked sum whose units carry (e.g. 8+9) is computed
-    without the carry (8+9=7). Above 0.5 it is the critic's most likely value, a consistent
-    wrong reasoning that greedy decoding of a model trained on it repeats, and that RFT and RL
-    can unlearn because the right value leads to correct verdicts more often.
+    without the carry (8+9=7); a (lo, hi) pair makes it grow linearly with the units digits'
+    sum, from lo at 10 (e.g. 3+7) to hi at 18 (9+9), so that larger sums are harder. Above 0.5
+    it is the critic's most likely value, a consistent wrong reasoning that greedy decoding of
+    a model trained on it repeats, and that RFT and RL can unlearn because the right value
+    leads to correct verdicts more often; the nearer to 1, the rarer the samples that teach it.
     noise: the probability of one more slip, to a wrong value that some response claimed when
     one did (the tempting error), else a nearby wrong value; either way a verdict changes.
     """
@@ -241,10 +261,12 @@ def plan_critique(
     count = min(rng.randint(lo, hi), m)
     checked = sorted(rng.sample(range(m), count))
     computed = [answers[k] for k in checked]
-    if carry_slip > 0:
+    slip_lo, slip_hi = (carry_slip, carry_slip) if isinstance(carry_slip, float | int) else carry_slip
+    if slip_lo > 0 or slip_hi > 0:
         for slot, k in enumerate(checked):
             a, b = operands[k]
-            if a % 10 + b % 10 >= 10 and rng.random() < carry_slip:
+            units = a % 10 + b % 10
+            if units >= 10 and rng.random() < slip_lo + (slip_hi - slip_lo) * (units - 10) / 8:
                 computed[slot] = answers[k] - 10
     if noise > 0 and rng.random() < noise:
         slot = rng.randrange(count)
@@ -313,7 +335,7 @@ def write_trajectory(
     noise: float = 0.0,
     low: int = 1,
     high: int = 10,
-    carry_slip: float = 0.0,
+    carry_slip: float | tuple[float, float] = 0.0,
 ) -> str:
     """A complete GRM output for `item` with its responses shown in `order`.
 

@@ -4,10 +4,15 @@ A tiny model is an ordinary Hugging Face folder (safetensors weights, config, to
 a chat template): vLLM, transformers and DeepSpeed load it by path exactly as they load a
 hub model, so the code under test is the code that trains real models.
 
-The tokenizer is a byte-level BPE trained on the project's own text with every digit its
-own token: a merged "15" would make each sum a separate fact to memorise, while single
-digits make arithmetic learnable by a model of about a million parameters. Byte level means
-any text round-trips exactly (for qwen2 folders: any NFC text, see `build_tokenizer`).
+The tokenizer is a byte-level BPE trained on the project's own text. How it cuts numbers is
+part of the model's shape (`TinySpec.digits_per_token`): with one digit a token (the "test"
+preset, and every qwen2 folder) a number of several digits is read digit by digit; with two
+(the "demo" preset) every number of the synthetic task (0..28) is one token. Single-digit
+operands make each sum one of 100 facts either way, but a whole-number token makes the
+critique's other steps single-token operations: copying a claim is one lookup and checking it
+against the computed value is one comparison. The demo model learns them in about half the
+steps it needs when numbers arrive digit by digit. Byte level means any text round-trips
+exactly (for qwen2 folders: any NFC text, see `build_tokenizer`).
 """
 
 from __future__ import annotations
@@ -72,6 +77,9 @@ class TinySpec:
     max_position_embeddings: int = 512
     tie_word_embeddings: bool = True
     vocab_size: int = 512
+    # How many digits one token may hold: 1 reads numbers digit by digit; 2 lets the BPE merge
+    # two-digit numbers the corpus holds into single tokens (llama only: qwen2 fixes it to 1).
+    digits_per_token: int = 1
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -85,6 +93,7 @@ class TinySpec:
                 f"TinySpec: head_dim = hidden_size / num_heads = {self.head_dim}; vLLM's CPU "
                 "attention needs >= 32 (use fewer heads or a larger hidden_size)"
             )
+        _check_digits(self.arch, self.digits_per_token, "TinySpec.digits_per_token")
         kv = self.kv_heads
         if kv < 1 or self.num_heads % kv:
             raise ValueError(
@@ -100,14 +109,29 @@ class TinySpec:
         return self.num_kv_heads or self.num_heads
 
 
+def _check_digits(arch: str, digits_per_token: int, field: str) -> None:
+    if not 1 <= digits_per_token <= 3:
+        raise ValueError(f"{field}: expected 1, 2 or 3, got {digits_per_token}")
+    if arch == "qwen2" and digits_per_token != 1:
+        raise ValueError(
+            f"{field}: qwen2 tokenizers isolate every digit (transformers imposes Qwen's split "
+            f"pattern), so it must be 1, got {digits_per_token}"
+        )
+
+
 PRESETS: dict[str, TinySpec] = {
     # The smallest shape vLLM's CPU backend accepts: for tests of the plumbing, not of learning.
     "test": TinySpec(
         arch="llama", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128
     ),
-    # The shape a measured prototype found to learn the synthetic arithmetic in minutes on CPU.
+    # About 1M parameters: learns the synthetic task's critiques in a few minutes on 2 CPU cores.
     "demo": TinySpec(
-        arch="llama", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512
+        arch="llama",
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        intermediate_size=512,
+        digits_per_token=2,
     ),
 }
 
@@ -115,12 +139,17 @@ PRESETS: dict[str, TinySpec] = {
 def resolve_spec(
     preset: str = "test", arch: str | None = None, overrides: Mapping[str, Any] | None = None
 ) -> TinySpec:
-    """A preset with `arch` and field overrides applied; ValueError names what is unknown."""
+    """A preset with `arch` and field overrides applied; ValueError names what is unknown.
+
+    Switching a preset to qwen2 also sets digits_per_token to 1 (the only cut qwen2 allows)
+    unless the overrides name it."""
     if preset not in PRESETS:
         raise ValueError(f"tiny-model preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     changes = dict(overrides or {})
     if arch is not None:
         changes["arch"] = arch
+        if arch == "qwen2":
+            changes.setdefault("digits_per_token", 1)
     known = {f.name for f in fields(TinySpec)}
     unknown = sorted(set(changes) - known)
     if unknown:
@@ -135,20 +164,27 @@ def resolve_spec(
 
 
 def build_tokenizer(
-    corpus: Iterable[str], vocab_size: int = 512, model_max_length: int = 512, arch: str = "llama"
+    corpus: Iterable[str],
+    vocab_size: int = 512,
+    model_max_length: int = 512,
+    arch: str = "llama",
+    digits_per_token: int = 1,
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `corpus`, every digit its own token.
+    """A byte-level BPE tokenizer trained on `corpus`.
 
     Special tokens: <|pad|>, <|end|> (end of turn and eos), <|system|>, <|user|>, <|assistant|>.
     There is no BOS token: every prompt starts with a role token already.
 
-    For arch "llama" the pre-tokenizer isolates each digit, then splits words byte-level. For
-    "qwen2" it is the one transformers' AutoTokenizer imposes on every qwen2 folder (NFC, the
-    Qwen split pattern, which also isolates digits): training with any other would make the
-    saved tokenizer and the one vLLM or transformers reload tokenize differently.
+    For arch "llama" the pre-tokenizer cuts runs of digits into pieces of at most
+    `digits_per_token` digits (1: each digit alone), then splits words byte-level; the BPE then
+    merges the multi-digit pieces the corpus holds often enough. For "qwen2" it is the one
+    transformers' AutoTokenizer imposes on every qwen2 folder (NFC, the Qwen split pattern,
+    which isolates digits): training with any other would make the saved tokenizer and the one
+    vLLM or transformers reload tokenize differently.
     """
     if arch not in ARCHS:
         raise ValueError(f"arch: expected one of {ARCHS}, got {arch!r}")
+    _check_digits(arch, digits_per_token, "digits_per_token")
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(
             f"vocab_size: expected >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}"
@@ -163,11 +199,13 @@ def build_tokenizer(
             ]
         )
     else:
+        digits = (
+            pre_tokenizers.Digits(individual_digits=True)
+            if digits_per_token == 1
+            else pre_tokenizers.Split(Regex(rf"\d{{1,{digits_per_token}}}"), behavior="isolated")
+        )
         tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-            ]
+            [digits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
         )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -302,7 +340,9 @@ def _manifest(preset: str, spec: TinySpec, seed: int, digest: str) -> dict[str, 
 def _build(
     out: Path, preset: str, spec: TinySpec, seed: int, texts: list[str], digest: str
 ) -> Path:
-    tokenizer = build_tokenizer(texts, spec.vocab_size, spec.max_position_embeddings, spec.arch)
+    tokenizer = build_tokenizer(
+        texts, spec.vocab_size, spec.max_position_embeddings, spec.arch, spec.digits_per_token
+    )
     config = model_config(spec, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

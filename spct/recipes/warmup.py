@@ -20,6 +20,7 @@ from spct.recipes.sft import encode_sft, sft_batch
 def run_warmup(p) -> None:
     c, seed = p.cfg.warmup, p.cfg.seed
     train = p.data["train"]
+    slip = (c.carry_slip, c.carry_slip if c.carry_slip_max is None else c.carry_slip_max)
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=False)
     bar = tqdm(range(p.state.phase_step, c.steps), desc="warmup", initial=p.state.phase_step, total=c.steps)
     for step in bar:
@@ -29,7 +30,7 @@ def run_warmup(p) -> None:
             order = random_order(item.n, rng)
             prompt, low, high = p.prompt(item, order)
             completion = write_trajectory(
-                item, order, rng, (c.checks_min, c.checks_max), c.noise, low, high, c.carry_slip
+                item, order, rng, (c.checks_min, c.checks_max), c.noise, low, high, slip
             )
             examples.append(encode_sft(p.tokenizer, prompt, completion))
         with p.timings("train"):

@@ -203,7 +203,10 @@ def test_a_wrong_type_fails_naming_the_key(compose: Compose):
             ["'warmup' only with data.kind=synthetic"],
         ),
         (["rl.kl_kind=k4", "rl.beta=-1"], ["rl.kl_kind", "rl.beta"]),
-        (["warmup.carry_slip=1.5", "warmup.noise=-0.1"], ["warmup.carry_slip", "warmup.noise"]),
+        (
+            ["warmup.carry_slip=1.5", "warmup.carry_slip_max=2", "warmup.noise=-0.1"],
+            ["warmup.carry_slip:", "warmup.carry_slip_max", "warmup.noise"],
+        ),
     ],
 )
 def test_validate_names_every_field_in_a_bad_combination(

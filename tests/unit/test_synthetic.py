@@ -37,6 +37,11 @@ def _n_correct(item: Item, r: int) -> int:
     return sum(c == a for c, a in zip(item.meta["claims"][r], item.meta["answers"], strict=True))
 
 
+def _rendered(item: Item, claims: list[int]) -> str:
+    """A response restates each sum with its answer: "3+4=7 ; 7+8=15"."""
+    return " ; ".join(f"{a}+{b}={c}" for (a, b), c in zip(item.meta["operands"], claims, strict=True))
+
+
 def test_items_are_a_pure_function_of_seed_split_and_config():
     a = make_items(50, seed=3, split="train")
     b = make_items(50, seed=3, split="train")
@@ -79,7 +84,7 @@ def test_best_response_is_unique_and_leads_by_the_margin(margin):
         assert item.rewards == [float(c) for c in counts]
         ranked = sorted(counts, reverse=True)
         assert ranked[0] - ranked[1] == margin
-        assert item.responses[item.best] == " ".join(map(str, item.meta["claims"][item.best]))
+        assert item.responses[item.best] == _rendered(item, item.meta["claims"][item.best])
 
 
 def test_single_response_items_reward_all_correct_only():
@@ -101,7 +106,7 @@ def test_query_and_responses_carry_the_ground_truth():
         assert item.meta["answers"] == [a + b for a, b in ops]
         assert all(0 <= x <= 9 for pair in ops for x in pair)
         for r, claims in enumerate(item.meta["claims"]):
-            assert item.responses[r] == " ".join(map(str, claims))
+            assert item.responses[r] == _rendered(item, claims)
             for c, a in zip(claims, item.meta["answers"], strict=True):
                 assert c >= 0 and abs(c - a) in (0, 1, 2, 10)
 
@@ -237,6 +242,24 @@ def test_carry_slip_drops_the_carry_of_carrying_sums_only(carry_slip):
             lost += value == a + b - 10
     sd = math.sqrt(carry_slip * (1 - carry_slip) / carrying)
     assert carrying > 300 and abs(lost / carrying - carry_slip) <= 4 * sd + 1e-9
+
+
+def test_carry_slip_range_grows_with_the_units_digits_sum():
+    """(lo, hi): lo when the units sum to 10, hi when they sum to 18, linear in between."""
+    rng = random.Random(5)
+    lost, seen = {}, {}
+    for item in make_items(1500, seed=2, split="train", config=MULTI):
+        critique = plan_critique(item, rng, 4, carry_slip=(0.0, 1.0))
+        for k, value in zip(critique.checked, critique.computed, strict=True):
+            a, b = item.meta["operands"][k]
+            if a + b >= 10:
+                seen[a + b] = seen.get(a + b, 0) + 1
+                lost[a + b] = lost.get(a + b, 0) + (value == a + b - 10)
+    assert lost[10] == 0 and lost[18] == seen[18] > 0
+    for total in (12, 14, 16):
+        p = (total - 10) / 8
+        sd = math.sqrt(p * (1 - p) / seen[total])
+        assert abs(lost[total] / seen[total] - p) <= 4 * sd
 
 
 def test_carry_slip_is_the_greedy_verdict_a_model_learns_when_above_half():

@@ -80,6 +80,29 @@ def test_every_digit_is_its_own_token(trained, arch):
         assert len(pieces) == len(number), pieces
 
 
+def test_demo_tokenizer_makes_every_number_of_the_task_one_token(corpus, texts):
+    """digits_per_token=2: each number the synthetic task writes (0..28) is a single token, so
+    copying or comparing one is a one-token operation; longer runs split into two-digit pieces."""
+    tok = build_tokenizer(corpus, 512, digits_per_token=PRESETS["demo"].digits_per_token)
+    for number in range(29):
+        assert tok.tokenize(str(number)) == [str(number)]
+    for token_id in range(len(tok)):
+        assert len(re.findall(r"\d", tok.decode([token_id]))) <= 2
+    assert all(len(re.sub(r"\D", "", p)) <= 2 for p in tok.tokenize("1234567"))
+    for text in texts + ["007+0010=17", "R1: 3+4=7 ; 9+9=18"]:
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_digits_per_token_is_checked():
+    with pytest.raises(ValueError, match="digits_per_token"):
+        TinySpec(arch="qwen2", hidden_size=64, num_layers=1, num_heads=2, intermediate_size=64,
+                 digits_per_token=2)
+    with pytest.raises(ValueError, match="digits_per_token"):
+        resolve_spec("demo", overrides={"digits_per_token": 0})
+    with pytest.raises(ValueError, match="digits_per_token"):
+        build_tokenizer(["1 2"], 512, arch="qwen2", digits_per_token=2)
+
+
 def test_prompts_are_compact(trained, texts):
     """A trained vocabulary should pack the project's text well beyond one token per byte."""
     tok = trained["llama"]
