@@ -216,14 +216,15 @@ def run_benchmarks(pool, benchmarks: list[tuple[str, str, list[Item]]], out: Pat
     return tables
 
 
-def meta_scorer(path: str, dtype: str, max_length: int):
+def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int | None = None):
     """A function scoring trajectories with a meta-RM actor (and the actor, to kill later)."""
     import ray
 
     from spct.meta_rm import MetaRM
 
     # Scoring is forward-only, so larger micro-batches than training's are fine.
-    actor = ray.remote(MetaRM).remote(path, dtype=dtype, max_length=max_length, micro_batch_size=64)
+    actor = ray.remote(MetaRM).remote(path, dtype=dtype, max_length=max_length, micro_batch_size=64,
+                                      num_threads=num_threads)
     return (lambda trajectories: ray.get(actor.score.remote(trajectories))), actor
 
 

@@ -77,6 +77,7 @@ class MetaRM:
         micro_batch_size: int = 8,
         weight_decay: float = 0.0,
         grad_clip: float = 1.0,
+        num_threads: int | None = None,
     ) -> None:
         check_versions(("torch", "transformers"), role="meta RM")
         if dtype not in DTYPES:
@@ -86,6 +87,10 @@ class MetaRM:
         if micro_batch_size < 1:
             raise ValueError(f"MetaRM micro_batch_size: expected >= 1, got {micro_batch_size}")
         self.device = torch.device(_resolve_device(device))
+        if num_threads and self.device.type == "cpu":
+            # Ray caps an actor's OpenMP threads at its CPU reservation (one by default); where
+            # the meta RM scores while the other actors wait, it may use every core.
+            torch.set_num_threads(num_threads)
         self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
         self.micro_batch_size = micro_batch_size
 

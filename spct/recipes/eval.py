@@ -19,7 +19,8 @@ def run_eval(p) -> dict:
     pool = GRMRewardPool.from_group(p.rollout, p.cfg.model.template, p.cfg.model.max_new_tokens)
     score_meta = actor = None
     if p.state.meta_rm:
-        score_meta, actor = meta_scorer(p.state.meta_rm, p.cfg.model.dtype, p.cfg.meta_rm.max_length)
+        score_meta, actor = meta_scorer(p.state.meta_rm, p.cfg.model.dtype, p.cfg.meta_rm.max_length,
+                                        p.cfg.learner.num_threads or None)
     rule = "synthetic" if p.cfg.data.kind == "synthetic" else "generic"
     try:
         with p.timings("generate"):

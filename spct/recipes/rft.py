@@ -3,7 +3,9 @@
 Non-hinted: N_RFT samples per item, each with its own response order; incorrect ones are
 dropped, and so is every sample of an item whose N_RFT samples are all correct (too easy).
 Hinted: one more sample whose prompt names the best response; kept if correct, trained on
-WITHOUT the hint. Every sample (kept or not, with its label) is appended to
+WITHOUT the hint. As the paper mixes its accepted trajectories with general instruction data,
+`warmup_mix` of each fine-tuning batch can be warm-up trajectories (the synthetic task's SFT
+data). Every sample (kept or not, with its label) is appended to
 rft/trajectories.jsonl as it comes, so an interrupted run loses nothing and the meta RM can
 later train on the non-hinted ones.
 """
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from spct.grm import is_correct, map_back, parse_scores, random_order, rft_accept
 from spct.recipes.sft import encode_sft, sft_batch
+from spct.recipes.warmup import warmup_examples
 
 log = logging.getLogger("spct")
 
@@ -40,12 +43,15 @@ def run_rft(p) -> None:
     learner = p.new_learner(c.lr, c.warmup_steps, c.sft_steps, with_reference=False)
     bar = tqdm(range(p.state.phase_step, c.sft_steps), desc="rft sft", initial=p.state.phase_step,
                total=c.sft_steps)
+    n_general = round(c.batch_size * c.warmup_mix)
     for step in bar:
         rng = random.Random(f"{seed}:rft:{step}")
-        batch = [kept[rng.randrange(len(kept))] for _ in range(c.batch_size)]
+        batch = [kept[rng.randrange(len(kept))] for _ in range(c.batch_size - n_general)]
+        examples = [encode_sft(p.tokenizer, t["prompt"], t["completion"]) for t in batch]
+        if n_general:
+            examples += warmup_examples(p, rng, n_general)
         with p.timings("train"):
-            metrics = learner.sft_step(sft_batch([encode_sft(p.tokenizer, t["prompt"], t["completion"])
-                                                  for t in batch]))
+            metrics = learner.sft_step(sft_batch(examples))
         p.state.phase_step = step + 1
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         p.log(metrics, "rft")

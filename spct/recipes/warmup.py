@@ -17,22 +17,27 @@ from spct.grm import random_order
 from spct.recipes.sft import encode_sft, sft_batch
 
 
+def warmup_examples(p, rng: random.Random, n: int) -> list[tuple[list[int], int]]:
+    """n encoded (prompt, trajectory) pairs of the flawed programmatic critic on train items."""
+    c = p.cfg.warmup
+    slip = (c.carry_slip, c.carry_slip if c.carry_slip_max is None else c.carry_slip_max)
+    examples = []
+    for item in rng.sample(p.data["train"], n):
+        order = random_order(item.n, rng)
+        prompt, low, high = p.prompt(item, order)
+        completion = write_trajectory(
+            item, order, rng, (c.checks_min, c.checks_max), c.noise, low, high, slip
+        )
+        examples.append(encode_sft(p.tokenizer, prompt, completion))
+    return examples
+
+
 def run_warmup(p) -> None:
     c, seed = p.cfg.warmup, p.cfg.seed
-    train = p.data["train"]
-    slip = (c.carry_slip, c.carry_slip if c.carry_slip_max is None else c.carry_slip_max)
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=False)
     bar = tqdm(range(p.state.phase_step, c.steps), desc="warmup", initial=p.state.phase_step, total=c.steps)
     for step in bar:
-        rng = random.Random(f"{seed}:warmup:{step}")
-        examples = []
-        for item in rng.sample(train, c.batch_size):
-            order = random_order(item.n, rng)
-            prompt, low, high = p.prompt(item, order)
-            completion = write_trajectory(
-                item, order, rng, (c.checks_min, c.checks_max), c.noise, low, high, slip
-            )
-            examples.append(encode_sft(p.tokenizer, prompt, completion))
+        examples = warmup_examples(p, random.Random(f"{seed}:warmup:{step}"), c.batch_size)
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
         p.state.phase_step = step + 1
