@@ -103,8 +103,9 @@ class RFTConfig:
     lr: float = 5e-6
     warmup_steps: int = 0
     generate_batch: int = 256
-    # Share of each fine-tuning batch drawn from the warm-up data (synthetic task only), as the
-    # paper mixes its accepted trajectories with general instruction data.
+    # Share of each fine-tuning batch drawn from the warm-up data, as the paper mixes its accepted
+    # trajectories with general instruction data (synthetic task only; other data ignores it,
+    # with a warning).
     warmup_mix: float = 0.0
 
 
@@ -246,8 +247,6 @@ def validate(c: Config) -> None:
     need(c.rl.kl_kind in ("k1", "k2", "k3"), "rl.kl_kind", "k1, k2 or k3")
     need(c.rft.n_samples >= 1, "rft.n_samples", ">= 1")
     need(0 <= c.rft.warmup_mix < 1, "rft.warmup_mix", "a share in [0, 1)")
-    need(c.rft.warmup_mix == 0 or c.data.kind == "synthetic",
-         "rft.warmup_mix", "0 unless data.kind=synthetic (the warm-up data is synthetic)")
     need(c.eval.k_max >= 1, "eval.k_max", ">= 1")
     need(0 < c.eval.k_meta_ratio <= 1, "eval.k_meta_ratio", "in (0, 1]")
     need("eval" not in c.phases or c.phases[-1] == "eval", "phases", "'eval' last")

@@ -124,13 +124,15 @@ PRESETS: dict[str, TinySpec] = {
     "test": TinySpec(
         arch="llama", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128
     ),
-    # About 1M parameters: learns the synthetic task's critiques in a few minutes on 2 CPU cores.
+    # About 0.7M parameters: learns the synthetic task's critiques in a few minutes on 2 CPU
+    # cores. An MLP of 256 instead of 512 makes a training step about 28% cheaper and reached a
+    # lower warm-up loss in the same 500 steps (docs/tuning.md).
     "demo": TinySpec(
         arch="llama",
         hidden_size=128,
         num_layers=4,
         num_heads=4,
-        intermediate_size=512,
+        intermediate_size=256,
         digits_per_token=2,
     ),
 }

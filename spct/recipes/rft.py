@@ -44,6 +44,9 @@ def run_rft(p) -> None:
     bar = tqdm(range(p.state.phase_step, c.sft_steps), desc="rft sft", initial=p.state.phase_step,
                total=c.sft_steps)
     n_general = round(c.batch_size * c.warmup_mix)
+    if n_general and p.cfg.data.kind != "synthetic":
+        log.warning("rft.warmup_mix=%s ignored: warm-up data exists for data.kind=synthetic only", c.warmup_mix)
+        n_general = 0
     for step in bar:
         rng = random.Random(f"{seed}:rft:{step}")
         batch = [kept[rng.randrange(len(kept))] for _ in range(c.batch_size - n_general)]

@@ -208,10 +208,6 @@ def test_a_wrong_type_fails_naming_the_key(compose: Compose):
             ["warmup.carry_slip:", "warmup.carry_slip_max", "warmup.noise"],
         ),
         (["rft.warmup_mix=1"], ["rft.warmup_mix", "[0, 1)"]),
-        (
-            ["data=files", "data.train=/data/train.jsonl", "phases=[rft]", "rft.warmup_mix=0.5"],
-            ["rft.warmup_mix", "data.kind=synthetic"],
-        ),
     ],
 )
 def test_validate_names_every_field_in_a_bad_combination(
