@@ -216,7 +216,7 @@ def run_benchmarks(pool, benchmarks: list[tuple[str, str, list[Item]]], out: Pat
     return tables
 
 
-def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int | None = None):
+def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0):
     """A function scoring trajectories with a meta-RM actor (and the actor, to kill later)."""
     import ray
 

@@ -77,7 +77,7 @@ class MetaRM:
         micro_batch_size: int = 8,
         weight_decay: float = 0.0,
         grad_clip: float = 1.0,
-        num_threads: int | None = None,
+        num_threads: int = 0,
     ) -> None:
         check_versions(("torch", "transformers"), role="meta RM")
         if dtype not in DTYPES:

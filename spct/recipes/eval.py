@@ -20,7 +20,7 @@ def run_eval(p) -> dict:
     score_meta = actor = None
     if p.state.meta_rm:
         score_meta, actor = meta_scorer(p.state.meta_rm, p.cfg.model.dtype, p.cfg.meta_rm.max_length,
-                                        p.cfg.learner.num_threads or None)
+                                        p.cfg.learner.num_threads)
     rule = "synthetic" if p.cfg.data.kind == "synthetic" else "generic"
     try:
         with p.timings("generate"):

@@ -82,7 +82,7 @@ def run_meta_rm(p) -> dict:
     p.learner = None
     p.state.meta_rm = path
 
-    score, actor = meta_scorer(path, p.cfg.model.dtype, c.max_length, p.cfg.learner.num_threads or None)
+    score, actor = meta_scorer(path, p.cfg.model.dtype, c.max_length, p.cfg.learner.num_threads)
     scores = score(val) if val else []
     ray.kill(actor)
     val_labels = [t["label"] for t in val]

@@ -154,3 +154,19 @@ def test_a_checkpoint_without_pad_token_id_still_scores_batches(tiny_model_dir, 
     assert rm.model.config.pad_token_id == rm.tokenizer.pad_token_id
     long, short = toy_set()[0], {"prompt": "q", "completion": "c"}
     assert len(rm.score([long, short])) == 2
+
+
+def test_an_actor_given_threads_uses_them_and_scores_alike(ray_cluster, tiny_model_dir):
+    """Ray caps an actor at one OpenMP thread; num_threads lifts the cap, scores unchanged."""
+    actor_cls = ray_cluster.remote(MetaRM)
+    capped = actor_cls.remote(model=str(tiny_model_dir), **KWARGS)
+    lifted = actor_cls.remote(model=str(tiny_model_dir), **KWARGS, num_threads=2)
+    try:
+        threads = [ray_cluster.get(a.__ray_call__.remote(lambda self: __import__("torch").get_num_threads()))
+                   for a in (capped, lifted)]
+        assert threads == [1, 2]
+        scores = [ray_cluster.get(a.score.remote(toy_set())) for a in (capped, lifted)]
+        assert scores[1] == pytest.approx(scores[0], abs=1e-5)
+    finally:
+        for actor in (capped, lifted):
+            ray_cluster.kill(actor)
