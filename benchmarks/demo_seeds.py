@@ -57,6 +57,13 @@ def checks(results: dict) -> list[tuple[str, bool]]:
     ]
 
 
+def median_step_time(metrics: Path, phase: str = "warmup") -> float:
+    """Median learner step time of a phase: how fast the machine trains, to compare wall times."""
+    times = sorted(r["step_time_s"] for r in map(json.loads, metrics.open())
+                   if r.get("phase") == phase and "step_time_s" in r)
+    return times[len(times) // 2] if times else float("nan")
+
+
 def learning_curves(metrics: Path, png: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -114,7 +121,9 @@ def main() -> None:
         if "validation_roc_auc" in meta:
             lines += ["", f"Meta RM held-out ROC-AUC: {meta['validation_roc_auc']:.3f}."]
         times = {p: t.get("time/total", 0) for p, t in data["timings"].items()}
-        lines += ["", "Phase wall times (s): " + ", ".join(f"{p} {t:.0f}" for p, t in times.items()), "",
+        step = median_step_time(root / str(seed) / "metrics.jsonl")
+        lines += ["", "Phase wall times (s): " + ", ".join(f"{p} {t:.0f}" for p, t in times.items())
+                  + f"; median warm-up learner step {step:.2f} s (a measure of the machine's speed).", "",
                   "| the paper's shape | holds |", "|---|---|"]
         lines += [f"| {name} | {'yes' if ok else 'no'} |" for name, ok in verdicts[seed]]
         lines.append("")
