@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -59,9 +60,8 @@ def checks(results: dict) -> list[tuple[str, bool]]:
 
 def median_step_time(metrics: Path, phase: str = "warmup") -> float:
     """Median learner step time of a phase: how fast the machine trains, to compare wall times."""
-    times = sorted(r["step_time_s"] for r in map(json.loads, metrics.open())
-                   if r.get("phase") == phase and "step_time_s" in r)
-    return times[len(times) // 2] if times else float("nan")
+    times = [r["step_time_s"] for r in map(json.loads, metrics.open()) if r.get("phase") == phase and "step_time_s" in r]
+    return statistics.median(times) if times else float("nan")
 
 
 def learning_curves(metrics: Path, png: Path) -> None:
