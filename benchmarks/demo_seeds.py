@@ -119,7 +119,10 @@ def main() -> None:
                   for m, k, a, lo, hi in table_rows(res)]
         meta = res.get("meta_rm", {})
         if "validation_roc_auc" in meta:
-            lines += ["", f"Meta RM held-out ROC-AUC: {meta['validation_roc_auc']:.3f}."]
+            decisive = meta.get("validation_decisive_roc_auc")
+            lines += ["", f"Meta RM held-out ROC-AUC: {meta['validation_roc_auc']:.3f}"
+                      + (f"; on the decisive trajectories (not every response scored the same): {decisive:.3f}"
+                         if decisive is not None else "") + "."]
         times = {p: t.get("time/total", 0) for p, t in data["timings"].items()}
         step = median_step_time(root / str(seed) / "metrics.jsonl")
         lines += ["", "Phase wall times (s): " + ", ".join(f"{p} {t:.0f}" for p, t in times.items())

@@ -131,6 +131,10 @@ class MetaRMConfig:
     samples_per_item: int = 3
     temperature: float = 0.5
     use_rft: bool = True  # add the non-hinted RFT trajectories (the GRM's earlier mistakes)
+    # BCE target of a neutral trajectory (every response scored the same: it cannot move a vote).
+    # 0 is Eq. 10's label; 0.5 ranks neutral verdicts between correct and misleading ones, so
+    # MetaRM@k drops the misleading ones first.
+    neutral_label: float = 0.0
     validation_items: int = 0  # held-out items for ROC-AUC (0 = the whole validation split)
     steps: int = 300
     batch_size: int = 512
@@ -249,6 +253,7 @@ def validate(c: Config) -> None:
     need(0 <= c.rft.warmup_mix < 1, "rft.warmup_mix", "a share in [0, 1)")
     need(c.eval.k_max >= 1, "eval.k_max", ">= 1")
     need(0 < c.eval.k_meta_ratio <= 1, "eval.k_meta_ratio", "in (0, 1]")
+    need(0 <= c.meta_rm.neutral_label <= 1, "meta_rm.neutral_label", "a target in [0, 1]")
     need("eval" not in c.phases or c.phases[-1] == "eval", "phases", "'eval' last")
     need(c.warmup.checks_min <= c.warmup.checks_max, "warmup.checks_min", "<= warmup.checks_max")
     for key in ("noise", "carry_slip", "carry_slip_max"):

@@ -35,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from numbers import Real
 from typing import Any
 
 import torch
@@ -561,8 +562,9 @@ class LearnerWorker:
     def bce_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
         """One optimizer step of binary cross-entropy on a scalar head (task="classification").
 
-        `batch` holds `input_ids` (token lists) and `labels` (0 or 1 per sequence). The loss is
-        the mean over the global batch's sequences, whatever the micro-batching and ranks.
+        `batch` holds `input_ids` (token lists) and `labels` (a target in [0, 1] per sequence,
+        usually 0 or 1). The loss is the mean over the global batch's sequences, whatever the
+        micro-batching and ranks; "accuracy" counts predictions within 0.5 of their target.
         """
         if self.task != "classification":
             raise ValueError('bce_step needs a learner built with task="classification"')
@@ -586,7 +588,7 @@ class LearnerWorker:
             # Ranks hold equal shares and DeepSpeed averages over them: weight by the local share.
             self.engine.backward(loss * (len(rows) / len(ids)), scale_wrt_gas=False)
             loss_sum += loss.item() * len(rows)
-            correct += float(((logits > 0).float() == y).sum())
+            correct += float(((torch.sigmoid(logits) - y).abs() < 0.5).sum())
         grad_norm, lr = self._optimizer_step()
         loss_total, correct_total = self._all_reduce([loss_sum, correct])
         return {
@@ -781,13 +783,14 @@ class LearnerGroup:
         )
 
     def bce_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
-        """Meta-RM training step: `input_ids` token lists and 0/1 `labels`, split over ranks."""
+        """Meta-RM training step: `input_ids` token lists and `labels` (targets in [0, 1]), split
+        over ranks."""
         ids, labels = batch.get("input_ids"), batch.get("labels")
         if ids is None or labels is None or len(ids) != len(labels) or not ids:
             raise ValueError("bce batch: expected equal, non-empty lists 'input_ids' and 'labels'")
         for i, y in enumerate(labels):
-            if y not in (0, 1):
-                raise ValueError(f"bce batch.labels[{i}]: expected 0 or 1, got {y!r}")
+            if not isinstance(y, Real) or not 0 <= y <= 1:
+                raise ValueError(f"bce batch.labels[{i}]: expected a target in [0, 1], got {y!r}")
         results = self._call("bce_step", shard_batch(batch, self.num_ranks))
         return _rank_mean(results)
 

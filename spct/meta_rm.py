@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,10 @@ class MetaRM:
         return scores
 
     def train_step(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-        """One AdamW step of binary cross-entropy on the whole batch (micro-batches accumulate)."""
+        """One AdamW step of binary cross-entropy on the whole batch (micro-batches accumulate).
+
+        Each trajectory's "label" is its target in [0, 1]; "accuracy" counts predictions within
+        0.5 of it."""
         _check(batch, need_label=True)
         if not batch:
             raise ValueError("MetaRM.train_step: expected a non-empty batch")
@@ -155,7 +159,7 @@ class MetaRM:
             loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
             (loss / len(batch)).backward()
             total_loss += loss.item()
-            correct += int(((logits > 0).float() == labels).sum().item())
+            correct += int(((torch.sigmoid(logits) - labels).abs() < 0.5).sum().item())
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self._optimizer.step()
@@ -194,9 +198,11 @@ def _check(trajectories: Sequence[Mapping[str, Any]], need_label: bool) -> None:
                 raise ValueError(
                     f"trajectory {i}: field {key!r}: expected a string, got {t.get(key)!r:.80}"
                 )
-        if need_label and t.get("label") not in (0, 1):
+        label = t.get("label")
+        if need_label and (not isinstance(label, Real) or not 0 <= label <= 1):
             raise ValueError(
-                f"trajectory {i}: field 'label': expected 0 or 1, got {t.get('label')!r}"
+                f"trajectory {i}: field 'label': expected a target in [0, 1] (1 = correct), "
+                f"got {label!r}"
             )
 
 

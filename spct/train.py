@@ -41,7 +41,9 @@ def summary_table(state, wall: float) -> str:
     if "validation_roc_auc" in meta:
         lines.append(f"\nmeta RM: held-out ROC-AUC {meta['validation_roc_auc']:.3f} on "
                      f"{meta['validation_trajectories']} trajectories "
-                     f"({meta['validation_positive_rate']:.0%} correct)")
+                     f"({meta['validation_positive_rate']:.0%} correct)"
+                     + (f"; on the decisive ones {meta['validation_decisive_roc_auc']:.3f}"
+                        if "validation_decisive_roc_auc" in meta else ""))
     rows = state.results.get("eval", {}).get("scaling")
     if rows:
         lines += ["", "| method | k | accuracy | 95% CI | items |", "|---|---|---|---|---|"]

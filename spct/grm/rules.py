@@ -98,6 +98,27 @@ def is_correct(scores: Sequence[float] | None, rewards: Sequence[float]) -> bool
     return all(scores[j] > s for i, s in enumerate(scores) if i != j)
 
 
+def is_neutral(scores: Sequence[float] | None) -> bool:
+    """Does this trajectory give every response the same score (n >= 2)?
+
+    Such a verdict adds the same to every response's vote, so it can never change which one
+    voting picks; Eq. 10 still counts it as wrong (a tie at the top). A parse failure is not
+    neutral: it is simply wrong.
+    """
+    return scores is not None and len(scores) >= 2 and all(s == scores[0] for s in scores)
+
+
+def meta_target(correct: bool, neutral: bool, neutral_label: float = 0.0) -> float:
+    """The meta RM's BCE target: 1 for a correct trajectory, `neutral_label` for a neutral one,
+    0 for the rest. With neutral_label 0 it is Eq. 10's label; 0.5 ranks a neutral verdict,
+    which cannot move a vote, above a misleading one."""
+    if not 0 <= neutral_label <= 1:
+        raise ValueError(f"neutral_label: expected a target in [0, 1], got {neutral_label!r}")
+    if correct and neutral:
+        raise ValueError("a trajectory cannot be both correct and neutral (a tie at the top is wrong)")
+    return 1.0 if correct else float(neutral_label) if neutral else 0.0
+
+
 def rule_reward(scores: Sequence[float] | None, rewards: Sequence[float]) -> float:
     """Eq. 11: +1 for a correct trajectory, -1 otherwise. No format term: the KL keeps the format."""
     return 1.0 if is_correct(scores, rewards) else -1.0

@@ -2,9 +2,11 @@
 
 Training data: k fresh samples per train item from the trained GRM (so the meta RM sees the
 GRM's own positives and negatives) plus the non-hinted RFT trajectories; every trajectory is
-labelled by Eq. 10. A scalar head (by default on the GRM backbone) is trained with BCE
-through the learner; the saved model is then scored on trajectories of held-out items
-(ROC-AUC) by the meta-RM actor, which is also what evaluation uses.
+labelled by Eq. 10, except that a neutral one (every response scored the same, which cannot
+move a vote) gets the target `meta_rm.neutral_label` (0 = Eq. 10's label). A scalar head (by
+default on the GRM backbone) is trained with BCE through the learner; the saved model is then
+scored on trajectories of held-out items (ROC-AUC against Eq. 10, over all of them and over the
+decisive ones) by the meta-RM actor, which is also what evaluation uses.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import random
 
 from tqdm import tqdm
 
-from spct.grm import is_correct, map_back, parse_scores, random_order
+from spct.grm import is_correct, is_neutral, map_back, meta_target, parse_scores, random_order
 from spct.meta_rm import encode_trajectory
 from spct.scoring import roc_auc
 
 
-def grm_trajectories(p, items, k: int, temperature: float, tag: str) -> list[dict]:
-    """k samples per item from the rollout group, each labelled 1 if correct by Eq. 10."""
+def grm_trajectories(p, items, k: int, temperature: float, tag: str, neutral_label: float) -> list[dict]:
+    """k samples per item from the rollout group, each with its Eq. 10 correctness, whether
+    it is neutral, and its training target."""
     jobs = []
     for item in items:
         rng = random.Random(f"{p.cfg.seed}:{tag}:{item.id}")
@@ -32,8 +35,9 @@ def grm_trajectories(p, items, k: int, temperature: float, tag: str) -> list[dic
     for (item, order, prompt, low, high), res in zip(jobs, results, strict=True):
         text = res["samples"][0]["text"]
         scores = map_back(parse_scores(text, item.n, low, high), order)
-        out.append({"id": item.id, "prompt": prompt, "completion": text,
-                    "label": int(is_correct(scores, item.rewards))})
+        correct, neutral = is_correct(scores, item.rewards), is_neutral(scores)
+        out.append({"id": item.id, "prompt": prompt, "completion": text, "correct": correct,
+                    "neutral": neutral, "label": meta_target(correct, neutral, neutral_label)})
     return out
 
 
@@ -50,15 +54,18 @@ def run_meta_rm(p) -> dict:
     held_out = p.data.get("validation") or []
     held_out = held_out[: c.validation_items or len(held_out)]
 
-    data = grm_trajectories(p, train[: c.items or len(train)], c.samples_per_item, c.temperature, "meta")
+    data = grm_trajectories(p, train[: c.items or len(train)], c.samples_per_item, c.temperature, "meta",
+                            c.neutral_label)
     rft_path = p.out / "rft" / "trajectories.jsonl"
     if c.use_rft and rft_path.exists():
         for line in rft_path.open():
             t = json.loads(line)
             if not t["hinted"]:
+                neutral = is_neutral(t["scores"])
                 data.append({"id": t["id"], "prompt": t["prompt"], "completion": t["completion"],
-                             "label": int(t["correct"])})
-    val = grm_trajectories(p, held_out, c.samples_per_item, c.temperature, "meta-val")
+                             "correct": t["correct"], "neutral": neutral,
+                             "label": meta_target(t["correct"], neutral, c.neutral_label)})
+    val = grm_trajectories(p, held_out, c.samples_per_item, c.temperature, "meta-val", c.neutral_label)
     for name, rows in (("train", data), ("validation", val)):
         with (folder / f"{name}.jsonl").open("w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -85,11 +92,18 @@ def run_meta_rm(p) -> dict:
     score, actor = meta_scorer(path, p.cfg.model.dtype, c.max_length, p.cfg.learner.num_threads)
     scores = score(val) if val else []
     ray.kill(actor)
-    val_labels = [t["label"] for t in val]
-    result: dict[str, float] = {"train_trajectories": len(data), "train_positive_rate": sum(labels) / len(labels),
-              "validation_trajectories": len(val)}
-    if 0 < sum(val_labels) < len(val_labels):
-        result["validation_roc_auc"] = roc_auc(val_labels, scores)
-        result["validation_positive_rate"] = sum(val_labels) / len(val_labels)
+    result: dict[str, float] = {"train_trajectories": len(data),
+                                "train_positive_rate": sum(t["correct"] for t in data) / len(data),
+                                "train_neutral_rate": sum(t["neutral"] for t in data) / len(data),
+                                "validation_trajectories": len(val)}
+    if val:
+        result["validation_positive_rate"] = sum(t["correct"] for t in val) / len(val)
+    # Over all held-out trajectories, and over the decisive ones only: a neutral verdict cannot
+    # move a vote, so how well the meta RM orders correct against misleading verdicts is what
+    # MetaRM@k gains from.
+    for key, keep in (("validation_roc_auc", lambda t: True), ("validation_decisive_roc_auc", lambda t: not t["neutral"])):
+        kept = [(int(t["correct"]), s) for t, s in zip(val, scores, strict=True) if keep(t)]
+        if 0 < sum(y for y, _ in kept) < len(kept):
+            result[key] = roc_auc([y for y, _ in kept], [s for _, s in kept])
     p.log(result, "meta_rm")
     return result

@@ -127,7 +127,7 @@ def test_input_text_is_the_chat_conversation_or_plain_text(local: MetaRM):
 def test_bad_trajectories_fail_naming_the_index_and_field(local: MetaRM):
     with pytest.raises(ValueError, match=r"trajectory 1: field 'completion'"):
         local.score([{"prompt": "q", "completion": "c"}, {"prompt": "q"}])
-    with pytest.raises(ValueError, match=r"trajectory 0: field 'label': expected 0 or 1, got 2"):
+    with pytest.raises(ValueError, match=r"trajectory 0: field 'label': expected a target in \[0, 1\].*got 2"):
         local.train_step([{"prompt": "q", "completion": "c", "label": 2}])
     with pytest.raises(ValueError, match="field 'label'"):
         local.train_step([{"prompt": "q", "completion": "c"}])

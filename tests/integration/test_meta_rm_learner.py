@@ -14,6 +14,7 @@ def _trajectories():
         prompt = f"Solve: {a}+1\nR1: {a + 1}\nR2: {a + 2}"
         data.append({"prompt": prompt, "completion": "Scores: \\boxed{9, 2}", "label": 1})
         data.append({"prompt": prompt, "completion": "Scores: \\boxed{2, 9}", "label": 0})
+        data.append({"prompt": prompt, "completion": "Scores: \\boxed{5, 5}", "label": 0.5})  # neutral
     return data
 
 
@@ -40,7 +41,13 @@ def test_bce_through_the_learner_and_scoring_by_the_actor(ray_cluster, tiny_mode
     actor = ray.remote(MetaRM).remote(str(path), dtype="float32", max_length=512)
     scores = ray.get(actor.score.remote(data))
     ray.kill(actor)
-    assert roc_auc([t["label"] for t in data], scores) > 0.9
+    decided = [(t["label"], x) for t, x in zip(data, scores) if t["label"] in (0, 1)]
+    assert roc_auc([y for y, _ in decided], [x for _, x in decided]) > 0.9
+    # A soft target lands between the hard ones: neutral verdicts rank below correct, above wrong.
+    mean = {y: sum(x for t, x in zip(data, scores) if t["label"] == y) / 8 for y in (0, 0.5, 1)}
+    assert mean[0] < mean[0.5] < mean[1]
 
     with pytest.raises(ValueError, match="labels\\[0\\]"):
         LearnerGroup.bce_step(group, {"input_ids": [[1, 2]], "labels": [2]})
+    with pytest.raises(ValueError, match="labels\\[0\\]: expected a target in"):
+        LearnerGroup.bce_step(group, {"input_ids": [[1, 2]], "labels": ["1"]})

@@ -1,4 +1,4 @@
-"""Orders, Eq. 10 / Eq. 11 and the RFT acceptance filter."""
+"""Orders, Eq. 10 / Eq. 11, the RFT acceptance filter and the meta RM's targets."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from spct.grm import (
     check_order,
     hint_position,
     is_correct,
+    is_neutral,
     map_back,
+    meta_target,
     random_order,
     rft_accept,
     rule_reward,
@@ -109,6 +111,36 @@ def test_eq10_agrees_with_its_definition(data):
 def test_eq10_rejects_an_ambiguous_label():
     with pytest.raises(ValueError, match="unique maximum"):
         is_correct([9, 2], [1, 1])
+
+
+@pytest.mark.parametrize(
+    ("scores", "neutral"),
+    [([5, 5], True), ([10, 10, 10], True), ([1, 1, 2], False), ([9, 2], False), ([7], False), (None, False)],
+)
+def test_neutral_means_every_response_scored_the_same(scores, neutral):
+    assert is_neutral(scores) is neutral
+
+
+@given(st.data())
+def test_a_neutral_verdict_never_moves_a_vote(data):
+    from spct.grm import vote
+
+    n = data.draw(st.integers(2, 5))
+    samples = data.draw(st.lists(st.lists(st.integers(1, 10), min_size=n, max_size=n), min_size=1, max_size=6))
+    tied = data.draw(st.integers(1, 10))
+    assert is_neutral([tied] * n)
+    before, after = vote(samples, n), vote(samples + [[tied] * n], n)
+    assert [a - b for a, b in zip(after, before)] == [tied] * n  # the same lift for every response
+    assert [i for i, t in enumerate(after) if t == max(after)] == [i for i, t in enumerate(before) if t == max(before)]
+
+
+def test_meta_target_is_eq10_unless_neutral_label_is_set():
+    assert [meta_target(c, t) for c, t in ((True, False), (False, True), (False, False))] == [1.0, 0.0, 0.0]
+    assert [meta_target(c, t, 0.5) for c, t in ((True, False), (False, True), (False, False))] == [1.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="neutral_label"):
+        meta_target(False, True, 1.5)
+    with pytest.raises(ValueError, match="both correct and neutral"):
+        meta_target(True, True)
 
 
 def test_rule_reward_is_exactly_plus_or_minus_one():
