@@ -132,8 +132,8 @@ class MetaRMConfig:
     temperature: float = 0.5
     use_rft: bool = True  # add the non-hinted RFT trajectories (the GRM's earlier mistakes)
     # BCE target of a neutral trajectory (every response scored the same: it cannot move a vote).
-    # 0 is Eq. 10's label; 0.5 ranks neutral verdicts between correct and misleading ones, so
-    # MetaRM@k drops the misleading ones first.
+    # 0 is Eq. 10's label, which teaches the meta RM to rank every neutral verdict below the
+    # misleading ones, so MetaRM@k drops the harmless ones first; 0.5 lets it drop misleading ones.
     neutral_label: float = 0.0
     validation_items: int = 0  # held-out items for ROC-AUC (0 = the whole validation split)
     steps: int = 300

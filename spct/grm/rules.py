@@ -110,8 +110,8 @@ def is_neutral(scores: Sequence[float] | None) -> bool:
 
 def meta_target(correct: bool, neutral: bool, neutral_label: float = 0.0) -> float:
     """The meta RM's BCE target: 1 for a correct trajectory, `neutral_label` for a neutral one,
-    0 for the rest. With neutral_label 0 it is Eq. 10's label; 0.5 ranks a neutral verdict,
-    which cannot move a vote, above a misleading one."""
+    0 for the rest. With neutral_label 0 it is Eq. 10's label; 0.5 stops the meta RM ranking a
+    neutral verdict, which cannot move a vote, below every misleading one."""
     if not 0 <= neutral_label <= 1:
         raise ValueError(f"neutral_label: expected a target in [0, 1], got {neutral_label!r}")
     if correct and neutral:
