@@ -18,22 +18,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from spct.data import load_items
+from spct.data import load_splits
 from spct.evaluate import load_generations
 from spct.grm import best_index, is_correct, is_neutral
 from spct.scaling import accuracy, metarm_outcome, voting_outcome
-
-
-def eval_items(cfg):
-    d, split = cfg.data, cfg.eval.split
-    if d.kind == "synthetic":
-        from spct.data.synthetic import SyntheticConfig, make_splits
-
-        sizes = {"train": 0, "validation": d.validation_size, "test": d.test_size}
-        items = make_splits(SyntheticConfig(**d.task), cfg.seed, sizes)[split]
-    else:
-        items = load_items(d[split], format=d.format, skip_invalid=d.skip_invalid, split=split)
-    return items[: cfg.eval.max_items or None]
 
 
 def kind(sample, rewards) -> str:
@@ -64,7 +52,8 @@ def within_auc(sets, k: int, pos: str, neg: str) -> tuple[float, int]:
 def report(run: Path) -> None:
     cfg = OmegaConf.load(run / "hydra" / ".hydra" / "config.yaml")
     k, ratio = cfg.eval.k_max, cfg.eval.k_meta_ratio
-    sets = load_generations(run / "eval" / cfg.eval.split / "generations.jsonl", eval_items(cfg))
+    items = load_splits(cfg.data, cfg.seed, [cfg.eval.split])[cfg.eval.split][: cfg.eval.max_items or None]
+    sets = load_generations(run / "eval" / cfg.eval.split / "generations.jsonl", items)
     kinds = [kind(x, s.item.rewards) for s in sets for x in s.samples[:k]]
     shares = ", ".join(f"{name} {kinds.count(name) / len(kinds):.1%}"
                        for name in ("correct", "neutral", "misleading", "other", "failed") if name in kinds)

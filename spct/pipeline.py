@@ -28,7 +28,7 @@ from typing import Any
 
 from spct.cluster import init_ray
 from spct.config import Config, engine_kwargs
-from spct.data import Item, load_items
+from spct.data import Item, load_splits
 from spct.grm import build_prompt, load_template, map_back, parse_scores, random_order
 from spct.scaling import judge, wilson_interval
 from spct.tracking import Timings, Tracker
@@ -82,7 +82,7 @@ class Pipeline:
         if self.state.model is None:
             self.state.model = self._base_model()
         self.tokenizer = _load_tokenizer(self.state.model)
-        self.data = self._load_data()
+        self.data = load_splits(self.cfg.data, self.cfg.seed)
         self.tracker = Tracker(
             self.out,
             kind=cfg.logger.kind,
@@ -114,20 +114,6 @@ class Pipeline:
         from spct.data.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model(self.out / "base_model", preset=m.tiny_preset, seed=self.cfg.seed))
-
-    def _load_data(self) -> dict[str, list[Item]]:
-        d = self.cfg.data
-        if d.kind == "synthetic":
-            from spct.data.synthetic import SyntheticConfig, make_splits
-
-            sizes = {"train": d.train_size, "validation": d.validation_size, "test": d.test_size}
-            return make_splits(SyntheticConfig(**d.task), self.cfg.seed, sizes)
-        splits = {}
-        for split in ("train", "validation", "test"):
-            source = getattr(d, split)
-            if source is not None:
-                splits[split] = load_items(source, format=d.format, skip_invalid=d.skip_invalid, split=split)
-        return splits
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> RunState:

@@ -404,3 +404,15 @@ def save_items(items: Iterable[Item], path: str | Path) -> Path:
         for item in checked:
             f.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
     return path
+
+
+def load_splits(data: Any, seed: int, splits: Iterable[str] = ("train", "validation", "test")) -> dict[str, list[Item]]:
+    """A run's data splits from its `data` config: generated for kind "synthetic" (sizes
+    `<split>_size`, drawn with `seed`), otherwise read from the file or hub id each split
+    names (a split left null is absent)."""
+    if data.kind == "synthetic":
+        from spct.data.synthetic import SyntheticConfig, make_splits
+
+        return make_splits(SyntheticConfig(**data.task), seed, {s: getattr(data, f"{s}_size") for s in splits})
+    return {s: load_items(getattr(data, s), format=data.format, skip_invalid=data.skip_invalid, split=s)
+            for s in splits if getattr(data, s) is not None}

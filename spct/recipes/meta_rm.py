@@ -21,6 +21,13 @@ from spct.meta_rm import encode_trajectory
 from spct.scoring import roc_auc
 
 
+def trajectory(item_id: str, prompt: str, completion: str, correct: bool, scores, neutral_label: float) -> dict:
+    """A meta-RM training record: Eq. 10 correctness, whether it is neutral, and its target."""
+    neutral = is_neutral(scores)
+    return {"id": item_id, "prompt": prompt, "completion": completion, "correct": correct,
+            "neutral": neutral, "label": meta_target(correct, neutral, neutral_label)}
+
+
 def grm_trajectories(p, items, k: int, temperature: float, tag: str, neutral_label: float) -> list[dict]:
     """k samples per item from the rollout group, each with its Eq. 10 correctness, whether
     it is neutral, and its training target."""
@@ -35,9 +42,7 @@ def grm_trajectories(p, items, k: int, temperature: float, tag: str, neutral_lab
     for (item, order, prompt, low, high), res in zip(jobs, results, strict=True):
         text = res["samples"][0]["text"]
         scores = map_back(parse_scores(text, item.n, low, high), order)
-        correct, neutral = is_correct(scores, item.rewards), is_neutral(scores)
-        out.append({"id": item.id, "prompt": prompt, "completion": text, "correct": correct,
-                    "neutral": neutral, "label": meta_target(correct, neutral, neutral_label)})
+        out.append(trajectory(item.id, prompt, text, is_correct(scores, item.rewards), scores, neutral_label))
     return out
 
 
@@ -61,10 +66,8 @@ def run_meta_rm(p) -> dict:
         for line in rft_path.open():
             t = json.loads(line)
             if not t["hinted"]:
-                neutral = is_neutral(t["scores"])
-                data.append({"id": t["id"], "prompt": t["prompt"], "completion": t["completion"],
-                             "correct": t["correct"], "neutral": neutral,
-                             "label": meta_target(t["correct"], neutral, c.neutral_label)})
+                data.append(trajectory(t["id"], t["prompt"], t["completion"], t["correct"], t["scores"],
+                                       c.neutral_label))
     val = grm_trajectories(p, held_out, c.samples_per_item, c.temperature, "meta-val", c.neutral_label)
     for name, rows in (("train", data), ("validation", val)):
         with (folder / f"{name}.jsonl").open("w") as f:
@@ -101,9 +104,11 @@ def run_meta_rm(p) -> dict:
     # Over all held-out trajectories, and over the decisive ones only: a neutral verdict cannot
     # move a vote, so how well the meta RM orders correct against misleading verdicts is what
     # MetaRM@k gains from.
-    for key, keep in (("validation_roc_auc", lambda t: True), ("validation_decisive_roc_auc", lambda t: not t["neutral"])):
-        kept = [(int(t["correct"]), s) for t, s in zip(val, scores, strict=True) if keep(t)]
-        if 0 < sum(y for y, _ in kept) < len(kept):
-            result[key] = roc_auc([y for y, _ in kept], [s for _, s in kept])
+    scored = list(zip(val, scores, strict=True))
+    for key, rows in (("validation_roc_auc", scored),
+                      ("validation_decisive_roc_auc", [(t, s) for t, s in scored if not t["neutral"]])):
+        labels_kept = [int(t["correct"]) for t, _ in rows]
+        if 0 < sum(labels_kept) < len(labels_kept):
+            result[key] = roc_auc(labels_kept, [s for _, s in rows])
     p.log(result, "meta_rm")
     return result

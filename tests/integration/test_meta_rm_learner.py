@@ -44,7 +44,8 @@ def test_bce_through_the_learner_and_scoring_by_the_actor(ray_cluster, tiny_mode
     decided = [(t["label"], x) for t, x in zip(data, scores) if t["label"] in (0, 1)]
     assert roc_auc([y for y, _ in decided], [x for _, x in decided]) > 0.9
     # A soft target lands between the hard ones: neutral verdicts rank below correct, above wrong.
-    mean = {y: sum(x for t, x in zip(data, scores) if t["label"] == y) / 8 for y in (0, 0.5, 1)}
+    by_label = {y: [x for t, x in zip(data, scores) if t["label"] == y] for y in (0, 0.5, 1)}
+    mean = {y: sum(xs) / len(xs) for y, xs in by_label.items()}
     assert mean[0] < mean[0.5] < mean[1]
 
     with pytest.raises(ValueError, match="labels\\[0\\]"):
