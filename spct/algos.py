@@ -330,14 +330,19 @@ def _check_logits(logits: Tensor, ids: Tensor, ids_name: str) -> None:
 
 
 def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
-    """Log-prob of each next token: out[b, t] = log p(input_ids[b, t + 1] | prefix), [B, T-1].
+    """Log-prob of each next token: out[b, t] = log p(input_ids[b, t + 1] | prefix), [B, T-1]."""
+    _check_logits(logits, input_ids, "input_ids")
+    return gather_logprobs(logits[:, :-1], input_ids[:, 1:])
 
-    Computed as gathered logit minus logsumexp, one sequence at a time in float32, so the full
+
+def gather_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
+    """log p(ids[b, t]) under logits[b, t, :]: [B, T, V], [B, T] -> [B, T].
+
+    Computed as gathered logit minus logsumexp, one row at a time in float32, so the full
     [B, T, V] log-softmax is never materialised (V is ~100k+ for real models).
     """
-    _check_logits(logits, input_ids, "input_ids")
     rows = []
-    for row_logits, row_ids in zip(logits[:, :-1], input_ids[:, 1:], strict=True):
+    for row_logits, row_ids in zip(logits, ids, strict=True):
         row_logits = row_logits.float()
         picked = row_logits.gather(-1, row_ids.unsqueeze(-1)).squeeze(-1)
         rows.append(picked - torch.logsumexp(row_logits, dim=-1))

@@ -54,6 +54,8 @@ class RolloutConfig:
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
     num_cpus_per_engine: float = 1.0
+    # CPU only: torch threads per engine (0 = Ray's default, one per reserved CPU).
+    num_threads: int = 0
 
 
 @dataclass
@@ -206,7 +208,8 @@ def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, seed: int) -> dict
     return dict(dtype=model.dtype, max_model_len=model.max_model_len, seed=seed,
                 tensor_parallel_size=rollout.tensor_parallel_size,
                 gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=rollout.kv_cache_gib,
-                enforce_eager=rollout.enforce_eager, enable_prefix_caching=rollout.enable_prefix_caching)
+                enforce_eager=rollout.enforce_eager, enable_prefix_caching=rollout.enable_prefix_caching,
+                num_threads=rollout.num_threads)
 
 
 def register_schema() -> None:

@@ -170,11 +170,17 @@ class VLLMEngine:
         enforce_eager: bool = True,
         enable_prefix_caching: bool = True,
         enable_sleep_mode: bool = False,
+        num_threads: int = 0,
     ) -> None:
         check_versions(("torch", "vllm", "transformers"), role="rollout engine")
         from vllm import LLM
 
         self.on_gpu = torch.cuda.is_available()
+        if num_threads and not self.on_gpu:
+            # Ray caps an actor's OpenMP threads at its CPU reservation, and vLLM's CPU worker
+            # forbids changing them once it has started: set them before it does. On a small node
+            # the engine and the learner take turns, so generation may use every core.
+            torch.set_num_threads(num_threads)
         kwargs: dict[str, Any] = dict(
             model=str(model),
             dtype=dtype,

@@ -9,6 +9,7 @@ objective plus beta * KL, then sync the new weights (version + 1) to the rollout
 from __future__ import annotations
 
 import random
+import time
 
 import torch
 from tqdm import tqdm
@@ -23,6 +24,7 @@ def run_rl(p) -> None:
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=c.beta > 0)
     bar = tqdm(range(p.state.phase_step, c.steps), desc="rl", initial=p.state.phase_step, total=c.steps)
     for step in bar:
+        start = time.perf_counter()
         rng = random.Random(f"{seed}:rl:{step}")
         items = rng.sample(train, c.prompts_per_step)
         orders = [random_order(it.n, rng) for it in items]
@@ -47,6 +49,8 @@ def run_rl(p) -> None:
         version = p.sync_weights()
         p.state.phase_step = step + 1
         times = p.timings.lap()
+        times["time/step"] = time.perf_counter() - start
+        times["time/idle"] = max(0.0, times["time/step"] - sum(v for k, v in times.items() if k != "time/step"))
         n = len(rewards)
         metrics.update({
             "reward_mean": sum(rewards) / n,

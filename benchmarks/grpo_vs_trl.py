@@ -1,0 +1,269 @@
+"""spct's RL step against TRL's GRPOTrainer on the same model, prompts and settings.
+
+    python benchmarks/grpo_vs_trl.py                                  # demo preset and ~20M
+    python benchmarks/grpo_vs_trl.py --sizes demo --model outputs/bench/demo-warmup/checkpoints/warmup-final/model
+    python benchmarks/grpo_vs_trl.py --sizes demo --spct-args rl.async_generation=true
+
+Both sides get the same model folder, the same GRM prompts (rendered by spct's template for
+the same synthetic items, in the same order, chat template applied), the same G, prompts per
+step, max new tokens, temperature, beta, learning rate and torch thread count. spct runs its
+real RL phase (`python -m spct.train phases=[rl] ...`: vLLM rollout engine, DeepSpeed learner,
+weight sync, Ray actors); TRL runs GRPOTrainer with transformers generation in one process.
+Each side runs in its own process, one after the other; the first step of each (compilation,
+caches) is dropped and the median of the rest is reported.
+
+Prints samples/s for both, the ratio, spct's per-step breakdown (generate, reward, train,
+sync, idle) and the mean completion length of each side (the two must generate alike for the
+ratio to mean anything), and writes everything to OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Shapes built by spct's own tiny-model factory (spct.data.tiny): the demo preset and a ~20M
+# Llama on the demo tokenizer.
+SIZES = {
+    "demo": {},
+    "20m": {"hidden_size": 512, "num_layers": 6, "num_heads": 8, "intermediate_size": 1408},
+}
+
+
+def build_model(size: str, out: Path, seed: int) -> Path:
+    from spct.data.tiny import ensure_tiny_model
+
+    return Path(ensure_tiny_model(out / f"model-{size}", preset="demo", seed=seed, overrides=SIZES[size]))
+
+
+def common_overrides(a: argparse.Namespace, model: Path) -> list[str]:
+    """The settings both sides share, as spct.train overrides (the TRL worker reads them back)."""
+    return [
+        "phases=[rl]",
+        f"model.path={model}",
+        f"model.max_new_tokens={a.max_new_tokens}",
+        f"rl.steps={a.steps}",
+        f"rl.prompts_per_step={a.prompts}",
+        f"rl.group_size={a.group}",
+        f"rl.temperature={a.temperature}",
+        f"rl.beta={a.beta}",
+        f"rl.lr={a.lr}",
+        f"learner.num_threads={a.threads}",
+        f"data.train_size={max(2000, a.steps * a.prompts)}",
+        "data.validation_size=32",
+        "data.test_size=32",
+        f"seed={a.seed}",
+    ]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from spct.config import register_schema, to_config
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return to_config(hydra_compose(config_name="config", overrides=overrides))
+
+
+def rl_prompts(cfg) -> list[tuple[str, list[float], list[int], int, int]]:
+    """The prompts spct's RL phase renders, step by step, with what the rule reward needs."""
+    import random
+
+    from spct.data import load_splits
+    from spct.grm import build_prompt, load_template, random_order
+
+    template = load_template(cfg.model.template)
+    train = load_splits(cfg.data, cfg.seed, ("train",))["train"]
+    out = []
+    for step in range(cfg.rl.steps):
+        rng = random.Random(f"{cfg.seed}:rl:{step}")
+        for item in rng.sample(train, cfg.rl.prompts_per_step):
+            order = random_order(item.n, rng)
+            text = build_prompt(item, order, template=template)
+            out.append((text, list(item.rewards), order, template.low, template.high))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The two sides
+
+
+def run_spct(a: argparse.Namespace, model: Path, out: Path) -> dict:
+    run_dir = out / "spct"
+    cmd = [sys.executable, "-m", "spct.train", *common_overrides(a, model), "logger=none",
+           "eval.max_items=32", f"output_dir={run_dir}", *a.spct_args]
+    print("$", " ".join(cmd), flush=True)
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL if a.quiet else None)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r.get("phase") == "rl" and "time/step" in r][1:]
+    if not steps:
+        raise RuntimeError(f"{run_dir}/metrics.jsonl: no RL steps after the first; use --steps >= 2")
+    med = {k: statistics.median(r.get(f"time/{k}", 0.0) for r in steps)
+           for k in ("step", "generate", "reward", "train", "weight_sync", "idle")}
+    n = a.prompts * a.group
+    return {
+        "samples_per_s": n / med["step"],
+        "step_s": med["step"],
+        "breakdown_s": {k: v for k, v in med.items() if k != "step"},
+        "completion_length": statistics.mean(r["response_length"] for r in steps),
+        "accuracy_last": steps[-1]["accuracy"],
+        "steps_measured": len(steps),
+    }
+
+
+def run_trl(a: argparse.Namespace, model: Path, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--trl-worker", str(model), "--out", str(out),
+           *[f"--{k.replace('_', '-')}={v}" for k, v in (("steps", a.steps), ("prompts", a.prompts),
+             ("group", a.group), ("max_new_tokens", a.max_new_tokens), ("temperature", a.temperature),
+             ("beta", a.beta), ("lr", a.lr), ("threads", a.threads), ("seed", a.seed))]]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL if a.quiet else None)
+    return json.loads((out / "trl.json").read_text())
+
+
+def trl_worker(a: argparse.Namespace) -> None:
+    """GRPOTrainer in this process: transformers generation, one optimizer step per batch."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from spct.data.tiny import load_tokenizer
+    from spct.grm import map_back, parse_scores, rule_reward
+
+    torch.set_num_threads(a.threads)
+    model = Path(a.trl_worker)
+    cfg = compose(common_overrides(a, model))
+    rows = [{"prompt": [{"role": "user", "content": text}], "item_rewards": rewards, "order": order,
+             "low": low, "high": high} for text, rewards, order, low, high in rl_prompts(cfg)]
+
+    def spct_rule_reward(completions, item_rewards, order, low, high, **_):
+        out = []
+        for c, r, o, lo, hi in zip(completions, item_rewards, order, low, high, strict=True):
+            text = c[0]["content"] if isinstance(c, list) else c
+            out.append(rule_reward(map_back(parse_scores(text, len(r), lo, hi), o), r))
+        return out
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._start = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self._start)
+
+    args = GRPOConfig(
+        output_dir=str(a.out / "trl"),
+        per_device_train_batch_size=a.prompts * a.group,
+        num_generations=a.group,
+        max_completion_length=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=0,
+        beta=a.beta,
+        learning_rate=a.lr,
+        lr_scheduler_type="constant",
+        epsilon=0.2,
+        loss_type="grpo",  # per-sequence token mean, then the batch mean: spct's loss
+        max_steps=a.steps,
+        use_cpu=True,
+        bf16=False,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        shuffle_dataset=False,
+        seed=a.seed,
+        dataloader_num_workers=0,
+    )
+    timer = StepTimer()
+    tokenizer = load_tokenizer(model)
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
+        reward_funcs=spct_rule_reward,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+    step = statistics.median(timer.times[1:])
+    result = {
+        "samples_per_s": a.prompts * a.group / step,
+        "step_s": step,
+        "completion_length": statistics.mean(h["completions/mean_length"] for h in logs[1:]),
+        "steps_measured": len(timer.times) - 1,
+    }
+    (a.out / "trl.json").write_text(json.dumps(result, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="demo,20m", help=f"comma-separated, from {sorted(SIZES)}")
+    ap.add_argument("--model", default=None, help="a model folder to use for every size instead of building one")
+    ap.add_argument("--steps", type=int, default=6, help="RL steps per side (the first is dropped)")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--beta", type=float, default=0.02)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "grpo_vs_trl")
+    ap.add_argument("--spct-args", nargs="*", default=[], help="extra spct.train overrides")
+    ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="hide the two sides' own output")
+    ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.trl_worker:
+        trl_worker(a)
+        return
+
+    results = {}
+    for size in a.sizes.split(","):
+        out = a.out / size
+        out.mkdir(parents=True, exist_ok=True)
+        model = Path(a.model) if a.model else build_model(size, a.out, a.seed)
+        res = {"model": str(model), "spct": run_spct(a, model, out)}
+        if not a.skip_trl:
+            res["trl"] = run_trl(a, model, out)
+            res["ratio"] = res["spct"]["samples_per_s"] / res["trl"]["samples_per_s"]
+        results[size] = res
+    settings = {k: v for k, v in vars(a).items() if k not in ("out", "trl_worker")}
+    (a.out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1))
+
+    print(f"\nGRPO step, {a.prompts} prompts x G={a.group}, {a.max_new_tokens} new tokens, "
+          f"{a.threads} threads, median of {a.steps - 1} steps")
+    print("| size | spct samples/s | TRL samples/s | ratio | spct generate / reward / train / sync / idle (s) "
+          "| completion length spct / TRL |")
+    print("|---|---|---|---|---|---|")
+    for size, r in results.items():
+        s, t = r["spct"], r.get("trl")
+        b = s["breakdown_s"]
+        parts = " / ".join(f"{b[k]:.2f}" for k in ("generate", "reward", "train", "weight_sync", "idle"))
+        print(f"| {size} | {s['samples_per_s']:.1f} | {t['samples_per_s']:.1f} | {r['ratio']:.2f}x | {parts} "
+              f"| {s['completion_length']:.0f} / {t['completion_length']:.0f} |" if t else
+              f"| {size} | {s['samples_per_s']:.1f} | - | - | {parts} | {s['completion_length']:.0f} / - |")
+
+
+if __name__ == "__main__":
+    main()

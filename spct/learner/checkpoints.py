@@ -1,0 +1,71 @@
+"""Saving a learner rank's weights: Hugging Face folders (for vLLM, transformers and the next
+phase), DeepSpeed checkpoints (to resume with optimizer and schedule), and the full state dict
+the weight sync sends to the rollout engines."""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+CHECKPOINT_TAG = "learner"
+
+
+class Checkpoints:
+    """Mixed into `LearnerWorker` (which provides engine, rank, world_size, zero_stage)."""
+
+    def state_for_sync(self) -> dict[str, Tensor] | None:
+        """Full weights under their Hugging Face names on rank 0 (contiguous CPU copies in the
+        training dtype), else None.
+
+        Collective under ZeRO-3: each partitioned tensor is gathered on every rank, one at a
+        time, so no rank ever holds more than one full tensor beyond its shard.
+        """
+        module = self.engine.module
+        out: dict[str, Tensor] | None = {} if self.rank == 0 else None
+        if self.zero_stage == 3:
+            import deepspeed
+
+            for name, t in module.state_dict(keep_vars=True).items():
+                if hasattr(t, "ds_id"):
+                    with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
+                        if out is not None:
+                            out[name] = t.data.detach().to("cpu", copy=True).contiguous()
+                elif out is not None:
+                    out[name] = t.detach().to("cpu", copy=True).contiguous()
+            return out
+        if out is not None:
+            for name, t in module.state_dict().items():
+                out[name] = t.detach().to("cpu", copy=True).contiguous()
+        return out
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Model and tokenizer in Hugging Face format (safetensors), written by rank 0."""
+        import deepspeed.comm as dist
+
+        state = self.state_for_sync()
+        if state is not None:
+            self.engine.module.save_pretrained(str(path), state_dict=state)
+            self.tokenizer.save_pretrained(str(path))
+        if self.world_size > 1:
+            dist.barrier()
+        return str(path)
+
+    def save_state(self, path: str | os.PathLike[str]) -> str:
+        """DeepSpeed checkpoint (weights, optimizer, scheduler) for resuming; every rank writes
+        its partitions, so `path` must be on storage all ranks share."""
+        self.engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG, save_latest=False)
+        return str(path)
+
+    def load_state(self, path: str | os.PathLike[str]) -> None:
+        if not os.path.isdir(os.path.join(str(path), CHECKPOINT_TAG)):
+            raise FileNotFoundError(
+                f"learner checkpoint not found: expected the folder {path}/{CHECKPOINT_TAG} "
+                "written by save_state"
+            )
+        loaded, _ = self.engine.load_checkpoint(
+            str(path), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load the learner checkpoint in {path}")
+

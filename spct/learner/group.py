@@ -1,0 +1,179 @@
+"""The group of learner ranks as the driver sees it: Ray actors, one call runs on every rank."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from numbers import Real
+from typing import Any
+
+from spct.learner.batches import rank_mean, shard_batch, validate_batch
+from spct.learner.worker import LearnerWorker
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _rendezvous_address() -> tuple[str, int]:
+    import ray
+
+    return ray.util.get_node_ip_address(), _free_port()
+
+
+class LearnerGroup:
+    """`num_ranks` LearnerWorker actors forming one data-parallel group.
+
+    With a placement group, rank r goes to bundle `bundle_indices[r]` (default r) and the
+    rendezvous port is picked on rank 0's node; without one, on the driver's node. If any rank
+    fails, every rank is killed: the others would otherwise wait in a collective forever.
+    """
+
+    def __init__(
+        self,
+        num_ranks: int,
+        worker_kwargs: Mapping[str, Any],
+        num_cpus_per_rank: float = 1,
+        num_gpus_per_rank: float = 0,
+        placement_group: Any = None,
+        bundle_indices: Sequence[int] | None = None,
+    ) -> None:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.with_reference = bool(worker_kwargs.get("with_reference", False))
+
+        if num_ranks < 1:
+            raise ValueError(f"num_ranks: expected >= 1, got {num_ranks}")
+        reserved = {"rank", "world_size", "master_addr", "master_port"} & set(worker_kwargs)
+        if reserved:
+            raise ValueError(f"worker_kwargs: {sorted(reserved)} are set by LearnerGroup")
+        bundles = list(bundle_indices) if bundle_indices is not None else list(range(num_ranks))
+        if len(bundles) != num_ranks:
+            raise ValueError(f"bundle_indices: expected {num_ranks} entries, got {len(bundles)}")
+
+        def placement(rank: int) -> dict[str, Any]:
+            if placement_group is None:
+                return {}
+            return {
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group, placement_group_bundle_index=bundles[rank]
+                )
+            }
+
+        if placement_group is None:
+            addr, port = _rendezvous_address()
+        else:
+            probe = ray.remote(num_cpus=0)(_rendezvous_address).options(**placement(0))
+            addr, port = ray.get(probe.remote())
+
+        actor = ray.remote(LearnerWorker)
+        self.num_ranks = num_ranks
+        self.workers = [
+            actor.options(
+                num_cpus=num_cpus_per_rank, num_gpus=num_gpus_per_rank, **placement(r)
+            ).remote(
+                rank=r, world_size=num_ranks, master_addr=addr, master_port=port, **worker_kwargs
+            )
+            for r in range(num_ranks)
+        ]
+        self.info = self._call("ready")
+
+    def _call(self, method: str, *per_rank_args: Sequence[Any], **kwargs: Any) -> list[Any]:
+        """Run `method` on every rank (rank r gets per_rank_args[i][r]); fail fast on any error."""
+        import ray
+
+        if not self.workers:
+            raise RuntimeError("the learner group is shut down (a rank failed or shutdown() ran)")
+        refs = [
+            getattr(w, method).remote(*(a[r] for a in per_rank_args), **kwargs)
+            for r, w in enumerate(self.workers)
+        ]
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done[0])
+        except Exception:
+            self.shutdown()
+            raise
+        return ray.get(refs)
+
+    def _step(
+        self, method: str, batch: Mapping[str, Sequence[Any]], rollout: bool, **kw: Any
+    ) -> dict[str, float]:
+        validate_batch(batch, rollout=rollout)
+        results = self._call(method, shard_batch(batch, self.num_ranks), **kw)
+        return rank_mean(results)
+
+    def sft_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
+        return self._step("sft_step", batch, rollout=False)
+
+    def grpo_step(
+        self,
+        batch: Mapping[str, Sequence[Any]],
+        clip_eps: float = 0.2,
+        beta: float = 0.0,
+        kl_kind: str = "k3",
+        clip_eps_high: float | None = None,
+    ) -> dict[str, float]:
+        if beta > 0 and not self.with_reference:
+            raise ValueError("grpo_step: beta > 0 needs a reference model (with_reference=True)")
+        return self._step(
+            "grpo_step",
+            batch,
+            rollout=True,
+            clip_eps=clip_eps,
+            beta=beta,
+            kl_kind=kl_kind,
+            clip_eps_high=clip_eps_high,
+        )
+
+    def bce_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
+        """Meta-RM training step: `input_ids` token lists and `labels` (targets in [0, 1]), split
+        over ranks."""
+        ids, labels = batch.get("input_ids"), batch.get("labels")
+        if ids is None or labels is None or len(ids) != len(labels) or not ids:
+            raise ValueError("bce batch: expected equal, non-empty lists 'input_ids' and 'labels'")
+        for i, y in enumerate(labels):
+            if not isinstance(y, Real) or not 0 <= y <= 1:
+                raise ValueError(f"bce batch.labels[{i}]: expected a target in [0, 1], got {y!r}")
+        results = self._call("bce_step", shard_batch(batch, self.num_ranks))
+        return rank_mean(results)
+
+    def state_for_sync(self, as_ref: bool = False) -> Any:
+        """Rank 0's full state dict (or, with `as_ref`, its ObjectRef, to hand on without
+        copying through the driver). All ranks take part: ZeRO-3 gathers collectively."""
+        import ray
+
+        if not self.workers:
+            raise RuntimeError("the learner group is shut down (a rank failed or shutdown() ran)")
+        refs = [w.state_for_sync.remote() for w in self.workers]
+        try:
+            ray.get(refs[1:])
+            if as_ref:
+                ray.wait(refs[:1])
+                return refs[0]
+            return ray.get(refs[0])
+        except Exception:
+            self.shutdown()
+            raise
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        return self._call("save", [str(path)] * self.num_ranks)[0]
+
+    def save_state(self, path: str | os.PathLike[str]) -> str:
+        return self._call("save_state", [str(path)] * self.num_ranks)[0]
+
+    def load_state(self, path: str | os.PathLike[str]) -> None:
+        self._call("load_state", [str(path)] * self.num_ranks)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for w in getattr(self, "workers", []):
+            ray.kill(w, no_restart=True)
+        self.workers = []

@@ -1,0 +1,182 @@
+"""The three step kinds of a learner rank: SFT (cross-entropy on completions), GRPO (the clipped
+objective plus KL) and BCE (a scalar head, the meta RM).
+
+One call is one optimizer step, whatever the number of micro-batches, and its loss and update
+do not depend on how the batch is split over ranks and micro-batches:
+
+- GRPO: the loss is the mean over all sequences of each sequence's token mean. A micro-batch
+  of b sequences on a rank holding n is back-propagated with weight b / n; DeepSpeed then
+  averages gradients over the R ranks, which all hold n = N / R sequences.
+- SFT: the loss is the mean over all completion tokens of the global batch. A micro-batch
+  with t completion tokens is weighted R * t / T, T being the global token count (one small
+  all-reduce), so that DeepSpeed's average over ranks gives sum / T.
+- BCE: the mean over the global batch's sequences, weighted like GRPO.
+
+Metrics are reduced over all ranks inside the step (token- or sequence-weighted as the loss
+is), so every rank returns the same global numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from spct.algos import gather_logprobs, grpo_policy_loss, sft_loss, token_entropy
+from spct.learner.batches import (
+    IGNORE_INDEX,
+    completion_logits,
+    rollout_micro_batches,
+    sequence_micro_batches,
+    validate_batch,
+)
+
+
+class Steps:
+    """Mixed into `LearnerWorker`, which provides the engine, the reference model and the
+    collectives (`_all_reduce`, `_shard_sizes`, `_optimizer_step`)."""
+
+    def sft_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
+        """One optimizer step of cross-entropy on completion tokens (prompts are context only)."""
+        start = time.perf_counter()
+        n = validate_batch(batch, rollout=False, where=f"sft batch (rank {self.rank})")
+        micro = sequence_micro_batches(batch["input_ids"], batch["prompt_lens"],
+                                       self.micro_batch_size, self.pad_id, self.device)
+        n_global, tokens_global = self._shard_sizes(n, sum(mb.num_tokens for mb in micro))
+
+        self.engine.train()
+        loss_sum = 0.0
+        for mb in micro:
+            logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                                 use_cache=False).logits
+            loss = sft_loss(logits, mb.labels, ignore_index=IGNORE_INDEX)
+            self.engine.backward(
+                loss * (self.world_size * mb.num_tokens / tokens_global), scale_wrt_gas=False
+            )
+            loss_sum += loss.item() * mb.num_tokens
+        grad_norm, lr = self._optimizer_step()
+        (loss_total,) = self._all_reduce([loss_sum])
+        return {
+            "loss": loss_total / tokens_global,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "tokens": float(tokens_global),
+            "sequences": float(n_global),
+            "step_time_s": time.perf_counter() - start,
+        }
+
+    def grpo_step(
+        self,
+        batch: Mapping[str, Sequence[Any]],
+        clip_eps: float = 0.2,
+        beta: float = 0.0,
+        kl_kind: str = "k3",
+        clip_eps_high: float | None = None,
+    ) -> dict[str, float]:
+        """One optimizer step of the GRPO objective (spct.algos.grpo_policy_loss).
+
+        All forward passes of the call run before the single update, so `logprob_gap` (mean and
+        max |rollout log-prob - learner log-prob| over completion tokens) measures how far the
+        rollout engine's numbers are from the learner's for the same weights; it should be ~0
+        for an on-policy batch and grows if a weight sync was missed.
+        """
+        start = time.perf_counter()
+        if beta > 0 and self.reference is None:
+            raise ValueError("grpo_step: beta > 0 needs a reference model (with_reference=True)")
+        n = validate_batch(batch, rollout=True, where=f"grpo batch (rank {self.rank})")
+        micro = rollout_micro_batches(batch, self.micro_batch_size, self.pad_id, self.device)
+        n_global, tokens_global = self._shard_sizes(n, sum(int(mb.mask.sum()) for mb in micro))
+
+        self.engine.train()
+        # Sequence-weighted: loss. Token-weighted: the rest.
+        sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
+        sums |= {"entropy": 0.0, "logprob_gap": 0.0}
+        gap_max = 0.0
+        for mb in micro:
+            logits = completion_logits(self.engine, mb, self.share_prefix)
+            logp = gather_logprobs(logits, mb.completion_ids)
+            ref_logp = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logits = completion_logits(self.reference, mb, self.share_prefix)
+                    ref_logp = gather_logprobs(ref_logits, mb.completion_ids)
+            loss, m = grpo_policy_loss(
+                logp,
+                mb.old_logp,
+                mb.advantages,
+                mb.mask,
+                ref_logp=ref_logp,
+                clip_eps=clip_eps,
+                clip_eps_high=clip_eps_high,
+                beta=beta,
+                kl_kind=kl_kind,
+            )
+            self.engine.backward(loss * (mb.size / n), scale_wrt_gas=False)
+
+            mb_tokens = int(mb.mask.sum())
+            with torch.no_grad():
+                gap = (mb.old_logp - logp.detach()).abs()[mb.mask]
+                entropy = token_entropy(logits.detach()[mb.mask])
+            sums["loss"] += loss.item() * mb.size
+            for key in ("kl", "clip_fraction", "ratio_mean"):
+                sums[key] += m.get(key, 0.0) * mb_tokens
+            sums["entropy"] += float(entropy.sum())
+            sums["logprob_gap"] += float(gap.sum())
+            gap_max = max(gap_max, float(gap.max()) if gap.numel() else 0.0)
+
+        grad_norm, lr = self._optimizer_step()
+        keys = list(sums)
+        totals = dict(zip(keys, self._all_reduce([sums[k] for k in keys]), strict=True))
+        (gap_max,) = self._all_reduce([gap_max], op="max")
+        metrics = {"loss": totals.pop("loss") / n_global}
+        metrics |= {k: v / max(1, tokens_global) for k, v in totals.items()}
+        if self.reference is None:
+            metrics.pop("kl")
+        metrics |= {
+            "logprob_gap_max": gap_max,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "tokens": float(tokens_global),
+            "sequences": float(n_global),
+            "step_time_s": time.perf_counter() - start,
+        }
+        return metrics
+
+    def bce_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
+        """One optimizer step of binary cross-entropy on a scalar head (task="classification").
+
+        `batch` holds `input_ids` (token lists) and `labels` (a target in [0, 1] per sequence,
+        usually 0 or 1). The loss is the mean over the global batch's sequences, whatever the
+        micro-batching and ranks; "accuracy" counts predictions within 0.5 of their target.
+        """
+        if self.task != "classification":
+            raise ValueError('bce_step needs a learner built with task="classification"')
+        start = time.perf_counter()
+        ids, labels = list(batch["input_ids"]), [float(y) for y in batch["labels"]]
+        n_global, _ = self._shard_sizes(len(ids), 0)
+        self.engine.train()
+        loss_sum = correct = 0.0
+        lo = 0
+        for mb in sequence_micro_batches(ids, None, self.micro_batch_size, self.pad_id, self.device):
+            y = torch.tensor(labels[lo : lo + mb.size], device=self.device)
+            lo += mb.size
+            logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+            logits = logits.view(-1).float()
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+            # Ranks hold equal shares and DeepSpeed averages over them: weight by the local share.
+            self.engine.backward(loss * (mb.size / len(ids)), scale_wrt_gas=False)
+            loss_sum += loss.item() * mb.size
+            correct += float(((torch.sigmoid(logits) - y).abs() < 0.5).sum())
+        grad_norm, lr = self._optimizer_step()
+        loss_total, correct_total = self._all_reduce([loss_sum, correct])
+        return {
+            "loss": loss_total / n_global,
+            "accuracy": correct_total / n_global,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "sequences": float(n_global),
+            "step_time_s": time.perf_counter() - start,
+        }

@@ -1,0 +1,113 @@
+"""Learner batches without Ray or DeepSpeed: groups, micro-batches, padding, and the forward pass
+that runs each prompt once for its group (it must equal running every sequence whole)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from spct.algos import gather_logprobs
+from spct.learner.batches import (
+    completion_logits,
+    pad_rows,
+    prompt_groups,
+    rollout_micro_batches,
+    sequence_micro_batches,
+)
+
+CPU = torch.device("cpu")
+
+
+def grouped_batch(seed: int, group_sizes: list[int], vocab: int) -> dict[str, list]:
+    """Prompts of different lengths, each followed by its group of completions of uneven lengths."""
+    rng = random.Random(seed)
+    batch = {"input_ids": [], "prompt_lens": [], "old_logprobs": [], "advantages": []}
+    for size in group_sizes:
+        prompt = [rng.randrange(vocab) for _ in range(rng.randrange(3, 12))]
+        for _ in range(size):
+            completion = [rng.randrange(vocab) for _ in range(rng.randrange(1, 9))]
+            batch["input_ids"].append(prompt + completion)
+            batch["prompt_lens"].append(len(prompt))
+            batch["old_logprobs"].append([-1.0] * len(completion))
+            batch["advantages"].append(rng.gauss(0, 1))
+    return batch
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from spct.data.tiny import load_causal_lm
+
+    m = load_causal_lm(tiny_model_dir, dtype="float32")
+    m.config.use_cache = False
+    return m
+
+
+def whole_sequence_logprobs(model, batch) -> list[torch.Tensor]:
+    """Reference: each sequence alone, unpadded, the plain way."""
+    out = []
+    for ids, p in zip(batch["input_ids"], batch["prompt_lens"], strict=True):
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        out.append(gather_logprobs(logits[p - 1 : -1][None], torch.tensor([ids[p:]]))[0])
+    return out
+
+
+def test_pad_rows_right_and_left():
+    ids, mask = pad_rows([[1, 2], [3], []], 0)
+    assert ids.tolist() == [[1, 2], [3, 0], [0, 0]] and mask.tolist() == [[1, 1], [1, 0], [0, 0]]
+    ids, mask = pad_rows([[1, 2], [3]], 9, left=True)
+    assert ids.tolist() == [[1, 2], [9, 3]] and mask.tolist() == [[1, 1], [0, 1]]
+    vals, _ = pad_rows([[0.5], [1.5, 2.5]], 0.0, torch.float32)
+    assert vals.dtype == torch.float32 and vals.tolist() == [[0.5, 0.0], [1.5, 2.5]]
+
+
+def test_prompt_groups_are_runs_of_identical_prompts():
+    batch = grouped_batch(0, [2, 3, 1], vocab=50)
+    assert [list(g) for g in prompt_groups(batch)] == [[0, 1], [2, 3, 4], [5]]
+    # The same tokens with a different prompt length are another prompt.
+    batch = {"input_ids": [[1, 2, 3], [1, 2, 3]], "prompt_lens": [1, 2]}
+    assert len(prompt_groups(batch)) == 2
+
+
+def test_micro_batches_keep_groups_whole_when_they_fit_and_cover_every_sequence():
+    batch = grouped_batch(1, [4, 4, 4, 2, 6], vocab=50)
+    micro = rollout_micro_batches(batch, 8, 0, CPU)
+    assert [mb.size for mb in micro] == [8, 6, 6]  # 4+4 | 4+2 | 6 (a 4 would not fit after 4+2)
+    assert [mb.prompt_ids.shape[0] for mb in micro] == [2, 2, 1]
+    # A group larger than the micro-batch is split; its prompt runs once per piece.
+    micro = rollout_micro_batches(batch, 3, 0, CPU)
+    assert sum(mb.size for mb in micro) == 20 and max(mb.size for mb in micro) <= 3
+    completions = [row[m].tolist() for mb in micro for row, m in zip(mb.completion_ids, mb.mask, strict=True)]
+    assert completions == [ids[p:] for ids, p in zip(batch["input_ids"], batch["prompt_lens"], strict=True)]
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("micro_size", [3, 16])
+def test_completion_logprobs_and_gradients_equal_whole_sequences(model, share_prefix, micro_size):
+    batch = grouped_batch(2, [3, 1, 4, 2], vocab=model.config.vocab_size)
+    expected = whole_sequence_logprobs(model, batch)
+    sum(e.sum() for e in expected).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    got, total = [], 0.0
+    for mb in rollout_micro_batches(batch, micro_size, 0, CPU):
+        logp = gather_logprobs(completion_logits(model, mb, share_prefix), mb.completion_ids)
+        got += [row[m] for row, m in zip(logp, mb.mask, strict=True)]
+        total = total + (logp * mb.mask).sum()
+    total.backward()
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], atol=1e-4, rtol=1e-4, msg=name)
+    model.zero_grad()
+
+
+def test_sequence_micro_batches_label_completions_only():
+    micro = sequence_micro_batches([[5, 6, 7, 8], [5, 6]], [2, 1], 8, 0, CPU)
+    (mb,) = micro
+    assert mb.labels.tolist() == [[-100, -100, 7, 8], [-100, 6, -100, -100]]
+    assert mb.num_tokens == 3
+    (mb,) = sequence_micro_batches([[5, 6]], None, 8, 0, CPU)
+    assert mb.num_tokens == 0
