@@ -56,6 +56,8 @@ class RolloutConfig:
     num_cpus_per_engine: float = 1.0
     # CPU only: torch threads per engine (0 = Ray's default, one per reserved CPU).
     num_threads: int = 0
+    # KV-cache block (tokens); null = vLLM's default for the device (CPU: 128, a multiple of 32).
+    block_size: int | None = None
 
 
 @dataclass
@@ -122,6 +124,8 @@ class RLConfig:
     lr: float = 4e-7
     temperature: float = 1.0
     warmup_steps: int = 0
+    # Generate step t + 1's rollouts while the learner trains on step t (one-step off-policy).
+    async_generation: bool = False
 
 
 @dataclass
@@ -209,7 +213,7 @@ def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, seed: int) -> dict
                 tensor_parallel_size=rollout.tensor_parallel_size,
                 gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=rollout.kv_cache_gib,
                 enforce_eager=rollout.enforce_eager, enable_prefix_caching=rollout.enable_prefix_caching,
-                num_threads=rollout.num_threads)
+                num_threads=rollout.num_threads, block_size=rollout.block_size)
 
 
 def register_schema() -> None:

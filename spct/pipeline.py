@@ -161,9 +161,14 @@ class Pipeline:
         Randomness comes from each engine's seed (model seed): vLLM's CPU sampler cannot take
         per-request seeds.
         """
-        sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
+        pending = self.submit(prompts, n, temperature, group)
         with self.timings("generate"):
-            return (group or self.rollout).generate(prompts, sampling)
+            return pending.result()
+
+    def submit(self, prompts: list[str], n: int = 1, temperature: float = 1.0, group=None):
+        """`generate` without waiting: returns a handle whose `.result()` waits."""
+        sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
+        return (group or self.rollout).submit(prompts, sampling)
 
     def teacher_pool(self, model: str):
         """A GRM reward pool serving a frozen teacher, started on first use."""

@@ -44,6 +44,23 @@ def split_contiguous(n: int, parts: int) -> list[range]:
     return ranges
 
 
+class Pending:
+    """Generation in flight on some engines; `result()` puts the chunks back in input order."""
+
+    def __init__(self, engines: list[int], refs: list[ray.ObjectRef]) -> None:
+        self.engines, self.refs = engines, refs
+        self._results: list[dict[str, Any]] | None = None
+
+    def result(self) -> list[dict[str, Any]]:
+        if self._results is None:
+            self._results = []
+            for i, chunk in zip(self.engines, ray.get(self.refs), strict=True):
+                for result in chunk:
+                    result["engine"] = i
+                    self._results.append(result)
+        return self._results
+
+
 class RolloutGroup:
     """N `VLLMEngine` actors. With a placement group, engine i takes bundle i (which must hold
     its CPUs and GPUs); `engine_kwargs` are `VLLMEngine`'s arguments other than `model`."""
@@ -107,6 +124,14 @@ class RolloutGroup:
         self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True
     ) -> list[dict[str, Any]]:
         """One result per prompt, in input order, each with `engine` and `version` keys."""
+        return self.submit(prompts, sampling, chat).result()
+
+    def submit(self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True) -> Pending:
+        """Start generating and return at once; `.result()` waits for what `generate` returns.
+
+        An engine runs its calls in order, so a weight update sent after `submit` applies once
+        this generation is done: its results carry the version it was generated with.
+        """
         if isinstance(prompts, str):
             raise TypeError("prompts: expected a list of strings, got a single string")
         prompts = list(prompts)
@@ -117,12 +142,7 @@ class RolloutGroup:
             self.engines[i].generate.remote([prompts[j] for j in r], sampling, chat)
             for i, r in chunks
         ]
-        results: list[dict[str, Any]] = []
-        for (i, _), chunk in zip(chunks, ray.get(refs), strict=True):
-            for result in chunk:
-                result["engine"] = i
-                results.append(result)
-        return results
+        return Pending([i for i, _ in chunks], refs)
 
     def update_weights(self, payload: bytes | ray.ObjectRef, version: int) -> list[int]:
         """Send one safetensors payload to every engine; returns their versions once all loaded."""

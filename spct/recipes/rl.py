@@ -4,6 +4,11 @@ Each step: shuffle each item's responses, sample G trajectories of that prompt f
 rollout group, parse and score them against the ground truth (+1 correct, -1 otherwise, a
 parse failure included), normalise rewards within each group, one learner step on the clipped
 objective plus beta * KL, then sync the new weights (version + 1) to the rollout engines.
+
+With `rl.async_generation` the rollouts of step t + 1 are generated while the learner trains on
+step t (one-step off-policy, as the asynchronous modes of OpenRLHF and AReaL): they come from
+the weights before step t's update, the clipped importance ratio against their logged
+log-probs corrects for that, and `rollout_version_lag` logs the lag (1). Off by default.
 """
 
 from __future__ import annotations
@@ -18,18 +23,32 @@ from spct.algos import group_advantages
 from spct.grm import map_back, parse_scores, random_order, rule_reward
 
 
+def rl_prompts(p, step: int):
+    """The step's items, response orders and (prompt, low, high), drawn from the step's seed."""
+    c = p.cfg.rl
+    rng = random.Random(f"{p.cfg.seed}:rl:{step}")
+    items = rng.sample(p.data["train"], c.prompts_per_step)
+    orders = [random_order(it.n, rng) for it in items]
+    return items, orders, [p.prompt(it, o) for it, o in zip(items, orders, strict=True)]
+
+
 def run_rl(p) -> None:
-    c, seed = p.cfg.rl, p.cfg.seed
-    train = p.data["train"]
+    c = p.cfg.rl
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=c.beta > 0)
+
+    def submit(step):
+        items, orders, prompts = rl_prompts(p, step)
+        return items, orders, prompts, p.submit([text for text, _, _ in prompts], n=c.group_size,
+                                                temperature=c.temperature)
+
     bar = tqdm(range(p.state.phase_step, c.steps), desc="rl", initial=p.state.phase_step, total=c.steps)
+    ahead = None
     for step in bar:
         start = time.perf_counter()
-        rng = random.Random(f"{seed}:rl:{step}")
-        items = rng.sample(train, c.prompts_per_step)
-        orders = [random_order(it.n, rng) for it in items]
-        prompts = [p.prompt(it, o) for it, o in zip(items, orders, strict=True)]
-        results = p.generate([text for text, _, _ in prompts], n=c.group_size, temperature=c.temperature)
+        items, orders, prompts, pending = ahead or submit(step)
+        with p.timings("generate"):
+            results = pending.result()
+        ahead = submit(step + 1) if c.async_generation and step + 1 < c.steps else None
 
         with p.timings("reward"):
             rewards, failures, lengths, batch = [], 0, [], {"input_ids": [], "prompt_lens": [], "old_logprobs": []}
@@ -46,6 +65,9 @@ def run_rl(p) -> None:
 
         with p.timings("train"):
             metrics = learner.grpo_step(batch, clip_eps=c.clip_eps, beta=c.beta, kl_kind=c.kl_kind)
+        if ahead is not None:  # what training did not hide; the sync below would wait for it
+            with p.timings("generate"):
+                ahead[-1].result()
         version = p.sync_weights()
         p.state.phase_step = step + 1
         times = p.timings.lap()
