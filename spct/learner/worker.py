@@ -92,6 +92,7 @@ class LearnerWorker(Steps, Checkpoints):
         gradient_checkpointing: bool = False,
         num_threads: int | None = None,
         task: str = "causal_lm",
+        share_prefix: bool = True,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
@@ -168,7 +169,7 @@ class LearnerWorker(Steps, Checkpoints):
         policy.config.use_cache = False
         # GRPO runs each prompt once for its whole group (batches.completion_logits), except under
         # gradient checkpointing, whose recomputation would write the prompt's cache twice.
-        self.share_prefix = not gradient_checkpointing
+        self.share_prefix = share_prefix and not gradient_checkpointing
         if gradient_checkpointing:
             policy.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}

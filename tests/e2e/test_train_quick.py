@@ -122,3 +122,15 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     # The rerun starts right after the checkpoint and runs to the end exactly once.
     assert [r["phase_step"] for r in rerun if r["phase"] == "warmup" and "loss" in r] == list(range(saved + 1, 61))
     assert json.loads((out / "checkpoints" / "state.json").read_text())["completed"][:3] == ["warmup", "rft", "rl"]
+
+
+def test_async_generation_trains_one_step_off_policy(tmp_path):
+    out = tmp_path / "async"
+    _finish(_train(out, "phases=[rl]", "rl.steps=3", "rl.async_generation=true"))
+    steps = [r for r in _records(out) if r["phase"] == "rl" and "rollout_version_lag" in r]
+    assert [r["phase_step"] for r in steps] == [1, 2, 3]
+    # Step 1's rollouts come from the starting weights; each later step's from the weights
+    # before the previous update (the one it overlapped), never older.
+    assert [r["rollout_version_lag"] for r in steps] == [0, 1, 1]
+    assert [r["weight_version"] for r in steps] == [1, 2, 3]
+    assert all(r["time/step"] >= r["time/train"] for r in steps)

@@ -152,6 +152,26 @@ def test_group_splits_a_batch_and_every_engine_gets_every_update(group, tokenize
     assert group.generate([], GREEDY) == []
 
 
+def test_text_decoded_once_equals_vllm_step_by_step_detokenizer(group):
+    ours = group.generate(PROMPTS, {"temperature": 0.0, "max_tokens": 24})
+    vllms = group.generate(PROMPTS, {"temperature": 0.0, "max_tokens": 24, "detokenize": True})
+    for a, b in zip(ours, vllms, strict=True):
+        assert [s["token_ids"] for s in a["samples"]] == [s["token_ids"] for s in b["samples"]]
+        assert [s["text"] for s in a["samples"]] == [s["text"] for s in b["samples"]]
+
+
+def test_submit_returns_at_once_and_a_later_update_waits_for_it(group, tiny_model_dir):
+    start = group.versions()[0]
+    pending = group.submit(PROMPTS * 8, {"n": 4, "temperature": 1.0, "max_tokens": 32})
+    # Sent while the generation may still run: each engine applies it after that call.
+    group.update_weights_from_path(str(tiny_model_dir), start + 1)
+    results = pending.result()
+    assert pending.result() is results  # waiting twice returns the same results
+    assert len(results) == len(PROMPTS) * 8
+    assert all(r["version"] == start for r in results)
+    assert all(r["version"] == start + 1 for r in group.generate(PROMPTS, GREEDY))
+
+
 def test_bad_sampling_field_is_named(group):
     with pytest.raises(ValueError, match="temprature"):
         group.generate(["hi"], {"temprature": 0.5})
