@@ -2,7 +2,8 @@
 
     python benchmarks/grpo_vs_trl.py                                  # demo preset and ~20M
     python benchmarks/grpo_vs_trl.py --sizes demo --model outputs/bench/demo-warmup/checkpoints/warmup-final/model
-    python benchmarks/grpo_vs_trl.py --sizes demo --spct-args rl.async_generation=true
+    python benchmarks/grpo_vs_trl.py --sizes demo --variant async rl.async_generation=true \
+        rollout.num_threads=1 learner.num_threads=1
 
 Both sides get the same model folder, the same GRM prompts (rendered by spct's template for
 the same synthetic items, in the same order, chat template applied), the same G, prompts per
@@ -14,7 +15,8 @@ caches) is dropped and the median of the rest is reported.
 
 Prints samples/s for both, the ratio, spct's per-step breakdown (generate, reward, train,
 sync, idle) and the mean completion length of each side (the two must generate alike for the
-ratio to mean anything), and writes everything to OUT/results.json.
+ratio to mean anything), and writes everything to OUT/results.json. Each `--variant NAME
+OVERRIDE...` adds a row: spct again with those overrides, against the same TRL measurement.
 """
 
 from __future__ import annotations
@@ -98,10 +100,10 @@ def rl_prompts(cfg) -> list[tuple[str, list[float], list[int], int, int]]:
 # The two sides
 
 
-def run_spct(a: argparse.Namespace, model: Path, out: Path) -> dict:
-    run_dir = out / "spct"
+def run_spct(a: argparse.Namespace, model: Path, out: Path, extra: tuple[str, ...] = (), name: str = "spct") -> dict:
+    run_dir = out / name
     cmd = [sys.executable, "-m", "spct.train", *common_overrides(a, model), "logger=none",
-           "eval.max_items=32", f"output_dir={run_dir}", *a.spct_args]
+           "eval.max_items=32", f"output_dir={run_dir}", *a.spct_args, *extra]
     print("$", " ".join(cmd), flush=True)
     if run_dir.exists():
         import shutil
@@ -230,6 +232,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "grpo_vs_trl")
     ap.add_argument("--spct-args", nargs="*", default=[], help="extra spct.train overrides")
+    ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME OVERRIDE",
+                    help="another spct row: a name, then spct.train overrides (repeatable)")
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="hide the two sides' own output")
     ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
@@ -243,27 +247,30 @@ def main() -> None:
         out = a.out / size
         out.mkdir(parents=True, exist_ok=True)
         model = Path(a.model) if a.model else build_model(size, a.out, a.seed)
-        res = {"model": str(model), "spct": run_spct(a, model, out)}
+        res = {"model": str(model), "spct": {"spct": run_spct(a, model, out)}}
+        for name, *overrides in a.variant:
+            res["spct"][name] = run_spct(a, model, out, tuple(overrides), name)
         if not a.skip_trl:
             res["trl"] = run_trl(a, model, out)
-            res["ratio"] = res["spct"]["samples_per_s"] / res["trl"]["samples_per_s"]
+            res["ratio"] = {k: v["samples_per_s"] / res["trl"]["samples_per_s"] for k, v in res["spct"].items()}
         results[size] = res
     settings = {k: v for k, v in vars(a).items() if k not in ("out", "trl_worker")}
     (a.out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1))
 
     print(f"\nGRPO step, {a.prompts} prompts x G={a.group}, {a.max_new_tokens} new tokens, "
           f"{a.threads} threads, median of {a.steps - 1} steps")
-    print("| size | spct samples/s | TRL samples/s | ratio | spct generate / reward / train / sync / idle (s) "
+    print("| size | run | spct samples/s | TRL samples/s | ratio | spct generate / reward / train / sync / idle (s) "
           "| completion length spct / TRL |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for size, r in results.items():
-        s, t = r["spct"], r.get("trl")
-        b = s["breakdown_s"]
-        parts = " / ".join(f"{b[k]:.2f}" for k in ("generate", "reward", "train", "weight_sync", "idle"))
-        print(f"| {size} | {s['samples_per_s']:.1f} | {t['samples_per_s']:.1f} | {r['ratio']:.2f}x | {parts} "
-              f"| {s['completion_length']:.0f} / {t['completion_length']:.0f} |" if t else
-              f"| {size} | {s['samples_per_s']:.1f} | - | - | {parts} | {s['completion_length']:.0f} / - |")
-
+        t = r.get("trl")
+        for name, s in r["spct"].items():
+            b = s["breakdown_s"]
+            parts = " / ".join(f"{b[k]:.2f}" for k in ("generate", "reward", "train", "weight_sync", "idle"))
+            peer = f"{t['samples_per_s']:.1f} | {r['ratio'][name]:.2f}x" if t else "- | -"
+            length = f"{t['completion_length']:.0f}" if t else "-"
+            print(f"| {size} | {name} | {s['samples_per_s']:.1f} | {peer} | {parts} | "
+                  f"{s['completion_length']:.0f} / {length} |")
 
 if __name__ == "__main__":
     main()

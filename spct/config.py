@@ -73,6 +73,8 @@ class LearnerConfig:
     num_cpus_per_rank: float = 1.0
     # CPU only: torch threads per rank (0 = Ray's default, one per reserved CPU).
     num_threads: int = 0
+    # GRPO: run each prompt once for its group of rollouts (same loss and gradients, less work).
+    share_prefix: bool = True
 
 
 @dataclass

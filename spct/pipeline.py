@@ -210,6 +210,7 @@ class Pipeline:
                 seed=self.cfg.seed,
                 gradient_checkpointing=lc.gradient_checkpointing,
                 num_threads=lc.num_threads or None,
+                share_prefix=lc.share_prefix,
             ),
             num_cpus_per_rank=lc.num_cpus_per_rank,
             num_gpus_per_rank=1 if self.cfg.cluster.num_gpus else 0,
