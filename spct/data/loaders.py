@@ -86,14 +86,20 @@ def _answer(value: Any, name: str, where: str) -> str:
 
 def _id(rec: _Record, *names: str) -> str:
     for name in names or ("id",):
-        if rec.data.get(name) is not None:
-            return str(rec.data[name])
+        value = rec.data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise DataError(rec.where, name, f"expected a string or an integer, got {type(value).__name__}")
+        return str(value)
     return rec.key
 
 
 def _source(rec: _Record) -> str:
     own = rec.data.get("source")
-    return own if isinstance(own, str) and own else rec.source
+    if own is not None and not isinstance(own, str):
+        raise DataError(rec.where, "source", f"expected a string, got {type(own).__name__}")
+    return own or rec.source
 
 
 def _user(prompt: Any, where: str, name: str = "prompt") -> list[dict[str, str]]:
@@ -149,7 +155,7 @@ def _from_pairwise(rec: _Record) -> list[Item]:
 
 def _from_judgebench(rec: _Record) -> list[Item]:
     label = _field(rec, "label")
-    rewards = {"A>B": [1.0, 0.0], "B>A": [0.0, 1.0]}.get(label)
+    rewards = {"A>B": [1.0, 0.0], "B>A": [0.0, 1.0]}.get(label) if isinstance(label, str) else None
     if rewards is None:
         raise DataError(rec.where, "label", f'expected "A>B" or "B>A", got {label!r}')
     responses = [
@@ -285,42 +291,81 @@ def _is_string_list(value: Any) -> bool:
 # --- readers: source -> raw records with their locations ---------------------------------------
 
 
-def _read_jsonl(path: Path, text: str) -> Iterator[_Record | DataError]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+def _parse_json(text: str, where: str) -> Any:
+    """json.loads whose every failure is a DataError naming `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(where, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise DataError(where, None, "JSON nested too deeply to read") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise DataError(where, None, f"malformed JSON ({e})") from None
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            where, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+        ) from None
+
+
+def _read_jsonl(path: Path, raw: bytes) -> Iterator[_Record | DataError]:
+    # Lines end at \n only: U+2028, U+2029 and U+0085 are legal inside JSON strings, and
+    # str.splitlines would cut a record there.
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
         where = f"{path}, line {lineno}"
         try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield DataError(where, None, f"malformed JSON ({e.msg} at column {e.colno})")
+            text = _decode(line, where)
+            if not text.strip():
+                continue
+            data = _parse_json(text, where)
+        except DataError as e:
+            yield e
             continue
         yield _Record(data, where, f"{path.stem}:{lineno}", path.name)
+
+
+def _read_parquet(path: Path) -> Iterator[_Record | DataError]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError and others for a bad file
+        raise DataError(str(path), None, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
+    for i, data in enumerate(rows):
+        yield _Record(data, f"{path}, row {i}", f"{path.stem}:{i}", path.name)
 
 
 def _read_file(path: Path) -> Iterator[_Record | DataError]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for i, data in enumerate(pq.read_table(path).to_pylist()):
-            yield _Record(data, f"{path}, row {i}", f"{path.stem}:{i}", path.name)
+        yield from _read_parquet(path)
         return
     if suffix not in (".json", ".jsonl"):
         raise DataError(
             str(path), None, f"unsupported file type; expected one of {', '.join(FILE_SUFFIXES)}"
         )
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".jsonl" or not text.lstrip().startswith("["):
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    if suffix == ".jsonl" or not raw.lstrip().startswith(b"["):
         # A .json that is not a list is read as JSON Lines: that is what Dataset.to_json writes.
-        yield from _read_jsonl(path, text)
+        yield from _read_jsonl(path, raw)
         return
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}", None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None
     try:
         records = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(
             f"{path}, line {e.lineno}", None, f"malformed JSON ({e.msg} at column {e.colno})"
-        ) from e
+        ) from None
+    except (RecursionError, ValueError):
+        records = _parse_json(text, str(path))
     for i, data in enumerate(records):
         yield _Record(data, f"{path}, record {i}", f"{path.stem}:{i}", path.name)
 
@@ -357,6 +402,7 @@ def load_items(
     skip_invalid: bool = False,
     split: str = "train",
     limit: int | None = None,
+    allow_empty: bool = False,
 ) -> Items:
     """Load a benchmark file or hub dataset as Items.
 
@@ -365,6 +411,7 @@ def load_items(
     With skip_invalid=False the first bad record raises DataError; with True bad records are
     skipped, counted in `.skipped`, their messages kept in `.errors`, and one warning is logged.
     A record whose format cannot be detected always raises: that is a wrong file, not a bad row.
+    No items at all (an empty file, or every record skipped) is a DataError unless allow_empty.
     """
     if format is not None and format not in CONVERTERS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(CONVERTERS)}")
@@ -378,6 +425,8 @@ def load_items(
         try:
             if isinstance(rec, DataError):
                 raise rec
+            if not isinstance(rec.data, dict):
+                raise DataError(rec.where, None, f"expected a JSON object, got {type(rec.data).__name__}")
             if convert is None:
                 format = detect_format(rec.data, rec.where)
                 convert = CONVERTERS[format]
@@ -388,6 +437,11 @@ def load_items(
             out.skipped += 1
             out.errors.append(str(e))
     out.format = format
+    if not out and not allow_empty:
+        if out.skipped:
+            raise DataError(str(source), None, f"every record was invalid ({out.skipped} skipped); "
+                            f"first: {out.errors[0]}")
+        raise DataError(str(source), None, "no records (an empty file); pass allow_empty=True if that is expected")
     if out.skipped:
         logger.warning(
             "%s: skipped %d invalid record(s); first: %s", source, out.skipped, out.errors[0]

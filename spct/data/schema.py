@@ -60,13 +60,45 @@ class Item:
             conversation=d["conversation"],
             responses=d["responses"],
             rewards=d["rewards"],
-            id=None if d.get("id") is None else str(d["id"]),
+            id=_id(d.get("id"), where),
             source=d.get("source"),
             subset=d.get("subset"),
-            meta=d.get("meta") or {},
+            meta={} if d.get("meta") is None else d["meta"],
         )
         validate(item, where)
         return item
+
+
+def _id(value: Any, where: str) -> str | None:
+    """Ids may be strings or integers (many exports number their rows); anything else is refused."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(where, "id", f"expected a string or an integer, got {type(value).__name__}")
+
+
+def check_text(value: str, where: str, field_name: str) -> str:
+    """A string must be valid Unicode: JSON's \\ud800-style escapes can decode to a lone
+    surrogate, which no file encoding (and no tokenizer) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(where, field_name, f"invalid Unicode (a lone surrogate at character {e.start})") from None
+    return value
+
+
+def _check_strings(value: Any, where: str, field_name: str, depth: int = 0) -> None:
+    """Every string inside an optional field (meta) must be valid Unicode too."""
+    if isinstance(value, str):
+        check_text(value, where, field_name)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k, where, field_name, depth + 1)
+            _check_strings(v, where, f"{field_name}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_strings(v, where, f"{field_name}[{i}]", depth + 1)
 
 
 def validate(item: Item, where: str = "<item>") -> Item:
@@ -79,6 +111,8 @@ def validate(item: Item, where: str = "<item>") -> Item:
             raise DataError(where, f"conversation[{i}].role", "expected a string role")
         if not isinstance(turn.get("content"), str):
             raise DataError(where, f"conversation[{i}].content", "expected a string")
+        check_text(turn["role"], where, f"conversation[{i}].role")
+        check_text(turn["content"], where, f"conversation[{i}].content")
     resp = item.responses
     if not isinstance(resp, list) or not resp:
         raise DataError(where, "responses", "expected a non-empty list of strings")
@@ -87,14 +121,32 @@ def validate(item: Item, where: str = "<item>") -> Item:
             raise DataError(where, f"responses[{i}]", f"expected a string, got {type(r).__name__}")
         if not r.strip():
             raise DataError(where, f"responses[{i}]", "empty response")
+        check_text(r, where, f"responses[{i}]")
     rew = item.rewards
     if not isinstance(rew, list) or len(rew) != len(resp):
         got = len(rew) if isinstance(rew, list) else type(rew).__name__
         raise DataError(where, "rewards", f"expected a list of {len(resp)} numbers (one per response), got {got}")
     for i, r in enumerate(rew):
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
-            raise DataError(where, f"rewards[{i}]", f"expected a finite number, got {r!r}")
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not _finite(r):
+            shown = repr(r) if len(repr(r)) <= 40 else f"{repr(r)[:37]}..."
+            raise DataError(where, f"rewards[{i}]", f"expected a finite number within float range, got {shown}")
     top = max(rew)
     if sum(1 for r in rew if r == top) != 1:
         raise DataError(where, "rewards", f"expected one unique maximum, got {rew}")
+    for name in ("id", "source", "subset"):
+        value = getattr(item, name)
+        if value is not None:
+            if not isinstance(value, str):
+                raise DataError(where, name, f"expected a string (or null), got {type(value).__name__}")
+            check_text(value, where, name)
+    if not isinstance(item.meta, dict):
+        raise DataError(where, "meta", f"expected an object, got {type(item.meta).__name__}")
+    _check_strings(item.meta, where, "meta")
     return item
+
+
+def _finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
