@@ -135,7 +135,7 @@ def make_sampling_params(sampling: dict[str, Any]):
     Logprobs are vLLM's raw ones (the model's distribution before temperature and top-p), which
     is what the learner recomputes for the importance ratio. vLLM does not detokenize step by
     step unless stop strings need it: `VLLMEngine.generate` decodes each finished completion
-    once, which is cheaper (it costs vLLM's CPU loop about a tenth of its time on small models).
+    once, which is cheaper (about 15% of vLLM's CPU loop on the demo model, docs/performance.md).
     """
     global _SAMPLING_FIELDS
     from vllm import SamplingParams
@@ -260,7 +260,7 @@ class VLLMEngine:
         for x in ids:
             if len(x) < limit:
                 out = next(outputs)
-                samples = [self._sample(c, params.detokenize) for c in out.outputs]
+                samples = [self._sample(c, params) for c in out.outputs]
             else:
                 samples = [dict(empty) for _ in range(params.n)]
             results.append({"prompt_token_ids": x, "samples": samples, "version": self._version})
@@ -315,14 +315,16 @@ class VLLMEngine:
         self.llm.wake_up()
         self._asleep = False
 
-    def _sample(self, completion, detokenized: bool) -> dict[str, Any]:
+    def _sample(self, completion, params) -> dict[str, Any]:
         token_ids = [int(t) for t in completion.token_ids]
         logprobs = None
         if completion.logprobs is not None:
             logprobs = [
                 float(step[t].logprob) for step, t in zip(completion.logprobs, token_ids, strict=True)
             ]
-        text = completion.text if detokenized else self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        text = completion.text if params.detokenize else self.tokenizer.decode(
+            token_ids, skip_special_tokens=params.skip_special_tokens
+        )
         return {
             "text": text,
             "token_ids": token_ids,
