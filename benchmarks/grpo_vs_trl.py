@@ -59,6 +59,9 @@ def common_overrides(a: argparse.Namespace, model: Path) -> list[str]:
         f"rl.beta={a.beta}",
         f"rl.lr={a.lr}",
         f"learner.num_threads={a.threads}",
+        f"model.dtype={a.dtype}",
+        # DeepSpeed keeps fp32 master weights for bf16 only in its ZeRO optimizers.
+        f"learner.zero_stage={1 if a.dtype == 'bfloat16' else 0}",
         f"data.train_size={max(2000, a.steps * a.prompts)}",
         "data.validation_size=32",
         "data.test_size=32",
@@ -131,7 +134,7 @@ def run_trl(a: argparse.Namespace, model: Path, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--trl-worker", str(model), "--out", str(out),
            *[f"--{k.replace('_', '-')}={v}" for k, v in (("steps", a.steps), ("prompts", a.prompts),
              ("group", a.group), ("max_new_tokens", a.max_new_tokens), ("temperature", a.temperature),
-             ("beta", a.beta), ("lr", a.lr), ("threads", a.threads), ("seed", a.seed))]]
+             ("beta", a.beta), ("lr", a.lr), ("threads", a.threads), ("seed", a.seed), ("dtype", a.dtype))]]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL if a.quiet else None)
     return json.loads((out / "trl.json").read_text())
@@ -184,7 +187,7 @@ def trl_worker(a: argparse.Namespace) -> None:
         loss_type="grpo",  # per-sequence token mean, then the batch mean: spct's loss
         max_steps=a.steps,
         use_cpu=True,
-        bf16=False,
+        bf16=a.dtype == "bfloat16",  # mixed precision (autocast) over fp32 weights
         logging_steps=1,
         report_to="none",
         save_strategy="no",
@@ -230,6 +233,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="both sides: spct's model.dtype (ZeRO-1 for bf16), TRL's bf16 autocast")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "grpo_vs_trl")
     ap.add_argument("--spct-args", nargs="*", default=[], help="extra spct.train overrides")
     ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME OVERRIDE",
@@ -258,7 +263,7 @@ def main() -> None:
     (a.out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1))
 
     print(f"\nGRPO step, {a.prompts} prompts x G={a.group}, {a.max_new_tokens} new tokens, "
-          f"{a.threads} threads, median of {a.steps - 1} steps")
+          f"{a.threads} threads, {a.dtype}, median of {a.steps - 1} steps")
     print("| size | run | spct samples/s | TRL samples/s | ratio | spct generate / reward / train / sync / idle (s) "
           "| completion length spct / TRL |")
     print("|---|---|---|---|---|---|---|")
