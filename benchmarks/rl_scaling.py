@@ -20,6 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def run_settings(steps: int, spct_args: list[str]) -> argparse.Namespace:
+    """What benchmarks/grpo_vs_trl.py's run_spct reads, at its defaults but for the prompts."""
+    return argparse.Namespace(steps=steps, group=4, max_new_tokens=160, temperature=1.0, beta=0.02, lr=5e-5,
+                              threads=2, seed=0, dtype="float32", spct_args=spct_args, quiet=True, prompts=32)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="demo,20m")
@@ -32,8 +38,7 @@ def main() -> None:
 
     from benchmarks.grpo_vs_trl import build_model, run_spct
 
-    settings = argparse.Namespace(steps=a.steps, group=4, max_new_tokens=160, temperature=1.0, beta=0.02,
-                                  lr=5e-5, threads=2, seed=0, spct_args=a.spct_args, quiet=True)
+    settings = run_settings(a.steps, a.spct_args)
     results: dict[str, dict[int, dict]] = {}
     for size in a.sizes.split(","):
         model = Path(a.model) if a.model else build_model(size, REPO / "outputs" / "bench", 0)
