@@ -234,6 +234,31 @@ def to_config(cfg: DictConfig | dict) -> Config:
     return config
 
 
+def is_local_path(value: str) -> bool:
+    """True when `value` can only name a local file or folder, not a hub id: an absolute or
+    ./-relative path, more than one '/', or a data file suffix. A hub id is `name` or
+    `org/name`."""
+    return (value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+            or value.lower().endswith((".jsonl", ".json", ".parquet")))
+
+
+def check_paths(c: Config) -> None:
+    """Every local path the run reads must exist; checked at start, before Ray or vLLM.
+
+    Separate from `validate` so that a configuration can be composed and checked on a machine
+    that does not hold its data (a laptop preparing a cluster run)."""
+    import os
+
+    paths = {"model.path": c.model.path, "rft.teacher": c.rft.teacher, "meta_rm.model": c.meta_rm.model}
+    if c.data.kind == "files":
+        paths |= {f"data.{s}": getattr(c.data, s) for s in ("train", "validation", "test")}
+    missing = [f"{key}: expected an existing file or folder, got {value!r} (not found)"
+               for key, value in paths.items()
+               if value and is_local_path(value) and not os.path.exists(os.path.expanduser(value))]
+    if missing:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(missing))
+
+
 def validate(c: Config) -> None:
     errors = []
 

@@ -18,7 +18,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from spct.config import register_schema, to_config
+from spct.config import check_paths, register_schema, to_config
 
 log = logging.getLogger("spct")
 
@@ -57,6 +57,7 @@ def run(cfg: DictConfig) -> dict:
     from spct.pipeline import Pipeline
 
     config = to_config(cfg)
+    check_paths(config)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     start = time.perf_counter()
     pipe = Pipeline(config)

@@ -134,3 +134,14 @@ def test_async_generation_trains_one_step_off_policy(tmp_path):
     assert [r["rollout_version_lag"] for r in steps] == [0, 1, 1]
     assert [r["weight_version"] for r in steps] == [1, 2, 3]
     assert all(r["time/step"] >= r["time/train"] for r in steps)
+
+
+def test_a_missing_model_path_fails_in_seconds_before_ray_starts(tmp_path):
+    start = time.time()
+    proc = _train(tmp_path / "run", "model.path=/nonexistent/grm")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "model.path: expected an existing file or folder" in out
+    assert "Ray instance" not in out
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert time.time() - start < 60

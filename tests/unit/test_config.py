@@ -223,3 +223,20 @@ def test_validate_names_every_field_in_a_bad_combination(
 def test_batch_sizes_that_divide_by_the_ranks_validate(compose: Compose):
     validate(unvalidated(compose(["learner.num_ranks=4"])))
     validate(unvalidated(compose(["learner.num_ranks=2"])))
+
+
+def test_missing_local_paths_are_named_together_and_hub_ids_pass(compose: Compose, tmp_path: Path):
+    from spct.config import check_paths
+
+    present = tmp_path / "train.jsonl"
+    present.write_text("{}\n")
+    check_paths(to_config(compose(["data=files", "phases=[rft]", f"data.train={present}",
+                                   "model.path=Qwen/Qwen2.5-7B-Instruct", "rft.teacher=gpt2"])))
+    config = to_config(compose(["data=files", "phases=[rft]", f"data.train={present}",
+                                f"data.test={tmp_path}/missing.jsonl", f"model.path={tmp_path}/no/model",
+                                "meta_rm.model=./nowhere"]))
+    with pytest.raises(ConfigError) as err:
+        check_paths(config)
+    for key in ("data.test", "model.path", "meta_rm.model"):
+        assert f"{key}: expected an existing file or folder" in str(err.value)
+    assert "data.train" not in str(err.value)
