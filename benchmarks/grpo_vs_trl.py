@@ -81,21 +81,19 @@ def compose(overrides: list[str]):
 
 
 def rl_prompts(cfg) -> list[tuple[str, list[float], list[int], int, int]]:
-    """The prompts spct's RL phase renders, step by step, with what the rule reward needs."""
-    import random
-
+    """The prompts spct's RL phase renders (its own `rl_prompts`), step by step, with what the
+    rule reward needs: (text, item rewards, response order, low, high)."""
     from spct.data import load_splits
-    from spct.grm import build_prompt, load_template, random_order
+    from spct.pipeline import Pipeline
+    from spct.recipes.rl import rl_prompts as phase_prompts
 
-    template = load_template(cfg.model.template)
-    train = load_splits(cfg.data, cfg.seed, ("train",))["train"]
+    pipe = Pipeline(cfg)  # not set up: only its config, data and prompt rendering are used
+    pipe.data = load_splits(cfg.data, cfg.seed, ("train",))
     out = []
     for step in range(cfg.rl.steps):
-        rng = random.Random(f"{cfg.seed}:rl:{step}")
-        for item in rng.sample(train, cfg.rl.prompts_per_step):
-            order = random_order(item.n, rng)
-            text = build_prompt(item, order, template=template)
-            out.append((text, list(item.rewards), order, template.low, template.high))
+        items, orders, prompts = phase_prompts(pipe, step)
+        out += [(text, list(item.rewards), order, low, high)
+                for item, order, (text, low, high) in zip(items, orders, prompts, strict=True)]
     return out
 
 
@@ -220,7 +218,8 @@ def trl_worker(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The settings and their defaults (benchmarks/rl_scaling.py runs spct with them too)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="demo,20m", help=f"comma-separated, from {sorted(SIZES)}")
     ap.add_argument("--model", default=None, help="a model folder to use for every size instead of building one")
@@ -242,7 +241,11 @@ def main() -> None:
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="hide the two sides' own output")
     ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     if a.trl_worker:
         trl_worker(a)
         return

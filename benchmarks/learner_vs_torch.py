@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import time
@@ -94,14 +93,9 @@ class PlainTorch:
         return total
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one_size(a: argparse.Namespace, model: Path) -> dict:
     from spct.learner import LearnerWorker
+    from spct.learner.group import free_port
 
     batch = rl_batch(model, a.prompts, a.group, a.seed)
     kw = dict(zero_stage=0, lr=a.lr, micro_batch_size=a.micro, dtype="float32", with_reference=True,

@@ -21,9 +21,10 @@ sys.path.insert(0, str(REPO))
 
 
 def run_settings(steps: int, spct_args: list[str]) -> argparse.Namespace:
-    """What benchmarks/grpo_vs_trl.py's run_spct reads, at its defaults but for the prompts."""
-    return argparse.Namespace(steps=steps, group=4, max_new_tokens=160, temperature=1.0, beta=0.02, lr=5e-5,
-                              threads=2, seed=0, dtype="float32", spct_args=spct_args, quiet=True, prompts=32)
+    """benchmarks/grpo_vs_trl.py's settings at their defaults, but for the steps and overrides."""
+    from benchmarks.grpo_vs_trl import parser
+
+    return parser().parse_args(["--steps", str(steps), "--quiet", "--spct-args", *spct_args])
 
 
 def main() -> None:

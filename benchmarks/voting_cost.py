@@ -1,12 +1,12 @@
 """What Voting@k costs: k shuffled GRM samples per item through the reward pool, as time(k) / time(1).
 
     python benchmarks/voting_cost.py --model outputs/spct-default/checkpoints/rl-final/model
-    python benchmarks/voting_cost.py --model M --engine-args block_size=128 num_threads=1   # vLLM's CPU defaults
+    python benchmarks/voting_cost.py --model M --overrides rollout.block_size=128 rollout.num_threads=1   # vLLM's CPU defaults
 
 The items are the synthetic task's test split, sent as `spct.evaluate` sends a benchmark: all
 items times k samples in one `GRMRewardPool.sample` call (each sample shows the responses in a
 fresh random order), through a real Ray actor running the vLLM engine with the embedded
-default's engine settings (conf/rollout/cpu.yaml) unless --engine-args says otherwise. Each k
+default's engine settings (conf/rollout/cpu.yaml) and any spct.train overrides given. Each k
 is timed twice after a warm-up call and the faster run kept. Prints the table and writes
 OUT/voting_cost.json and OUT/voting_cost.png.
 """
@@ -25,22 +25,13 @@ sys.path.insert(0, str(REPO))
 GOALS = {8: 2.5, 32: 6.0}
 
 
-def parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "null": None}.get(text, text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a GRM folder (a checkpoint's model/ folder)")
     ap.add_argument("--items", type=int, default=200)
     ap.add_argument("--ks", default="1,2,4,8,16,32")
     ap.add_argument("--temperature", type=float, default=0.5)
-    ap.add_argument("--engine-args", nargs="*", default=[], help="VLLMEngine overrides, key=value")
+    ap.add_argument("--overrides", nargs="*", default=[], help="spct.train overrides, e.g. rollout.block_size=128")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "voting_cost")
     a = ap.parse_args()
 
@@ -53,10 +44,9 @@ def main() -> None:
     from spct.data import load_splits
     from spct.reward_pool import GRMRewardPool
 
-    cfg = compose([f"model.path={a.model}", f"data.test_size={a.items}"])
+    cfg = compose([f"model.path={a.model}", f"data.test_size={a.items}", *a.overrides])
     items = load_splits(cfg.data, cfg.seed, ("test",))["test"]
     kwargs = engine_kwargs(cfg.model, cfg.rollout, cfg.seed)
-    kwargs.update({k: parse_value(v) for k, v in (x.split("=", 1) for x in a.engine_args)})
     init_ray(None, cfg.cluster.num_cpus, 0)
     pool = GRMRewardPool(a.model, 1, kwargs, template=cfg.model.template,
                          max_new_tokens=cfg.model.max_new_tokens, num_cpus_per_engine=1)

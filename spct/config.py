@@ -8,6 +8,7 @@ models; the embedded default (conf/config.yaml) overrides them for a tiny model 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,8 +248,6 @@ def check_paths(c: Config) -> None:
 
     Separate from `validate` so that a configuration can be composed and checked on a machine
     that does not hold its data (a laptop preparing a cluster run)."""
-    import os
-
     paths = {"model.path": c.model.path, "rft.teacher": c.rft.teacher, "meta_rm.model": c.meta_rm.model}
     if c.data.kind == "files":
         paths |= {f"data.{s}": getattr(c.data, s) for s in ("train", "validation", "test")}

@@ -291,24 +291,31 @@ def _is_string_list(value: Any) -> bool:
 # --- readers: source -> raw records with their locations ---------------------------------------
 
 
-def _parse_json(text: str, where: str) -> Any:
-    """json.loads whose every failure is a DataError naming `where`."""
+def _parse_json(text: str, path: Path, lineno: int | None = None) -> Any:
+    """json.loads whose every failure is a DataError naming the file and line (`lineno` for a
+    JSON Lines record; for a whole JSON file, the line the parser stopped at)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
+        where = f"{path}, line {lineno or e.lineno}"
         raise DataError(where, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
+        where = f"{path}, line {lineno}" if lineno else str(path)
         raise DataError(where, None, "JSON nested too deeply to read") from None
     except ValueError as e:  # e.g. an integer of more digits than Python converts
+        where = f"{path}, line {lineno}" if lineno else str(path)
         raise DataError(where, None, f"malformed JSON ({e})") from None
 
 
-def _decode(raw: bytes, where: str) -> str:
+def _decode(raw: bytes, path: Path, lineno: int | None = None) -> str:
+    """UTF-8 text; a bad byte is a DataError naming its line (`lineno`, or counted in `raw`)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        line = lineno or raw[: e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
         raise DataError(
-            where, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            f"{path}, line {line}", None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column})"
         ) from None
 
 
@@ -318,10 +325,10 @@ def _read_jsonl(path: Path, raw: bytes) -> Iterator[_Record | DataError]:
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         where = f"{path}, line {lineno}"
         try:
-            text = _decode(line, where)
+            text = _decode(line, path, lineno)
             if not text.strip():
                 continue
-            data = _parse_json(text, where)
+            data = _parse_json(text, path, lineno)
         except DataError as e:
             yield e
             continue
@@ -353,19 +360,7 @@ def _read_file(path: Path) -> Iterator[_Record | DataError]:
         # A .json that is not a list is read as JSON Lines: that is what Dataset.to_json writes.
         yield from _read_jsonl(path, raw)
         return
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}, line {line}", None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path}, line {e.lineno}", None, f"malformed JSON ({e.msg} at column {e.colno})"
-        ) from None
-    except (RecursionError, ValueError):
-        records = _parse_json(text, str(path))
+    records = _parse_json(_decode(raw, path), path)
     for i, data in enumerate(records):
         yield _Record(data, f"{path}, record {i}", f"{path.stem}:{i}", path.name)
 

@@ -88,17 +88,17 @@ def check_text(value: str, where: str, field_name: str) -> str:
     return value
 
 
-def _check_strings(value: Any, where: str, field_name: str, depth: int = 0) -> None:
+def _check_strings(value: Any, where: str, field_name: str) -> None:
     """Every string inside an optional field (meta) must be valid Unicode too."""
     if isinstance(value, str):
         check_text(value, where, field_name)
     elif isinstance(value, dict):
         for k, v in value.items():
-            _check_strings(k, where, field_name, depth + 1)
-            _check_strings(v, where, f"{field_name}.{k}", depth + 1)
+            _check_strings(k, where, field_name)
+            _check_strings(v, where, f"{field_name}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_strings(v, where, f"{field_name}[{i}]", depth + 1)
+            _check_strings(v, where, f"{field_name}[{i}]")
 
 
 def validate(item: Item, where: str = "<item>") -> Item:

@@ -183,6 +183,10 @@ class RolloutBatch:
     def size(self) -> int:
         return self.completion_ids.shape[0]
 
+    @property
+    def num_tokens(self) -> int:
+        return int(self.mask.sum())
+
 
 def prompt_groups(batch: Mapping[str, Sequence[Any]]) -> list[range]:
     """Runs of consecutive sequences with identical prompt tokens (the G rollouts of a prompt)."""

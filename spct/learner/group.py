@@ -12,7 +12,7 @@ from spct.learner.batches import rank_mean, shard_batch, validate_batch
 from spct.learner.worker import LearnerWorker
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
         return int(s.getsockname()[1])
@@ -21,7 +21,7 @@ def _free_port() -> int:
 def _rendezvous_address() -> tuple[str, int]:
     import ray
 
-    return ray.util.get_node_ip_address(), _free_port()
+    return ray.util.get_node_ip_address(), free_port()
 
 
 class LearnerGroup:

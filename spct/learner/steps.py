@@ -88,7 +88,7 @@ class Steps:
             raise ValueError("grpo_step: beta > 0 needs a reference model (with_reference=True)")
         n = validate_batch(batch, rollout=True, where=f"grpo batch (rank {self.rank})")
         micro = rollout_micro_batches(batch, self.micro_batch_size, self.pad_id, self.device)
-        n_global, tokens_global = self._shard_sizes(n, sum(int(mb.mask.sum()) for mb in micro))
+        n_global, tokens_global = self._shard_sizes(n, sum(mb.num_tokens for mb in micro))
 
         self.engine.train()
         # Sequence-weighted: loss. Token-weighted: the rest.
@@ -116,13 +116,12 @@ class Steps:
             )
             self.engine.backward(loss * (mb.size / n), scale_wrt_gas=False)
 
-            mb_tokens = int(mb.mask.sum())
             with torch.no_grad():
                 gap = (mb.old_logp - logp.detach()).abs()[mb.mask]
                 entropy = token_entropy(logits.detach()[mb.mask])
             sums["loss"] += loss.item() * mb.size
             for key in ("kl", "clip_fraction", "ratio_mean"):
-                sums[key] += m.get(key, 0.0) * mb_tokens
+                sums[key] += m.get(key, 0.0) * mb.num_tokens
             sums["entropy"] += float(entropy.sum())
             sums["logprob_gap"] += float(gap.sum())
             gap_max = max(gap_max, float(gap.max()) if gap.numel() else 0.0)
