@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-PHASES = ("warmup", "rft", "rl", "meta_rm", "eval")
+PHASES = ("warmup", "rft", "rl", "meta_rm", "eval", "policy_sft", "policy_rl")
 
 
 @dataclass
@@ -153,6 +153,57 @@ class MetaRMConfig:
 
 
 @dataclass
+class PolicyRewardConfig:
+    """How a policy rollout is rewarded (the policy_rl phase)."""
+
+    # grm: the GRM reward pool votes; oracle: the program checker's share of right sums
+    # (synthetic task only), the ceiling a perfect reward model would give.
+    kind: str = "grm"
+    # group: the G rollouts of a prompt are judged together in one GRM prompt (n = G, SPCT's
+    # native pointwise mode); single: each rollout alone (n = 1).
+    mode: str = "group"
+    k: int = 1  # GRM samples voted per GRM prompt (1: greedy)
+    temperature: float = 0.5  # of the GRM samples when k > 1
+    k_meta: int | None = None  # with policy.meta_rm: samples the meta RM keeps (null = k / 2)
+
+
+@dataclass
+class PolicyConfig:
+    """A policy trained by GRPO with the GRM as its reward (phases policy_sft, policy_rl)."""
+
+    model: str | None = None  # a local folder or hub id; null = a tiny model (tiny_preset)
+    tiny_preset: str = "demo"
+    # The GRM that rewards the policy: null = this run's latest GRM weights (after the rl phase:
+    # rl-final); the meta RM that guides its votes (MetaRM@k): null = none.
+    grm: str | None = None
+    meta_rm: str | None = None
+    grm_engines: int = 1
+    reward: PolicyRewardConfig = field(default_factory=PolicyRewardConfig)
+    # policy_sft: teach a fresh policy the answer format on answers whose sums are each right
+    # with probability sft_p_right (synthetic task), so RL starts from a policy that slips.
+    sft_steps: int = 200
+    sft_batch_size: int = 64
+    sft_lr: float = 2e-3
+    sft_p_right: float = 0.5
+    # policy_rl: GRPO.
+    steps: int = 30
+    prompts_per_step: int = 32
+    group_size: int = 2
+    lr: float = 1e-4
+    beta: float = 0.0
+    kl_kind: str = "k3"
+    clip_eps: float = 0.2
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    # Held-out checked accuracy (synthetic task): eval_items prompts of eval_split, eval_samples
+    # samples each at the rollout temperature, before RL and every eval_every steps.
+    eval_split: str = "test"
+    eval_items: int = 300
+    eval_samples: int = 4
+    eval_every: int = 10
+
+
+@dataclass
 class EvalConfig:
     split: str = "test"
     max_items: int = 0  # 0 = all
@@ -198,6 +249,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     meta_rm: MetaRMConfig = field(default_factory=MetaRMConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -248,7 +300,8 @@ def check_paths(c: Config) -> None:
 
     Separate from `validate` so that a configuration can be composed and checked on a machine
     that does not hold its data (a laptop preparing a cluster run)."""
-    paths = {"model.path": c.model.path, "rft.teacher": c.rft.teacher, "meta_rm.model": c.meta_rm.model}
+    paths = {"model.path": c.model.path, "rft.teacher": c.rft.teacher, "meta_rm.model": c.meta_rm.model,
+             "policy.model": c.policy.model, "policy.grm": c.policy.grm, "policy.meta_rm": c.policy.meta_rm}
     if c.data.kind == "files":
         paths |= {f"data.{s}": getattr(c.data, s) for s in ("train", "validation", "test")}
     missing = [f"{key}: expected an existing file or folder, got {value!r} (not found)"
@@ -256,6 +309,27 @@ def check_paths(c: Config) -> None:
                if value and is_local_path(value) and not os.path.exists(os.path.expanduser(value))]
     if missing:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(missing))
+
+
+def _validate_policy(c: Config, need) -> None:
+    pc, rw = c.policy, c.policy.reward
+    if "policy_sft" in c.phases:
+        need(c.data.kind == "synthetic", "phases", "'policy_sft' only with data.kind=synthetic (it writes answers)")
+        need(pc.model is None, "policy.model", "null with 'policy_sft' (it teaches a fresh tiny policy)")
+        need(0 <= pc.sft_p_right <= 1, "policy.sft_p_right", "a probability in [0, 1]")
+    need(rw.kind in ("grm", "oracle"), "policy.reward.kind", "'grm' or 'oracle'")
+    need(rw.kind != "oracle" or c.data.kind == "synthetic", "policy.reward.kind",
+         "'grm' unless data.kind=synthetic (the oracle is the synthetic task's checker)")
+    need(rw.mode in ("group", "single"), "policy.reward.mode", "'group' or 'single'")
+    need(rw.k >= 1, "policy.reward.k", ">= 1")
+    need(rw.k_meta is None or 1 <= rw.k_meta <= rw.k, "policy.reward.k_meta", f"null or in [1, k = {rw.k}]")
+    need(rw.k_meta is None or pc.meta_rm is not None, "policy.reward.k_meta", "policy.meta_rm to be set")
+    need(pc.group_size >= 2, "policy.group_size", ">= 2 (a group of one has no baseline)")
+    need(pc.beta >= 0, "policy.beta", ">= 0")
+    need(pc.kl_kind in ("k1", "k2", "k3"), "policy.kl_kind", "k1, k2 or k3")
+    need(pc.eval_split in ("train", "validation", "test"), "policy.eval_split", "train, validation or test")
+    need(pc.eval_every >= 0 and pc.eval_samples >= 1, "policy.eval_every", ">= 0 with eval_samples >= 1")
+    need(pc.grm_engines >= 1, "policy.grm_engines", ">= 1")
 
 
 def validate(c: Config) -> None:
@@ -287,7 +361,9 @@ def validate(c: Config) -> None:
     need(c.eval.k_max >= 1, "eval.k_max", ">= 1")
     need(0 < c.eval.k_meta_ratio <= 1, "eval.k_meta_ratio", "in (0, 1]")
     need(0 <= c.meta_rm.neutral_label <= 1, "meta_rm.neutral_label", "a target in [0, 1]")
-    need("eval" not in c.phases or c.phases[-1] == "eval", "phases", "'eval' last")
+    need("eval" not in c.phases or c.phases[-1] == "eval" or set(c.phases[c.phases.index("eval") + 1:])
+         <= {"policy_sft", "policy_rl"}, "phases", "'eval' after the GRM phases")
+    _validate_policy(c, need)
     need(c.warmup.checks_min <= c.warmup.checks_max, "warmup.checks_min", "<= warmup.checks_max")
     for key in ("noise", "carry_slip", "carry_slip_max"):
         value = getattr(c.warmup, key)
@@ -297,7 +373,9 @@ def validate(c: Config) -> None:
     r = c.learner.num_ranks
     for key, size in (("warmup.batch_size", c.warmup.batch_size), ("rft.batch_size", c.rft.batch_size),
                       ("meta_rm.batch_size", c.meta_rm.batch_size),
-                      ("rl.prompts_per_step * rl.group_size", c.rl.prompts_per_step * c.rl.group_size)):
+                      ("rl.prompts_per_step * rl.group_size", c.rl.prompts_per_step * c.rl.group_size),
+                      ("policy.sft_batch_size", c.policy.sft_batch_size),
+                      ("policy.prompts_per_step * policy.group_size", c.policy.prompts_per_step * c.policy.group_size)):
         need(size % r == 0, key, f"a multiple of learner.num_ranks ({r}), got {size}")
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))

@@ -51,6 +51,8 @@ class RunState:
     model: str | None = None  # HF folder of the latest weights
     learner_state: str | None = None  # DeepSpeed checkpoint of an unfinished phase
     meta_rm: str | None = None  # HF folder of the trained meta RM
+    policy: str | None = None  # HF folder of the latest policy weights (policy phases)
+    policy_version: int = 0
     wandb_run_id: str | None = None
     results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
@@ -64,17 +66,15 @@ class Pipeline:
         self.ckpt_dir = self.out / "checkpoints"
         self.timings = Timings()
         self.state = RunState()
-        self.rollout = None
-        self.sync = None
+        self._rollout = None
+        self._sync = None
         self.learner = None
         self.teacher = None
         self.tracker: Tracker | None = None
+        self._owned: list[Any] = []  # other actor groups a phase started (policy engines, GRM pool)
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
-        from spct.rollout import RolloutGroup
-        from spct.weight_sync import make_weight_sync
-
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self._load_state()
@@ -94,18 +94,41 @@ class Pipeline:
             run_id=self.state.wandb_run_id,
         )
         self.state.wandb_run_id = self.tracker.run_id
-        r = cfg.rollout
-        self.rollout = RolloutGroup(
-            self.state.model,
-            num_engines=r.num_engines,
-            engine_kwargs=engine_kwargs(cfg.model, r, cfg.seed),
-            num_cpus_per_engine=r.num_cpus_per_engine,
-            num_gpus_per_engine=r.tensor_parallel_size if cfg.cluster.num_gpus else 0,
-        )
-        self.sync = make_weight_sync("nccl" if cfg.cluster.num_gpus else "ray", self.rollout)
         if resumed:
             log.info("resuming %s: completed %s, at %s step %d", self.out, self.state.completed,
                      self.state.phase, self.state.phase_step)
+
+    @property
+    def rollout(self):
+        """The GRM's rollout group, started on first use (a run of policy phases only never
+        starts it) with the latest GRM weights and their version."""
+        if self._rollout is None:
+            from spct.weight_sync import make_weight_sync
+
+            self._rollout = self.engines(self.state.model)
+            self._sync = make_weight_sync("nccl" if self.cfg.cluster.num_gpus else "ray", self._rollout)
+            if self.state.weight_version:  # resumed: the engines report the weights' version
+                with self.timings("weight_sync"):
+                    self._rollout.update_weights_from_path(self.state.model, self.state.weight_version)
+        return self._rollout
+
+    def engines(self, model: str, name: str = "rollout", num_engines: int | None = None, owned: bool = False):
+        """A vLLM engine group serving `model` with the run's rollout settings; `owned` ones
+        are shut down with the run."""
+        from spct.rollout import RolloutGroup
+
+        r = self.cfg.rollout
+        group = RolloutGroup(model, num_engines=num_engines or r.num_engines,
+                             engine_kwargs=engine_kwargs(self.cfg.model, r, self.cfg.seed),
+                             num_cpus_per_engine=r.num_cpus_per_engine,
+                             num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0, name=name)
+        if owned:
+            self.own(group.shutdown)
+        return group
+
+    def own(self, close) -> None:
+        """Call `close()` at cleanup (actors a phase started beyond the run's own)."""
+        self._owned.append(close)
 
     def _base_model(self) -> str:
         m = self.cfg.model
@@ -119,8 +142,6 @@ class Pipeline:
     def run(self) -> RunState:
         from spct.recipes import RECIPES
 
-        if self.state.model != self._base_model() or self.state.completed or self.state.phase:
-            self.push_weights_from_folder(self.state.model)
         for phase in self.cfg.phases:
             if phase in self.state.completed:
                 log.info("phase %s already complete, skipping", phase)
@@ -142,9 +163,11 @@ class Pipeline:
     def cleanup(self) -> None:
         if self.learner is not None:
             self.learner.shutdown()
-        for group in (self.rollout, self.teacher):
+        for group in (self._rollout, self.teacher):
             if group is not None:
                 group.shutdown()
+        for close in reversed(self._owned):
+            close()
         if self.tracker is not None:
             self.tracker.finish()
 
@@ -173,14 +196,18 @@ class Pipeline:
     def teacher_pool(self, model: str):
         """A GRM reward pool serving a frozen teacher, started on first use."""
         if self.teacher is None:
-            from spct.reward_pool import GRMRewardPool
-
-            r = self.cfg.rollout
-            self.teacher = GRMRewardPool(
-                model, r.num_engines, engine_kwargs(self.cfg.model, r, self.cfg.seed), template=self.cfg.model.template,
-                max_new_tokens=self.cfg.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
-                num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0)
+            self.teacher = self.grm_pool(model, self.cfg.model.template)
         return self.teacher
+
+    def grm_pool(self, model: str, template: str, num_engines: int | None = None):
+        """A GRM reward pool serving the frozen GRM `model` with the run's engine settings."""
+        from spct.reward_pool import GRMRewardPool
+
+        r = self.cfg.rollout
+        return GRMRewardPool(
+            model, num_engines or r.num_engines, engine_kwargs(self.cfg.model, r, self.cfg.seed), template=template,
+            max_new_tokens=self.cfg.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
+            num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0)
 
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
                     task: str = "causal_lm", model: str | None = None):
@@ -221,29 +248,27 @@ class Pipeline:
 
     def sync_weights(self) -> int:
         """Push the learner's weights to every rollout engine; returns the new version."""
+        self.rollout  # noqa: B018 (started on first use, with its sync)
         with self.timings("weight_sync"):
             self.state.weight_version += 1
-            self.sync.push(self.learner.state_for_sync(), self.state.weight_version)
+            self._sync.push(self.learner.state_for_sync(), self.state.weight_version)
         return self.state.weight_version
-
-    def push_weights_from_folder(self, folder: str) -> None:
-        with self.timings("weight_sync"):
-            self.rollout.update_weights_from_path(folder, self.state.weight_version)
 
     def log(self, metrics: dict[str, Any], phase: str) -> None:
         self.state.global_step += 1
         self.tracker.log(metrics, step=self.state.global_step, phase=phase, phase_step=self.state.phase_step)
 
-    def maybe_checkpoint(self, every: int) -> None:
+    def maybe_checkpoint(self, every: int, role: str = "model") -> None:
         if every and self.state.phase_step % every == 0:
-            self.checkpoint(final=False)
+            self.checkpoint(final=False, role=role)
 
-    def checkpoint(self, final: bool) -> None:
-        """Save the learner's weights in HF format (plus optimizer state unless final)."""
+    def checkpoint(self, final: bool, role: str = "model") -> None:
+        """Save the learner's weights in HF format (plus optimizer state unless final) as the
+        run's latest `role`: "model" (the GRM) or "policy"."""
         name = f"{self.state.phase}-final" if final else f"{self.state.phase}-step{self.state.phase_step:06d}"
         folder = self.ckpt_dir / name
         self.learner.save(str(folder / "model"))
-        self.state.model = str(folder / "model")
+        setattr(self.state, role, str(folder / "model"))
         self.state.learner_state = None
         if not final:
             self.learner.save_state(str(folder / "learner"))
@@ -300,7 +325,7 @@ class Pipeline:
 
     def _prune(self, keep: int) -> None:
         """Drop old step checkpoints; phase-final ones and the ones in use stay."""
-        in_use = {Path(p).parent for p in (self.state.model, self.state.learner_state) if p}
+        in_use = {Path(p).parent for p in (self.state.model, self.state.policy, self.state.learner_state) if p}
         steps = sorted(p for p in self.ckpt_dir.glob("*-step*") if p.is_dir() and p not in in_use)
         for old in steps[: max(0, len(steps) - keep)]:
             shutil.rmtree(old, ignore_errors=True)

@@ -32,9 +32,10 @@ def summary_table(state, wall: float) -> str:
              "|---|---|---|---|---|---|"]
     for phase, res in state.results.items():
         t = state.timings.get(phase, {}).get("time/total", float("nan"))
-        if "accuracy" in res:
+        if "accuracy" in res:  # the GRM's greedy accuracy; for policy_rl the policy's checked accuracy
+            failures = f"{res['parse_failure_rate']:.3f}" if "parse_failure_rate" in res else ""
             lines.append(f"| {phase} | {res['accuracy']:.3f} | [{res['ci_low']:.3f}, {res['ci_high']:.3f}] | "
-                         f"{res['parse_failure_rate']:.3f} | {res['n']} | {t:.0f} |")
+                         f"{failures} | {res['n']} | {t:.0f} |")
         else:
             lines.append(f"| {phase} | | | | | {t:.0f} |")
     meta = state.results.get("meta_rm", {})

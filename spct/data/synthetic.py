@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -194,16 +195,63 @@ def _claims(
     for k, (a, b) in enumerate(operands):
         if k in right:
             claims.append(a + b)
-        elif cfg.carry_drop > 0 and a % 10 + b % 10 >= 10 and rng.random() < cfg.carry_drop:
-            claims.append(a + b - 10)
         else:
-            claims.append(_slip(rng, a + b, cfg.deltas))
+            claims.append(_wrong(rng, a, b, cfg))
     return claims
+
+
+def _wrong(rng: random.Random, a: int, b: int, cfg: SyntheticConfig) -> int:
+    """A wrong answer to a+b: the dropped carry (with `cfg.carry_drop`, when the units carry),
+    else a nearby slip."""
+    if cfg.carry_drop > 0 and a % 10 + b % 10 >= 10 and rng.random() < cfg.carry_drop:
+        return a + b - 10
+    return _slip(rng, a + b, cfg.deltas)
 
 
 def _slip(rng: random.Random, value: int, deltas: Sequence[int]) -> int:
     """A plausible wrong value near `value` (never negative: the sums are of naturals)."""
     return value + rng.choice([d for d in deltas if value + d >= 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The task as a policy's task: answer the query, checked by a program.
+
+_CLAIM = re.compile(r"\s*(\d+)\s*\+\s*(\d+)\s*=\s*(-?\d+)\s*")
+
+
+def policy_query(item: Item) -> str:
+    """What the policy is asked: the item's last user turn (e.g. `Solve: 3+4 ; 7+8`)."""
+    return next(t["content"] for t in reversed(item.conversation) if t["role"] == "user")
+
+
+def check_answer(item: Item, text: str) -> int:
+    """How many of the query's sums `text` answers right, by the program checker.
+
+    The answer is read as the task writes a response, `a+b=c ; ...`: its k-th `;`-separated part
+    must restate the query's k-th sum and give its value. A part in any other form, a sum in the
+    wrong place, and a missing part count wrong; parts beyond the query's sums are ignored.
+    """
+    operands = _operands(item)
+    parts = text.split(";")
+    right = 0
+    for k, (a, b) in enumerate(operands):
+        m = _CLAIM.fullmatch(parts[k]) if k < len(parts) else None
+        right += m is not None and (int(m[1]), int(m[2]), int(m[3])) == (a, b, a + b)
+    return right
+
+
+def _operands(item: Item) -> list[list[int]]:
+    if "operands" not in item.meta:
+        raise DataError(item.id or "<item>", "meta.operands", "missing: not an item of spct.data.synthetic")
+    return item.meta["operands"]
+
+
+def sample_answer(item: Item, rng: random.Random, p_right: float, config: SyntheticConfig) -> str:
+    """A policy-style answer to `item`'s query: each sum right with probability `p_right`, else
+    one of the task's slips (a dropped carry with `config.carry_drop`, else a nearby value)."""
+    operands = _operands(item)
+    claims = [a + b if rng.random() < p_right else _wrong(rng, a, b, config) for a, b in operands]
+    return render_response(operands, claims)
 
 
 # ---------------------------------------------------------------------------------------------

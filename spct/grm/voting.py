@@ -48,6 +48,42 @@ def vote(
     return totals
 
 
+def counted(
+    samples: Sequence[Sequence[float] | None],
+    k_meta: int | None = None,
+    meta_scores: Sequence[float] | None = None,
+) -> tuple[int, int]:
+    """(samples the vote counts, how many of those parsed): all of them, or the k_meta that
+    the meta RM kept, chosen by the same rule as `vote`."""
+    chosen = range(len(samples)) if meta_scores is None else _top_by_meta(len(samples), k_meta, meta_scores)
+    return len(chosen), sum(samples[i] is not None for i in chosen)
+
+
+def rescaled_vote(
+    samples: Sequence[Sequence[float] | None],
+    n: int,
+    low: float,
+    high: float,
+    k_meta: int | None = None,
+    meta_scores: Sequence[float] | None = None,
+) -> list[float]:
+    """The vote of `vote` on [0, 1], one value per response: the mean over the counted samples
+    of (score - low) / (high - low), a sample that failed to parse contributing 0.
+
+    A parse failure thus counts as the lowest score for every response its sample judged: when
+    a sample judges a whole group at once it lowers them all alike and changes no ranking, and
+    when every counted sample failed every response gets 0. Responses whose votes tie get equal
+    rewards. With no samples at all, every response gets 0.
+    """
+    if not high > low:
+        raise ValueError(f"rescaled_vote: expected low < high, got {low} and {high}")
+    totals = vote(samples, n, k_meta, meta_scores)
+    slots, parsed = counted(samples, k_meta, meta_scores)
+    if not slots:
+        return [0.0] * n
+    return [(t - parsed * low) / (slots * (high - low)) for t in totals]
+
+
 def _top_by_meta(k: int, k_meta: int | None, meta_scores: Sequence[float]) -> list[int]:
     if len(meta_scores) != k:
         raise ValueError(f"vote: {len(meta_scores)} meta scores for {k} samples")

@@ -1,0 +1,194 @@
+"""The policy phases: GRPO on a separate policy model with the SPCT GRM as its reward.
+
+policy_sft (synthetic task, tiny policies only): a fresh policy learns the answer format
+(`a+b=c ; ...`) from answers whose sums are each right with probability `policy.sft_p_right`,
+so RL starts from a policy that answers in form but slips; its held-out accuracy is the floor.
+
+policy_rl: each step samples G rollouts of P train queries from the policy's own engines and
+rewards them either by the GRM reward pool (a separate engine group serving a frozen GRM:
+`policy.grm`, by default this run's latest GRM weights) or by the program checker (the oracle,
+the ceiling a perfect reward model gives). The GRM judges the G rollouts of a query together
+in one prompt (group mode) or each alone (single mode), `policy.reward.k` samples voted
+(k = 1: greedy), optionally only the k_meta the meta RM (`policy.meta_rm`) trusts most, and the
+vote rescaled to [0, 1] (spct.grm.reward says how parse failures and ties count). Then one GRPO
+step on the policy's learner, and the new weights go to the policy's engines (version + 1).
+Held-out checked accuracy is measured before RL, every `policy.eval_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+from tqdm import tqdm
+
+from spct.algos import group_advantages
+from spct.data.synthetic import SyntheticConfig, check_answer, policy_query, sample_answer
+from spct.grm.reward import judged_items, rollout_rewards
+from spct.recipes.sft import encode_sft, sft_batch
+
+
+def policy_model(p) -> str:
+    """The policy to start from: the run's latest policy, `policy.model`, or a fresh tiny model."""
+    if p.state.policy:
+        return p.state.policy
+    if p.cfg.policy.model:
+        return p.cfg.policy.model
+    from spct.data.tiny import ensure_tiny_model
+
+    return str(ensure_tiny_model(p.out / "policy_base", preset=p.cfg.policy.tiny_preset, seed=p.cfg.seed + 1))
+
+
+def run_policy_sft(p) -> None:
+    from spct.data.tiny import load_tokenizer
+
+    pc, seed = p.cfg.policy, p.cfg.seed
+    model = policy_model(p)
+    tokenizer = load_tokenizer(model)
+    task = SyntheticConfig(**p.cfg.data.task)
+    learner = p.new_learner(pc.sft_lr, max(1, pc.sft_steps // 10), pc.sft_steps, with_reference=False, model=model)
+    bar = tqdm(range(p.state.phase_step, pc.sft_steps), desc="policy_sft", initial=p.state.phase_step,
+               total=pc.sft_steps)
+    for step in bar:
+        rng = random.Random(f"{seed}:policy_sft:{step}")
+        items = rng.sample(p.data["train"], pc.sft_batch_size)
+        examples = [encode_sft(tokenizer, policy_query(it), sample_answer(it, rng, pc.sft_p_right, task))
+                    for it in items]
+        with p.timings("train"):
+            metrics = learner.sft_step(sft_batch(examples))
+        p.state.phase_step = step + 1
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        p.log(metrics, "policy_sft")
+        p.maybe_checkpoint(p.cfg.checkpoint.every_steps, role="policy")
+    p.checkpoint(final=True, role="policy")
+
+
+class PolicyReward:
+    """Rewards of a step's rollouts, from the GRM reward pool (with an optional meta RM) or the
+    program checker."""
+
+    def __init__(self, p) -> None:
+        pc, rw = p.cfg.policy, p.cfg.policy.reward
+        self.kind, self.mode, self.k, self.seed = rw.kind, rw.mode, rw.k, p.cfg.seed
+        self.temperature = rw.temperature if rw.k > 1 else 0.0
+        self.pool = self.meta_score = None
+        self.k_meta = None
+        if rw.kind == "oracle":
+            return
+        grm = pc.grm or (p.state.model if set(p.state.completed) & {"warmup", "rft", "rl"} else None)
+        if grm is None:
+            from spct.config import ConfigError
+
+            raise ConfigError("policy.grm: expected a GRM checkpoint (this run has trained none)")
+        template = p.cfg.model.template if rw.mode == "group" else p.cfg.model.single_template
+        self.pool = p.grm_pool(grm, template, pc.grm_engines)
+        p.own(self.pool.shutdown)
+        if pc.meta_rm:
+            import ray
+
+            from spct.evaluate import meta_scorer
+
+            self.meta_score, actor = meta_scorer(pc.meta_rm, p.cfg.model.dtype, p.cfg.meta_rm.max_length,
+                                                 p.cfg.learner.num_threads)
+            p.own(lambda: ray.kill(actor))
+            self.k_meta = rw.k_meta or max(1, rw.k // 2)
+
+    def __call__(self, items, rollouts: list[list[str]], step: int) -> tuple[list[float], dict[str, float]]:
+        """One reward per rollout (flattened in item order) and the GRM's parse-failure rate."""
+        if self.kind == "oracle":
+            return [check_answer(it, text) / len(it.meta["operands"]) for it, texts in zip(items, rollouts, strict=True)
+                    for text in texts], {}
+        judged = [j for i, (it, texts) in enumerate(zip(items, rollouts, strict=True))
+                  for j in judged_items(it, texts, self.mode, f"{step}:{i}")]
+        scored = self.pool.score(judged, self.k, self.temperature, self.seed, self.k_meta, self.meta_score)
+        template = self.pool.template
+        rewards, failures, drawn = rollout_rewards(scored, template.low, template.high, self.k_meta)
+        return rewards, {"grm_parse_failure_rate": failures / max(drawn, 1), "grm_samples": drawn}
+
+
+def evaluate_policy(rollout, items, pc) -> dict[str, float]:
+    """Held-out checked accuracy: the share of the policy's sampled answers (eval_samples per
+    query, at the rollout temperature) with every sum right, with a 95% interval over queries;
+    and the share of sums right."""
+    results = rollout.generate([policy_query(it) for it in items],
+                               dict(n=pc.eval_samples, temperature=pc.temperature, max_tokens=pc.max_new_tokens))
+    solved, sums = [], 0.0
+    for it, res in zip(items, results, strict=True):
+        m = len(it.meta["operands"])
+        right = [check_answer(it, s["text"]) for s in res["samples"]]
+        solved.append(sum(r == m for r in right) / len(right))
+        sums += sum(right) / (m * len(right))
+    n = len(solved)
+    mean = sum(solved) / n
+    half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in solved) / max(n - 1, 1) / n)
+    return {"accuracy": mean, "ci_low": max(0.0, mean - half), "ci_high": min(1.0, mean + half),
+            "sum_accuracy": sums / n, "n": n}
+
+
+def run_policy_rl(p) -> dict[str, float]:
+    from spct.weight_sync import make_weight_sync
+
+    pc, seed = p.cfg.policy, p.cfg.seed
+    model = policy_model(p)
+    rollout = p.engines(model, name="policy_rollout", owned=True)
+    if p.state.policy_version:  # resumed: the engines report the weights' version
+        rollout.update_weights_from_path(model, p.state.policy_version)
+    sync = make_weight_sync("ray", rollout)
+    reward = PolicyReward(p)
+    learner = p.new_learner(pc.lr, 0, pc.steps, with_reference=pc.beta > 0, model=model)
+    checkable = [it for it in p.data.get(pc.eval_split) or [] if "operands" in it.meta][: pc.eval_items]
+
+    def evaluate(step: int) -> dict[str, float]:
+        if not checkable:
+            return {}
+        start = time.perf_counter()
+        out = evaluate_policy(rollout, checkable, pc)
+        out["time"] = time.perf_counter() - start
+        p.tracker.log({f"policy_eval/{k}": v for k, v in out.items()}, step=p.state.global_step,
+                      phase="policy_rl", phase_step=step)
+        return out
+
+    result = evaluate(0) if p.state.phase_step == 0 else {}
+    sampling = dict(n=pc.group_size, temperature=pc.temperature, max_tokens=pc.max_new_tokens, logprobs=0)
+    bar = tqdm(range(p.state.phase_step, pc.steps), desc="policy_rl", initial=p.state.phase_step, total=pc.steps)
+    for step in bar:
+        start = time.perf_counter()
+        rng = random.Random(f"{seed}:policy_rl:{step}")
+        items = rng.sample(p.data["train"], pc.prompts_per_step)
+        with p.timings("generate"):
+            results = rollout.generate([policy_query(it) for it in items], sampling)
+        texts = [[s["text"] for s in r["samples"]] for r in results]
+        with p.timings("reward"):
+            rewards, info = reward(items, texts, step)
+        batch = {"input_ids": [], "prompt_lens": [], "old_logprobs": [],
+                 "advantages": group_advantages(torch.tensor(rewards), pc.group_size).tolist()}
+        for res in results:
+            for sample in res["samples"]:
+                batch["input_ids"].append(res["prompt_token_ids"] + sample["token_ids"])
+                batch["prompt_lens"].append(len(res["prompt_token_ids"]))
+                batch["old_logprobs"].append(sample["logprobs"])
+        with p.timings("train"):
+            metrics = learner.grpo_step(batch, clip_eps=pc.clip_eps, beta=pc.beta, kl_kind=pc.kl_kind)
+        with p.timings("weight_sync"):
+            p.state.policy_version += 1
+            sync.push(learner.state_for_sync(), p.state.policy_version)
+        p.state.phase_step = step + 1
+        times = p.timings.lap()
+        times["time/step"] = time.perf_counter() - start
+        n = len(rewards)
+        metrics.update({"reward_mean": sum(rewards) / n, "weight_version": p.state.policy_version,
+                        "rollout_version": min(r["version"] for r in results),
+                        "grm_time_share": times.get("time/reward", 0.0) / times["time/step"], **info, **times})
+        if all("operands" in it.meta for it in items):
+            metrics["train_accuracy"] = sum(check_answer(it, t) == len(it.meta["operands"])
+                                            for it, ts in zip(items, texts, strict=True) for t in ts) / n
+        if pc.eval_every and (step + 1) % pc.eval_every == 0 or step + 1 == pc.steps:
+            result = evaluate(step + 1)
+            metrics.update({f"eval_{k}": v for k, v in result.items() if k in ("accuracy", "sum_accuracy")})
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{result.get('accuracy', float('nan')):.2f}")
+        p.log(metrics, "policy_rl")
+        p.maybe_checkpoint(p.cfg.checkpoint.every_steps, role="policy")
+    p.checkpoint(final=True, role="policy")
+    return result
