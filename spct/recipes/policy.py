@@ -12,14 +12,17 @@ in one prompt (group mode) or each alone (single mode), `policy.reward.k` sample
 (k = 1: greedy), optionally only the k_meta the meta RM (`policy.meta_rm`) trusts most, and the
 vote rescaled to [0, 1] (spct.grm.reward says how parse failures and ties count). Then one GRPO
 step on the policy's learner, and the new weights go to the policy's engines (version + 1).
-Held-out checked accuracy is measured before RL, every `policy.eval_every` steps and at the end.
+Held-out checked accuracy is measured before RL, every `policy.eval_every` steps and at the end;
+each evaluation's answers go to output_dir/policy_eval/step<N>.jsonl.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -108,18 +111,23 @@ class PolicyReward:
         return rewards, {"grm_parse_failure_rate": failures / max(drawn, 1), "grm_samples": drawn}
 
 
-def evaluate_policy(rollout, items, pc) -> dict[str, float]:
+def evaluate_policy(rollout, items, pc, path: Path) -> dict[str, float]:
     """Held-out checked accuracy: the share of the policy's sampled answers (eval_samples per
     query, at the rollout temperature) with every sum right, with a 95% interval over queries;
-    and the share of sums right."""
+    and the share of sums right. Each query's answers and credit go to `path` (JSON Lines)."""
     results = rollout.generate([policy_query(it) for it in items],
                                dict(n=pc.eval_samples, temperature=pc.temperature, max_tokens=pc.max_new_tokens))
-    solved, sums = [], 0.0
+    solved, sums, records = [], 0.0, []
     for it, res in zip(items, results, strict=True):
         m = len(it.meta["operands"])
-        right = [check_answer(it, s["text"]) for s in res["samples"]]
+        texts = [s["text"] for s in res["samples"]]
+        right = [check_answer(it, t) for t in texts]
         solved.append(sum(r == m for r in right) / len(right))
         sums += sum(right) / (m * len(right))
+        records.append({"id": it.id, "query": policy_query(it), "answers": texts, "sums_right": right,
+                        "credit": solved[-1]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
     n = len(solved)
     mean = sum(solved) / n
     half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in solved) / max(n - 1, 1) / n)
@@ -144,7 +152,7 @@ def run_policy_rl(p) -> dict[str, float]:
         if not checkable:
             return {}
         start = time.perf_counter()
-        out = evaluate_policy(rollout, checkable, pc)
+        out = evaluate_policy(rollout, checkable, pc, p.out / "policy_eval" / f"step{step:06d}.jsonl")
         out["time"] = time.perf_counter() - start
         p.tracker.log({f"policy_eval/{k}": v for k, v in out.items()}, step=p.state.global_step,
                       phase="policy_rl", phase_step=step)

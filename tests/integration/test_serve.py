@@ -235,6 +235,65 @@ def test_openrlhf_rescales_the_pointwise_vote_to_0_1(url_options, k_meta, expect
     assert reply.json()["rewards"] == pytest.approx(expected)
 
 
+class GroupScorer:
+    """Scores each response by a fixed table, judging whatever group it is sent; records the
+    groups, to check how /openrlhf forms them."""
+
+    model, has_meta, low, high = "group-table", False, 1, 10
+    SCORES = {"a": 10, "b": 1, "c": 4, "d": 7}
+
+    def __init__(self):
+        self.groups = []
+
+    def check(self, item):
+        return None
+
+    def score(self, items, k, temperature, k_meta, use_meta):
+        from spct.grm import vote
+
+        out = []
+        for item in items:
+            self.groups.append(list(item.responses))
+            samples = [[self.SCORES[r] for r in item.responses]] * (k - 1) + [None]  # the last fails
+            out.append({"rewards": vote(samples, item.n), "scores": samples, "meta_scores": None})
+        return out
+
+
+@pytest.mark.parametrize(("url_options", "default", "grouped"), [("", False, False), ("?group=true", False, True),
+                                                               ("", True, True), ("?group=0", True, False)])
+def test_openrlhf_group_mode_judges_a_prompts_responses_together(url_options, default, grouped):
+    scorer = GroupScorer()
+    options = {**app_options(ServeConfig(model="t")), "max_responses": 2, "openrlhf_group": default}
+    queries = ["P1 a", "P2 c", "P1 b", "P1 ", "P1 d", "P2 a"]
+    prompts = ["P1 ", "P2 ", "P1 ", "P1 ", "P1 ", "P2 "]
+    with BackgroundServer(make_app(scorer, **options)) as url:
+        reply = httpx.post(url + "/openrlhf?k=3" + url_options.replace("?", "&"),
+                           json={"query": queries, "prompts": prompts}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    if grouped:  # P1's scorable responses a, b, d in arrival order, cut at max_responses = 2
+        assert scorer.groups == [["a", "b"], ["d"], ["c", "a"]]
+    else:
+        assert scorer.groups == [["a"], ["c"], ["b"], ["d"], ["a"]]
+    # 2 of 3 samples parse: (2 * (s - 1)) / (3 * 9), whichever group a response was judged in
+    expected = [2 * (GroupScorer.SCORES[q.split()[1]] - 1) / 27 if len(q.split()) > 1 else 0.0 for q in queries]
+    assert body["rewards"] == pytest.approx(expected)
+    assert body["extra_logs"]["grm_unscored"] == [0, 0, 0, 1, 0, 0]
+    assert body["extra_logs"]["grm_parse_failures"] == [1, 1, 1, 0, 1, 1]
+
+
+def test_openrlhf_group_mode_on_the_engines(client, tiny_model_dir):
+    from spct.data.tiny import load_tokenizer
+
+    prompt = load_tokenizer(tiny_model_dir).apply_chat_template(
+        [{"role": "user", "content": "What is 2+3?"}], tokenize=False, add_generation_prompt=True)
+    queries = [prompt + r + "<|end|>" for r in ("5", "6", "five")]
+    reply = client.post("/openrlhf?k=2&group=true", json={"query": queries, "prompts": [prompt] * 3})
+    assert reply.status_code == 200, reply.text
+    rewards = reply.json()["rewards"]
+    assert len(rewards) == 3 and all(0.0 <= r <= 1.0 for r in rewards)
+
+
 def test_best_is_null_when_no_counted_sample_parsed():
     with BackgroundServer(make_app(TableScorer(), **app_options(ServeConfig(model="t")))) as url:
         reply = httpx.post(

@@ -1,0 +1,63 @@
+"""`python -m spct.serve`: start the GRM engines and serve until interrupted."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+from typing import Any
+
+import hydra
+import uvicorn
+from omegaconf import DictConfig
+
+from spct.serve.app import _Server, make_app
+from spct.serve.config import TOKEN_ENV, ServeConfig, app_options, to_serve_config
+from spct.serve.scorer import build_scorer
+
+log = logging.getLogger("spct.serve")
+
+def serve(c: ServeConfig) -> None:
+    """Start the scorer and serve until interrupted."""
+    token = c.token or os.environ.get(TOKEN_ENV) or None
+    if token is None and not _is_loopback(c.host):
+        log.warning(
+            "listening on %s without a token: anyone who reaches it can use the GRM "
+            "(set token=... or %s)",
+            c.host,
+            TOKEN_ENV,
+        )
+    scorer = build_scorer(c)
+    # uvicorn re-raises the signal that stopped it; as an exception it lets the engines stop too.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        app = make_app(scorer, token=token, **app_options(c))
+        _Server(uvicorn.Config(app, host=c.host, port=c.port, log_level="info")).run()
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        scorer.shutdown()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+
+@hydra.main(config_path=None, config_name="serve", version_base=None)
+def main(cfg: DictConfig) -> None:
+    serve(to_serve_config(cfg))
+
+
+if __name__ == "__main__":
+    main()

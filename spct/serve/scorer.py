@@ -1,0 +1,158 @@
+"""The scorer behind the HTTP layer: a GRM reward pool and an optional meta RM actor."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from spct.data import Item
+from spct.grm import build_prompt
+from spct.serve.config import ServeConfig
+
+
+class Scorer(Protocol):
+    """What the HTTP layer needs from a reward model.
+
+    `score` returns one dict per item: "rewards" (voted per-response totals, input order),
+    "scores" (per sample: the parsed scores in input order, or None on a parse failure) and
+    "meta_scores" (one per sample when the meta RM chose the samples, else None).
+    `check` says why an item cannot be scored (e.g. its prompt overflows the context), or None.
+    """
+
+    model: str
+    has_meta: bool
+    low: int
+    high: int
+
+    def check(self, item: Item) -> str | None: ...
+
+    def score(
+        self, items: Sequence[Item], k: int, temperature: float, k_meta: int | None, use_meta: bool
+    ) -> list[dict[str, Any]]: ...
+
+
+class GRMScorer:
+    """A `GRMRewardPool` behind the `Scorer` interface, with an optional MetaRM Ray actor.
+
+    Prompts are measured with the GRM's own tokenizer and chat template before any engine sees
+    them: one that leaves less than `max_new_tokens` of the context for the critique would be
+    truncated into a parse failure (or refused by vLLM), so it is rejected with its size.
+    """
+
+    def __init__(
+        self,
+        pool: Any,
+        model: str,
+        max_model_len: int,
+        meta_rm: Any = None,
+        seed: int = 0,
+        tokenizer: Any = None,
+    ) -> None:
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        self.pool, self.model, self.seed = pool, model, seed
+        self.tokenizer = tokenizer
+        self.meta_rm = meta_rm
+        self.has_meta = meta_rm is not None
+        self.low, self.high = pool.template.low, pool.template.high
+        self.budget = max_model_len - pool.max_new_tokens
+        self._max_model_len = max_model_len
+
+    def prompt_tokens(self, item: Item) -> int:
+        prompt = build_prompt(item, list(range(item.n)), template=self.pool.template)
+        ids = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, Mapping) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return len(ids)
+
+    def check(self, item: Item) -> str | None:
+        n = self.prompt_tokens(item)
+        if n <= self.budget:
+            return None
+        return (
+            f"the GRM prompt is {n} tokens; at most {self.budget} fit (max_model_len "
+            f"{self._max_model_len} minus max_new_tokens {self.pool.max_new_tokens})"
+        )
+
+    def score(
+        self, items: Sequence[Item], k: int, temperature: float, k_meta: int | None, use_meta: bool
+    ) -> list[dict[str, Any]]:
+        if use_meta and not self.has_meta:
+            raise ValueError("use_meta: no meta RM is loaded")
+        meta_score = self._meta_score if use_meta else None
+        results = self.pool.score(
+            items, k, temperature, self.seed, k_meta if use_meta else None, meta_score
+        )
+        return [
+            {
+                "rewards": r["rewards"],
+                "scores": [s["scores"] for s in r["samples"]],
+                "meta_scores": [s["meta_score"] for s in r["samples"]] if use_meta else None,
+            }
+            for r in results
+        ]
+
+    def _meta_score(self, trajectories: list[dict[str, Any]]) -> list[float]:
+        import ray
+
+        return ray.get(self.meta_rm.score.remote(trajectories))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+        if self.meta_rm is not None:
+            import ray
+
+            ray.kill(self.meta_rm)
+
+
+def build_scorer(c: ServeConfig) -> GRMScorer:
+    """Start Ray (unless running), the GRM engines and the meta RM actor."""
+    import ray
+
+    from spct.cluster import init_ray
+    from spct.reward_pool import GRMRewardPool
+
+    init_ray(c.ray_address, c.num_cpus, c.num_gpus)
+    engine_kwargs = dict(
+        dtype=c.dtype,
+        max_model_len=c.max_model_len,
+        seed=c.seed,
+        tensor_parallel_size=c.tensor_parallel_size,
+        gpu_memory_utilization=c.gpu_memory_utilization,
+        kv_cache_gib=c.kv_cache_gib,
+        enforce_eager=c.enforce_eager,
+        enable_prefix_caching=c.enable_prefix_caching,
+    )
+    pool = GRMRewardPool(
+        c.model,
+        c.num_engines,
+        engine_kwargs,
+        template=c.template,
+        max_new_tokens=c.max_new_tokens,
+        num_cpus_per_engine=c.num_cpus_per_engine,
+        num_gpus_per_engine=c.tensor_parallel_size if c.num_gpus else 0,
+    )
+    meta = None
+    try:
+        if c.meta_rm is not None:
+            from spct.meta_rm import MetaRM
+
+            meta = (
+                ray.remote(MetaRM)
+                .options(num_cpus=1, num_gpus=c.meta_rm_num_gpus)
+                .remote(
+                    model=c.meta_rm,
+                    dtype=c.meta_rm_dtype,
+                    max_length=c.meta_rm_max_length,
+                    seed=c.seed,
+                )
+            )
+            ray.get(meta.score.remote([]))  # a bad path fails here, not at the first request
+        return GRMScorer(pool, c.model, c.max_model_len, meta_rm=meta, seed=c.seed)
+    except BaseException:
+        pool.shutdown()
+        raise
