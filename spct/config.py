@@ -361,8 +361,9 @@ def validate(c: Config) -> None:
     need(c.eval.k_max >= 1, "eval.k_max", ">= 1")
     need(0 < c.eval.k_meta_ratio <= 1, "eval.k_meta_ratio", "in (0, 1]")
     need(0 <= c.meta_rm.neutral_label <= 1, "meta_rm.neutral_label", "a target in [0, 1]")
-    need("eval" not in c.phases or c.phases[-1] == "eval" or set(c.phases[c.phases.index("eval") + 1:])
-         <= {"policy_sft", "policy_rl"}, "phases", "'eval' after the GRM phases")
+    after_eval = c.phases[c.phases.index("eval") + 1:] if "eval" in c.phases else []
+    need(set(after_eval) <= {"policy_sft", "policy_rl"}, "phases", "'eval' after the GRM phases (only policy "
+         "phases may follow it)")
     _validate_policy(c, need)
     need(c.warmup.checks_min <= c.warmup.checks_max, "warmup.checks_min", "<= warmup.checks_max")
     for key in ("noise", "carry_slip", "carry_slip_max"):

@@ -17,6 +17,7 @@ Raises ConfigError (spct.config) for an invalid configuration and VersionMismatc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from spct.cluster import init_ray
-from spct.config import Config, engine_kwargs
+from spct.config import Config, ConfigError, engine_kwargs
 from spct.data import Item, load_splits
 from spct.grm import build_prompt, load_template, map_back, parse_scores, random_order
 from spct.scaling import judge, wilson_interval
@@ -37,6 +38,8 @@ log = logging.getLogger("spct")
 
 # Phases that change the GRM's weights; each is followed by a held-out greedy evaluation.
 GRM_PHASES = ("warmup", "rft", "rl")
+# Phases that train a policy with a frozen GRM; a run of only these starts no GRM engines.
+POLICY_PHASES = ("policy_sft", "policy_rl")
 
 
 @dataclasses.dataclass
@@ -78,10 +81,13 @@ class Pipeline:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self._load_state()
+        trains_grm = set(cfg.phases + self.state.completed) & set(GRM_PHASES)
+        if "policy_rl" in cfg.phases and cfg.policy.reward.kind == "grm" and not cfg.policy.grm and not trains_grm:
+            raise ConfigError("invalid configuration:\n  policy.grm: expected the GRM that rewards the policy "
+                              "(a checkpoint folder or hub id); this run trains none")
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
-        if self.state.model is None:
+        if self.state.model is None and set(cfg.phases) - set(POLICY_PHASES):
             self.state.model = self._base_model()
-        self.tokenizer = _load_tokenizer(self.state.model)
         self.data = load_splits(self.cfg.data, self.cfg.seed)
         self.tracker = Tracker(
             self.out,
@@ -97,6 +103,13 @@ class Pipeline:
         if resumed:
             log.info("resuming %s: completed %s, at %s step %d", self.out, self.state.completed,
                      self.state.phase, self.state.phase_step)
+
+    @functools.cached_property
+    def tokenizer(self):
+        """The GRM's tokenizer."""
+        from spct.data.tiny import load_tokenizer
+
+        return load_tokenizer(self.state.model)
 
     @property
     def rollout(self):
@@ -329,9 +342,3 @@ class Pipeline:
         steps = sorted(p for p in self.ckpt_dir.glob("*-step*") if p.is_dir() and p not in in_use)
         for old in steps[: max(0, len(steps) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_tokenizer(path: str):
-    from spct.data.tiny import load_tokenizer
-
-    return load_tokenizer(path)

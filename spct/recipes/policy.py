@@ -80,11 +80,7 @@ class PolicyReward:
         self.k_meta = None
         if rw.kind == "oracle":
             return
-        grm = pc.grm or (p.state.model if set(p.state.completed) & {"warmup", "rft", "rl"} else None)
-        if grm is None:
-            from spct.config import ConfigError
-
-            raise ConfigError("policy.grm: expected a GRM checkpoint (this run has trained none)")
+        grm = pc.grm or p.state.model
         template = p.cfg.model.template if rw.mode == "group" else p.cfg.model.single_template
         self.pool = p.grm_pool(grm, template, pc.grm_engines)
         p.own(self.pool.shutdown)

@@ -145,3 +145,63 @@ def test_a_missing_model_path_fails_in_seconds_before_ray_starts(tmp_path):
     assert "Ray instance" not in out
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
     assert time.time() - start < 60
+
+
+POLICY_QUICK = ("policy.tiny_preset=test", "policy.sft_steps=4", "policy.sft_batch_size=8", "policy.steps=2",
+                "policy.prompts_per_step=4", "policy.group_size=2", "policy.eval_items=8", "policy.eval_every=1",
+                "policy.beta=0.02")
+
+
+def test_policy_trained_with_the_runs_grm_as_its_reward(quick_run, tmp_path):
+    """experiment=policy appended to a finished GRM run: the GRM defaults to the run's rl-final,
+    the group of rollouts is judged in one GRM prompt by Voting@2 guided by the run's meta RM."""
+    import shutil
+
+    src, _ = quick_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    meta_rm = out / "checkpoints" / "meta_rm-final" / "model"
+    _finish(_train(out, "experiment=policy", "phases=[warmup,rft,rl,meta_rm,eval,policy_sft,policy_rl]",
+                   f"output_dir={out}", *POLICY_QUICK, "policy.reward.k=2", f"policy.meta_rm={meta_rm}"))
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert 0.0 <= results["policy_rl"]["ci_low"] <= results["policy_rl"]["accuracy"] <= 1.0
+    assert results["policy_rl"]["n"] == 8
+    steps = [r for r in _records(out) if r["phase"] == "policy_rl" and "reward_mean" in r]
+    for key in ("reward_mean", "grm_parse_failure_rate", "grm_time_share", "kl", "train_accuracy",
+                "time/reward", "eval_accuracy"):
+        assert key in steps[0], key
+    assert all(0.0 <= r["reward_mean"] <= 1.0 for r in steps)
+    assert steps[0]["grm_samples"] == 4 * 2  # 4 prompts, one GRM prompt each, k = 2
+    # Each step's rollouts come from the weights the previous step pushed.
+    assert [(r["weight_version"], r["rollout_version"]) for r in steps] == [(1, 0), (2, 1)]
+    evals = sorted((out / "policy_eval").glob("step*.jsonl"))
+    assert [p.name for p in evals] == ["step000000.jsonl", "step000001.jsonl", "step000002.jsonl"]
+    assert len(evals[0].read_text().splitlines()) == 8
+
+    from safetensors.torch import load_file
+
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert Path(state["policy"]).parent.name == "policy_rl-final"
+    assert Path(state["model"]).parent.name == "rl-final"  # the GRM is untouched
+    before = load_file(out / "checkpoints" / "policy_sft-final" / "model" / "model.safetensors")
+    after = load_file(Path(state["policy"]) / "model.safetensors")
+    assert any(not (before[k] == after[k]).all() for k in before)
+
+
+def test_policy_single_mode_needs_no_grm_phase_in_the_run(quick_run, tmp_path):
+    """policy.grm names a GRM from elsewhere; each rollout is judged alone (n = 1)."""
+    src, _ = quick_run
+    out = tmp_path / "policy"
+    grm = src / "checkpoints" / "rl-final" / "model"
+    _finish(_train(out, "experiment=policy", f"output_dir={out}", *POLICY_QUICK, f"policy.grm={grm}",
+                   "policy.reward.mode=single"))
+    steps = [r for r in _records(out) if r["phase"] == "policy_rl" and "reward_mean" in r]
+    assert [r["grm_samples"] for r in steps] == [4 * 2, 4 * 2]  # one GRM prompt per rollout
+    assert not (out / "base_model").exists()  # no GRM engines were started for this run
+
+
+def test_a_policy_run_without_a_grm_fails_before_ray_starts(tmp_path):
+    proc = _train(tmp_path / "run", "experiment=policy", f"output_dir={tmp_path / 'run'}", "phases=[policy_rl]")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "policy.grm: expected the GRM" in out
+    assert "Ray instance" not in out

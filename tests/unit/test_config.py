@@ -208,6 +208,14 @@ def test_a_wrong_type_fails_naming_the_key(compose: Compose):
             ["warmup.carry_slip:", "warmup.carry_slip_max", "warmup.noise"],
         ),
         (["rft.warmup_mix=1"], ["rft.warmup_mix", "[0, 1)"]),
+        (["phases=[eval,rl]"], ["'eval' after the GRM phases"]),
+        (["policy.reward.kind=judge", "policy.reward.mode=pairs", "policy.reward.k=0", "policy.group_size=1"],
+         ["policy.reward.kind", "policy.reward.mode", "policy.reward.k:", "policy.group_size"]),
+        (["policy.reward.k_meta=2"], ["policy.reward.k_meta: expected null or in [1, k = 1]", "policy.meta_rm"]),
+        (["experiment=policy", "policy.model=/models/policy", "policy.sft_p_right=2"],
+         ["policy.model", "policy.sft_p_right"]),
+        (["data=files", "data.train=/d.jsonl", "phases=[policy_rl]", "policy.reward.kind=oracle"],
+         ["policy.reward.kind", "synthetic task's checker"]),
     ],
 )
 def test_validate_names_every_field_in_a_bad_combination(

@@ -170,3 +170,16 @@ def test_sampled_answers_are_right_at_the_asked_rate():
     half = [check_answer(it, sample_answer(it, rng, 0.5, cfg)) for it in items for _ in range(5)]
     assert 0.4 < sum(half) / (2 * len(half)) < 0.6
     assert policy_query(items[0]).startswith("Solve: ")
+
+
+def test_the_oracle_reward_is_the_share_of_sums_right():
+    from types import SimpleNamespace
+
+    from spct.config import Config
+    from spct.recipes.policy import PolicyReward
+
+    cfg = Config()
+    cfg.policy.reward.kind = "oracle"
+    reward = PolicyReward(SimpleNamespace(cfg=cfg))  # no GRM pool is started for the oracle
+    rewards, info = reward([query()], [["3+4=7 ; 8+9=17", "3+4=7 ; 8+9=7", "seventeen"]], step=0)
+    assert rewards == [1.0, 0.5, 0.0] and info == {}
