@@ -165,6 +165,10 @@ class PolicyRewardConfig:
     k: int = 1  # GRM samples voted per GRM prompt (1: greedy)
     temperature: float = 0.5  # of the GRM samples when k > 1
     k_meta: int | None = None  # with policy.meta_rm: samples the meta RM keeps (null = k / 2)
+    # Synthetic task: an answer not in the task's format (the query's sums restated in order,
+    # `a+b=c ; ...`) gets reward 0 whatever the GRM says, as RL recipes pair a model reward with
+    # a rule-based format reward: a GRM never saw such answers and can be exploited by them.
+    format_gate: bool = True
 
 
 @dataclass
@@ -193,6 +197,9 @@ class PolicyConfig:
     beta: float = 0.0
     kl_kind: str = "k3"
     clip_eps: float = 0.2
+    # Divide each group's advantages by its reward std (GRPO) or not (Dr. GRPO): with small
+    # groups and a noisy reward, dividing gives a near-tie the weight of a decisive verdict.
+    scale_advantages: bool = False
     temperature: float = 1.0
     max_new_tokens: int = 32
     # Held-out checked accuracy (synthetic task): eval_items prompts of eval_split, eval_samples

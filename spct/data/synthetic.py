@@ -240,6 +240,16 @@ def check_answer(item: Item, text: str) -> int:
     return right
 
 
+def well_formed(item: Item, text: str) -> bool:
+    """Whether `text` has the answer format: exactly the query's sums, in order, each restated
+    as `a+b=c` with an integer c (right or not)."""
+    operands = _operands(item)
+    parts = text.split(";")
+    return len(parts) == len(operands) and all(
+        (m := _CLAIM.fullmatch(part)) is not None and [int(m[1]), int(m[2])] == list(ab)
+        for part, ab in zip(parts, operands, strict=True))
+
+
 def _operands(item: Item) -> list[list[int]]:
     if "operands" not in item.meta:
         raise DataError(item.id or "<item>", "meta.operands", "missing: not an item of spct.data.synthetic")

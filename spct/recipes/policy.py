@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from spct.algos import group_advantages
-from spct.data.synthetic import SyntheticConfig, check_answer, policy_query, sample_answer
+from spct.data.synthetic import SyntheticConfig, check_answer, policy_query, sample_answer, well_formed
 from spct.grm.reward import judged_items, rollout_rewards
 from spct.recipes.sft import encode_sft, sft_batch
 
@@ -75,6 +75,7 @@ class PolicyReward:
     def __init__(self, p) -> None:
         pc, rw = p.cfg.policy, p.cfg.policy.reward
         self.kind, self.mode, self.k, self.seed = rw.kind, rw.mode, rw.k, p.cfg.seed
+        self.format_gate = rw.format_gate
         self.temperature = rw.temperature if rw.k > 1 else 0.0
         self.pool = self.meta_score = None
         self.k_meta = None
@@ -104,7 +105,13 @@ class PolicyReward:
         scored = self.pool.score(judged, self.k, self.temperature, self.seed, self.k_meta, self.meta_score)
         template = self.pool.template
         rewards, failures, drawn = rollout_rewards(scored, template.low, template.high, self.k_meta)
-        return rewards, {"grm_parse_failure_rate": failures / max(drawn, 1), "grm_samples": drawn}
+        info = {"grm_parse_failure_rate": failures / max(drawn, 1), "grm_samples": drawn}
+        if self.format_gate:
+            formed = [well_formed(it, t) if "operands" in it.meta else True
+                      for it, texts in zip(items, rollouts, strict=True) for t in texts]
+            rewards = [r if ok else 0.0 for r, ok in zip(rewards, formed, strict=True)]
+            info["format_failure_rate"] = 1 - sum(formed) / len(formed)
+        return rewards, info
 
 
 def evaluate_policy(rollout, items, pc, path: Path) -> dict[str, float]:
@@ -167,7 +174,7 @@ def run_policy_rl(p) -> dict[str, float]:
         with p.timings("reward"):
             rewards, info = reward(items, texts, step)
         batch = {"input_ids": [], "prompt_lens": [], "old_logprobs": [],
-                 "advantages": group_advantages(torch.tensor(rewards), pc.group_size).tolist()}
+                 "advantages": group_advantages(torch.tensor(rewards), pc.group_size, scale=pc.scale_advantages).tolist()}
         for res in results:
             for sample in res["samples"]:
                 batch["input_ids"].append(res["prompt_token_ids"] + sample["token_ids"])

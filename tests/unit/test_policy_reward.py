@@ -18,6 +18,7 @@ from spct.data.synthetic import (
     make_items,
     policy_query,
     sample_answer,
+    well_formed,
 )
 from spct.grm import build_prompt
 from spct.grm.reward import judged_items, rollout_rewards
@@ -153,6 +154,16 @@ def test_checker_counts_the_sums_answered_right_in_place():
     assert check_answer(q, "3+4=7 ; 8+9=17 ; 1+1=2") == 2  # extra parts are ignored
     assert check_answer(q, "the answer is 7 and 17") == 0
     assert check_answer(q, "") == 0
+
+
+def test_the_format_is_the_querys_sums_restated_in_order_right_or_not():
+    q = query()
+    assert well_formed(q, "3+4=7 ; 8+9=17") and well_formed(q, "3+4=1 ; 8+9=99")
+    assert not well_formed(q, "3+4=7 ; 7+9=16")  # a sum the query did not ask
+    assert not well_formed(q, "8+9=17 ; 3+4=7")  # out of order
+    assert not well_formed(q, "3+4=7")  # missing a sum
+    assert not well_formed(q, "3+4=7 ; 8+9=17 ; 1+1=2")  # an extra part
+    assert not well_formed(q, "3+4=seven ; 8+9=17")
 
 
 def test_checker_needs_the_synthetic_ground_truth():
