@@ -173,7 +173,9 @@ class PolicyRewardConfig:
 
 @dataclass
 class PolicyConfig:
-    """A policy trained by GRPO with the GRM as its reward (phases policy_sft, policy_rl)."""
+    """A policy trained by GRPO with the GRM as its reward (phases policy_sft, policy_rl).
+
+    Defaults suit a real instruct model as the policy; experiment=policy sets the tiny CPU run."""
 
     model: str | None = None  # a local folder or hub id; null = a tiny model (tiny_preset)
     tiny_preset: str = "demo"
@@ -183,25 +185,25 @@ class PolicyConfig:
     meta_rm: str | None = None
     grm_engines: int = 1
     reward: PolicyRewardConfig = field(default_factory=PolicyRewardConfig)
-    # policy_sft: teach a fresh policy the answer format on answers whose sums are each right
-    # with probability sft_p_right (synthetic task), so RL starts from a policy that slips.
-    sft_steps: int = 200
+    # policy_sft: teach a fresh tiny policy the answer format on answers whose sums are each
+    # right with probability sft_p_right (synthetic task), so RL starts from a policy that slips.
+    sft_steps: int = 400
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
     sft_p_right: float = 0.5
     # policy_rl: GRPO.
-    steps: int = 30
-    prompts_per_step: int = 32
-    group_size: int = 2
-    lr: float = 1e-4
-    beta: float = 0.0
+    steps: int = 300
+    prompts_per_step: int = 64
+    group_size: int = 4
+    lr: float = 1e-6
+    beta: float = 0.04
     kl_kind: str = "k3"
     clip_eps: float = 0.2
     # Divide each group's advantages by its reward std (GRPO) or not (Dr. GRPO): with small
     # groups and a noisy reward, dividing gives a near-tie the weight of a decisive verdict.
     scale_advantages: bool = False
     temperature: float = 1.0
-    max_new_tokens: int = 32
+    max_new_tokens: int = 1024
     # Held-out checked accuracy (synthetic task): eval_items prompts of eval_split, eval_samples
     # samples each at the rollout temperature, before RL and every eval_every steps.
     eval_split: str = "test"

@@ -114,6 +114,20 @@ class PolicyReward:
         return rewards, info
 
 
+def agreement(rewards: list[float], truth: list[float], group_size: int) -> float | None:
+    """How often the reward orders two rollouts of a prompt as the checker does, over the pairs
+    the checker tells apart (1: always, 0.5: chance; a tie in the reward counts half)."""
+    agree = pairs = 0.0
+    for g in range(0, len(rewards), group_size):
+        for i in range(g, g + group_size):
+            for j in range(i + 1, g + group_size):
+                if truth[i] != truth[j]:
+                    pairs += 1
+                    diff = (rewards[i] - rewards[j]) * (truth[i] - truth[j])
+                    agree += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
+    return agree / pairs if pairs else None
+
+
 def evaluate_policy(rollout, items, pc, path: Path) -> dict[str, float]:
     """Held-out checked accuracy: the share of the policy's sampled answers (eval_samples per
     query, at the rollout temperature) with every sum right, with a 95% interval over queries;
@@ -193,8 +207,12 @@ def run_policy_rl(p) -> dict[str, float]:
                         "rollout_version": min(r["version"] for r in results),
                         "grm_time_share": times.get("time/reward", 0.0) / times["time/step"], **info, **times})
         if all("operands" in it.meta for it in items):
-            metrics["train_accuracy"] = sum(check_answer(it, t) == len(it.meta["operands"])
-                                            for it, ts in zip(items, texts, strict=True) for t in ts) / n
+            right = [check_answer(it, t) / len(it.meta["operands"]) for it, ts in zip(items, texts, strict=True)
+                     for t in ts]
+            metrics["train_accuracy"] = sum(r == 1 for r in right) / n
+            agree = agreement(rewards, right, pc.group_size)
+            if agree is not None:
+                metrics["reward_checker_agreement"] = agree
         if pc.eval_every and (step + 1) % pc.eval_every == 0 or step + 1 == pc.steps:
             result = evaluate(step + 1)
             metrics.update({f"eval_{k}": v for k, v in result.items() if k in ("accuracy", "sum_accuracy")})
