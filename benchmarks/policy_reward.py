@@ -71,7 +71,8 @@ def read_run(out: Path) -> dict:
         return sum(s.get(key, 0.0) for s in steps) / len(steps)
 
     return {"curve": curve, "final": final, "time_step": mean("time/step"), "time_reward": mean("time/reward"),
-            "grm_share": mean("grm_time_share"), "parse_failures": mean("grm_parse_failure_rate")}
+            "grm_share": mean("grm_time_share"), "parse_failures": mean("grm_parse_failure_rate"),
+            "agreement": mean("reward_checker_agreement")}
 
 
 def credits(path: Path) -> list[float]:
@@ -94,21 +95,20 @@ def main() -> None:
         if not path.exists():
             sys.exit(f"--grm-run: {path} not found (expected a finished `make train` run)")
     out = Path(args.out)
-    start = time.perf_counter()
+    wall = 0.0  # the runs' own wall times, also for runs an earlier invocation finished
     runs: dict[str, dict[int, dict]] = {k: {} for k in args.kinds}
     floor: dict[int, list[float]] = {}
     for seed in args.seeds:
         sft = out / f"seed{seed}" / "sft"
-        train(["phases=[policy_sft]", f"seed={seed}", *args.overrides], sft)
+        wall += train(["phases=[policy_sft]", f"seed={seed}", *args.overrides], sft)
         policy = sft / "checkpoints" / "policy_sft-final" / "model"
         for kind in args.kinds:
             extra = [o.format(meta_rm=meta_rm) for o in KINDS[kind][1]]
             folder = out / f"seed{seed}" / kind
-            train(["phases=[policy_rl]", f"seed={seed}", f"policy.model={policy}", f"policy.grm={grm}",
+            wall += train(["phases=[policy_rl]", f"seed={seed}", f"policy.model={policy}", f"policy.grm={grm}",
                    f"policy.eval_split={args.split}", *extra, *args.overrides], folder)
             runs[kind][seed] = read_run(folder)
             floor.setdefault(seed, credits(folder / "policy_eval" / "step000000.jsonl"))
-    wall = time.perf_counter() - start
     report(args, runs, floor, out, wall)
 
 
@@ -116,12 +116,14 @@ def report(args, runs, floor, out: Path, wall: float) -> None:
     seeds = args.seeds
     lines = [f"Held-out checked accuracy of the policy on {len(floor[seeds[0]])} {args.split} queries per seed "
              f"(seeds {seeds}); 95% intervals over queries x seeds.", "",
-             "| reward | final accuracy (%) | 95% CI (%) | per seed (%) | GRM share of step time | step (s) | "
-             "GRM parse failures |", "|---|---:|---|---|---:|---:|---:|"]
+             "| reward | final accuracy (%) | 95% CI (%) | per seed (%) | agrees with the checker | "
+             "reward time per step (s) | share of step time | step (s) | GRM parse failures |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|"]
     pooled_floor = [v for s in seeds for v in floor[s]]
     m, lo, hi = interval(pooled_floor)
     per_seed = ", ".join(f"{100 * sum(floor[s]) / len(floor[s]):.1f}" for s in seeds)
-    lines.append(f"| untrained policy (floor) | {100 * m:.1f} | {100 * lo:.1f} - {100 * hi:.1f} | {per_seed} | | | |")
+    lines.append(f"| untrained policy (floor) | {100 * m:.1f} | {100 * lo:.1f} - {100 * hi:.1f} | {per_seed} "
+                 "| | | | | |")
     for kind, by_seed in runs.items():
         label = KINDS[kind][0]
         pooled = [v for s in seeds for v in by_seed[s]["final"]]
@@ -131,7 +133,8 @@ def report(args, runs, floor, out: Path, wall: float) -> None:
             return sum(by_seed[s][key] for s in seeds) / len(seeds)
 
         lines.append(f"| {label} | {100 * m:.1f} | {100 * lo:.1f} - {100 * hi:.1f} | {per_seed} | "
-                     f"{100 * mean('grm_share'):.0f}% | {mean('time_step'):.2f} | {100 * mean('parse_failures'):.1f}% |")
+                     f"{100 * mean('agreement'):.0f}% | {mean('time_reward'):.2f} | {100 * mean('grm_share'):.0f}% | "
+                     f"{mean('time_step'):.2f} | {100 * mean('parse_failures'):.1f}% |")
     lines += ["", "Paired differences (same queries and seeds; 95% CI, points):", ""]
     pairs = [("voting8", "greedy"), ("metarm8", "voting8"), ("oracle", "voting8"), ("greedy", None)]
     for a, b in pairs:
@@ -141,7 +144,9 @@ def report(args, runs, floor, out: Path, wall: float) -> None:
         diff = [x - y for x, y in zip([v for s in seeds for v in runs[a][s]["final"]], base, strict=True)]
         m, lo, hi = interval(diff)
         lines.append(f"- {KINDS[a][0]} - {KINDS[b][0] if b else 'untrained policy'}: {100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
-    lines.append(f"\nwall time {wall / 60:.1f} min")
+    lines.append("\n'agrees with the checker': over a step's pairs of rollouts the checker tells apart, how "
+                 "often the reward orders them the same way (a tie counts half; 50% is chance).")
+    lines.append(f"\nwall time of the runs {wall / 60:.1f} min")
     text = "\n".join(lines)
     print(text)
     (out / "summary.md").write_text(text + "\n")

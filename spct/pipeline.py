@@ -125,13 +125,13 @@ class Pipeline:
                     self._rollout.update_weights_from_path(self.state.model, self.state.weight_version)
         return self._rollout
 
-    def engines(self, model: str, name: str = "rollout", num_engines: int | None = None, owned: bool = False):
+    def engines(self, model: str, name: str = "rollout", owned: bool = False):
         """A vLLM engine group serving `model` with the run's rollout settings; `owned` ones
         are shut down with the run."""
         from spct.rollout import RolloutGroup
 
         r = self.cfg.rollout
-        group = RolloutGroup(model, num_engines=num_engines or r.num_engines,
+        group = RolloutGroup(model, num_engines=r.num_engines,
                              engine_kwargs=engine_kwargs(self.cfg.model, r, self.cfg.seed),
                              num_cpus_per_engine=r.num_cpus_per_engine,
                              num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0, name=name)
@@ -160,6 +160,9 @@ class Pipeline:
                 log.info("phase %s already complete, skipping", phase)
                 continue
             start = time.perf_counter()
+            if phase in POLICY_PHASES and self._rollout is not None:  # the GRM is frozen from here on:
+                self._rollout.shutdown()  # its training engines give way to the policy's and the pool's
+                self._rollout = self._sync = None
             if self.state.phase != phase:
                 self.state.phase, self.state.phase_step, self.state.learner_state = phase, 0, None
                 self.state.extra = {}

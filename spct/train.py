@@ -38,6 +38,8 @@ def summary_table(state, wall: float) -> str:
                          f"{failures} | {res['n']} | {t:.0f} |")
         else:
             lines.append(f"| {phase} | | | | | {t:.0f} |")
+    if "accuracy" in state.results.get("policy_rl", {}):
+        lines.append("\npolicy_rl: the policy's held-out checked accuracy (answers with every sum right)")
     meta = state.results.get("meta_rm", {})
     if "validation_roc_auc" in meta:
         lines.append(f"\nmeta RM: held-out ROC-AUC {meta['validation_roc_auc']:.3f} on "

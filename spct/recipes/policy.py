@@ -10,8 +10,13 @@ rewards them either by the GRM reward pool (a separate engine group serving a fr
 the ceiling a perfect reward model gives). The GRM judges the G rollouts of a query together
 in one prompt (group mode) or each alone (single mode), `policy.reward.k` samples voted
 (k = 1: greedy), optionally only the k_meta the meta RM (`policy.meta_rm`) trusts most, and the
-vote rescaled to [0, 1] (spct.grm.reward says how parse failures and ties count). Then one GRPO
-step on the policy's learner, and the new weights go to the policy's engines (version + 1).
+vote rescaled to [0, 1] (spct.grm.reward says how parse failures and ties count). On the
+synthetic task an answer that does not restate the query's sums gets 0 whatever the GRM says
+(`policy.reward.format_gate`): the GRM never saw such answers, and without the gate a policy
+learns to misstate the sums in ways the GRM cannot check. Then one GRPO step on the policy's
+learner (group advantages r - mean unless `policy.scale_advantages`), and the new weights go to
+the policy's engines (version + 1). `reward_checker_agreement` logs how often the reward orders
+two rollouts as the checker does.
 Held-out checked accuracy is measured before RL, every `policy.eval_every` steps and at the end;
 each evaluation's answers go to output_dir/policy_eval/step<N>.jsonl.
 """
@@ -28,7 +33,13 @@ import torch
 from tqdm import tqdm
 
 from spct.algos import group_advantages
-from spct.data.synthetic import SyntheticConfig, check_answer, policy_query, sample_answer, well_formed
+from spct.data.synthetic import (
+    SyntheticConfig,
+    check_answer,
+    policy_query,
+    sample_answer,
+    well_formed,
+)
 from spct.grm.reward import judged_items, rollout_rewards
 from spct.recipes.sft import encode_sft, sft_batch
 
@@ -96,7 +107,8 @@ class PolicyReward:
             self.k_meta = rw.k_meta or max(1, rw.k // 2)
 
     def __call__(self, items, rollouts: list[list[str]], step: int) -> tuple[list[float], dict[str, float]]:
-        """One reward per rollout (flattened in item order) and the GRM's parse-failure rate."""
+        """One reward per rollout (flattened in item order) and the GRM's metrics (parse-failure
+        rate, samples drawn, share of answers out of format)."""
         if self.kind == "oracle":
             return [check_answer(it, text) / len(it.meta["operands"]) for it, texts in zip(items, rollouts, strict=True)
                     for text in texts], {}
