@@ -168,6 +168,8 @@ def plot(runs, floor, seeds, path: Path) -> None:
         high = [100 * max(c[i] for c in curves) for i in range(len(steps))]
         (line,) = ax.plot(steps, mean, marker="o", label=KINDS[kind][0])
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+    floor_mean = 100 * sum(sum(floor[s]) / len(floor[s]) for s in seeds) / len(seeds)
+    ax.axhline(floor_mean, color="gray", linestyle="--", linewidth=1, label="untrained policy (floor)")
     ax.set_xlabel("policy RL step")
     ax.set_ylabel("held-out checked accuracy (%)")
     ax.set_title(f"Policy accuracy by reward (mean and range over seeds {seeds})")

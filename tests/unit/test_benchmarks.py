@@ -44,3 +44,33 @@ def test_benchmark_prompts_come_step_by_step_with_what_the_reward_needs(tmp_path
     for text, rewards, order, low, high in rows:
         assert "Solve:" in text and sorted(order) == list(range(len(rewards))) and low < high
     assert rows[:5] != rows[5:]  # each step draws its own items
+
+
+def test_policy_reward_reads_runs_and_reports_paired_differences(tmp_path):
+    """policy_reward's report from run folders as `spct.train` leaves them."""
+    import json
+
+    policy = load("policy_reward")
+    runs, floor = {}, {}
+    for seed in (0, 1):
+        floor[seed] = [0.0, 0.5, 0.0, 1.0]
+        for kind, final in (("greedy", [0.0, 0.5, 0.5, 1.0]), ("voting8", [1.0, 0.5, 0.5, 1.0])):
+            folder = tmp_path / f"seed{seed}" / kind
+            (folder / "policy_eval").mkdir(parents=True)
+            for step, credits in ((0, floor[seed]), (2, final)):
+                (folder / "policy_eval" / f"step{step:06d}.jsonl").write_text(
+                    "".join(json.dumps({"credit": c}) + "\n" for c in credits))
+            metrics = [{"phase": "policy_rl", "phase_step": 0, "policy_eval/accuracy": 0.375},
+                       {"phase": "policy_rl", "phase_step": 1, "time/step": 2.0, "time/reward": 1.0,
+                        "grm_time_share": 0.5, "grm_parse_failure_rate": 0.0, "reward_checker_agreement": 0.7},
+                       {"phase": "policy_rl", "phase_step": 2, "policy_eval/accuracy": sum(final) / 4}]
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+            runs.setdefault(kind, {})[seed] = policy.read_run(folder)
+    assert runs["greedy"][0]["curve"] == {0: 0.375, 2: 0.5}
+    assert runs["voting8"][1]["agreement"] == 0.7
+    args = policy.parser().parse_args(["--grm-run", "x", "--seeds", "0", "1", "--kinds", "greedy", "voting8"])
+    policy.report(args, runs, floor, tmp_path, wall=60.0)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| GRM Voting@8 | 75.0 |" in summary and "| untrained policy (floor) | 37.5 |" in summary
+    assert "GRM Voting@8 - GRM greedy (k=1): +25.0" in summary
+    assert (tmp_path / "policy_reward.png").stat().st_size > 0
