@@ -31,6 +31,59 @@ from spct.serve.scorer import Scorer
 
 log = logging.getLogger("spct.serve")
 
+class Gate:
+    """What every request passes before its fields are read: the token (compared in constant
+    time) and the body size (refused before it is read when declared, else while reading)."""
+
+    def __init__(self, token: str | None, max_body_bytes: int) -> None:
+        self.secret = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+
+    def authorize(self, request: Request) -> None:
+        if self.secret is None:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise RequestError(401, "Authorization", "expected 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(value.strip().encode(), self.secret):
+            raise RequestError(401, "Authorization", "wrong token")
+
+    async def read_json(self, request: Request) -> Any:
+        self.authorize(request)
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RequestError(400, "Content-Length", f"not a byte count: {declared!r}")
+            if int(declared) > limit:
+                raise RequestError(413, "body", f"{declared} bytes; the limit is {limit}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestError(413, "body", f"more than the limit of {limit} bytes")
+        return read_json_bytes(bytes(body))
+
+
+async def score_jobs(scorer: Scorer, jobs: list[ScoreJob], k_meta: int | None) -> list[dict[str, Any]]:
+    """Score jobs sharing (k, temperature, meta) in one call each; results in input order, each
+    with the `k_meta` its vote kept (`k_meta` capped at k, when the meta RM chose)."""
+    groups: dict[tuple[int, float, bool], list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault((job.k, job.temperature, job.meta), []).append(i)
+    out: list[dict[str, Any]] = [{} for _ in jobs]
+    for (k, temp, meta), members in groups.items():
+        kept = min(k_meta, k) if meta and k_meta is not None else None
+        try:
+            results = await run_in_threadpool(scorer.score, [jobs[i].item for i in members], k, temp, kept, meta)
+        except Exception as e:
+            log.exception("scoring failed")
+            raise RequestError(500, None, f"scoring failed: {type(e).__name__}: {e}") from None
+        for i, result in zip(members, results, strict=True):
+            out[i] = dict(result, k_meta=kept)
+    return out
+
+
 def make_app(
     scorer: Scorer,
     *,
@@ -58,7 +111,7 @@ def make_app(
         temperature,
         k_meta,
     )
-    secret = token.encode() if token else None
+    gate = Gate(token, max_body_bytes)
     markers = list(end_markers)
     # The schema pages would answer without the token; the endpoints are documented in docs/.
     app = FastAPI(title="spct reward server", docs_url=None, redoc_url=None, openapi_url=None)
@@ -72,34 +125,6 @@ def make_app(
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail), "field": None}, exc.status_code, exc.headers)
 
-    def authorize(request: Request) -> None:
-        if secret is None:
-            return
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise RequestError(401, "Authorization", "expected 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(value.strip().encode(), secret):
-            raise RequestError(401, "Authorization", "wrong token")
-
-    async def read_json(request: Request) -> Any:
-        authorize(request)
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RequestError(400, "Content-Length", f"not a byte count: {declared!r}")
-            if int(declared) > limits.max_body_bytes:
-                raise RequestError(
-                    413, "body", f"{declared} bytes; the limit is {limits.max_body_bytes}"
-                )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limits.max_body_bytes:
-                raise RequestError(
-                    413, "body", f"more than the limit of {limits.max_body_bytes} bytes"
-                )
-        return read_json_bytes(bytes(body))
-
     def checked(job: ScoreJob, field_name: str) -> ScoreJob:
         reason = scorer.check(job.item)
         if reason is not None:
@@ -107,27 +132,11 @@ def make_app(
         return job
 
     async def run(jobs: list[ScoreJob]) -> list[dict[str, Any]]:
-        """Score jobs sharing (k, temperature, meta) in one call each; results in input order."""
-        groups: dict[tuple[int, float, bool], list[int]] = {}
-        for i, job in enumerate(jobs):
-            groups.setdefault((job.k, job.temperature, job.meta), []).append(i)
-        out: list[dict[str, Any]] = [{} for _ in jobs]
-        for (k, temp, meta), members in groups.items():
-            kept = min(limits.k_meta, k) if meta and limits.k_meta is not None else None
-            try:
-                results = await run_in_threadpool(
-                    scorer.score, [jobs[i].item for i in members], k, temp, kept, meta
-                )
-            except Exception as e:
-                log.exception("scoring failed")
-                raise RequestError(500, None, f"scoring failed: {type(e).__name__}: {e}") from None
-            for i, result in zip(members, results, strict=True):
-                out[i] = dict(result, k_meta=kept)
-        return out
+        return await score_jobs(scorer, jobs, limits.k_meta)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
-        authorize(request)
+        gate.authorize(request)
         return {
             "status": "ok",
             "model": scorer.model,
@@ -138,14 +147,14 @@ def make_app(
 
     @app.post("/score")
     async def score(request: Request) -> dict[str, Any]:
-        body = await read_json(request)
+        body = await gate.read_json(request)
         job = checked(parse_score_request(body, "", limits, scorer.has_meta), "responses")
         (result,) = await run([job])
         return score_response(result, job.k)
 
     @app.post("/batch_score")
     async def batch_score(request: Request) -> dict[str, Any]:
-        body = await read_json(request)
+        body = await gate.read_json(request)
         if not isinstance(body, dict) or "items" not in body:
             raise RequestError(422, "items", 'missing: expected {"items": [score requests]}')
         extra = sorted(set(body) - {"items"})
@@ -168,7 +177,7 @@ def make_app(
 
     @app.post("/openrlhf")
     async def openrlhf(request: Request) -> dict[str, Any]:
-        body = await read_json(request)
+        body = await gate.read_json(request)
         k, temp, meta, group = parse_query_options(request, limits, scorer.has_meta, openrlhf_group)
         queries, prompts = openrlhf_lists(body, limits)
         batch = OpenRLHFBatch(queries, prompts, markers, limits, group)
