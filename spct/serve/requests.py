@@ -54,9 +54,19 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _unicode(value: str, name: str) -> str:
+    """JSON may escape a lone surrogate (\\ud800); it is not text any tokenizer can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(422, name, f"a lone surrogate at character {e.start} is not Unicode text") from None
+    return value
+
+
 def _text(value: Any, name: str, limits: Limits, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise RequestError(422, name, f"expected a string, got {_type_name(value)}")
+    _unicode(value, name)
     if not allow_empty and not value.strip():
         raise RequestError(422, name, "expected a non-empty string")
     if len(value) > limits.max_chars_per_text:
@@ -243,6 +253,8 @@ def read_json_bytes(body: bytes) -> Any:
         return json.loads(body, parse_constant=_reject_constant)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise RequestError(400, "body", f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise RequestError(400, "body", "JSON nested too deeply") from None
 
 
 def _reject_constant(name: str) -> Any:
@@ -265,6 +277,7 @@ def openrlhf_lists(body: Any, limits: Limits) -> tuple[list[str], list[str]]:
         for i, text in enumerate(value):
             if not isinstance(text, str):
                 raise RequestError(422, f"{name}[{i}]", f"expected a string, got {_type_name(text)}")
+            _unicode(text, f"{name}[{i}]")
         lists.append(value)
     queries, prompts = lists
     if len(queries) != len(prompts):
