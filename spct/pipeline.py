@@ -280,15 +280,24 @@ class Pipeline:
 
     def checkpoint(self, final: bool, role: str = "model") -> None:
         """Save the learner's weights in HF format (plus optimizer state unless final) as the
-        run's latest `role`: "model" (the GRM) or "policy"."""
+        run's latest `role`: "model" (the GRM) or "policy".
+
+        Atomic: the folder is written under a temporary name with a snapshot of the run state
+        (`run_state.json`, what resuming from it needs), then renamed, and only then does
+        state.json point at it; a crash mid-save leaves the previous checkpoint in use."""
         name = f"{self.state.phase}-final" if final else f"{self.state.phase}-step{self.state.phase_step:06d}"
         folder = self.ckpt_dir / name
-        self.learner.save(str(folder / "model"))
+        partial = self.ckpt_dir / f".partial-{name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        self.learner.save(str(partial / "model"))
         setattr(self.state, role, str(folder / "model"))
         self.state.learner_state = None
         if not final:
-            self.learner.save_state(str(folder / "learner"))
+            self.learner.save_state(str(partial / "learner"))
             self.state.learner_state = str(folder / "learner")
+        (partial / "run_state.json").write_text(json.dumps(dataclasses.asdict(self.state), indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
         self._write_state()
         self._prune(keep=self.cfg.checkpoint.keep_last)
 
@@ -337,7 +346,25 @@ class Pipeline:
         if not path.exists():
             return False
         self.state = RunState(**json.loads(path.read_text()))
+        problems = _checkpoint_problems(self.state, self.ckpt_dir)
+        if problems:
+            self._fall_back(problems)
         return True
+
+    def _fall_back(self, problems: list[str]) -> None:
+        """Resume from the newest checkpoint that is whole, or stop naming what is broken."""
+        snapshots = sorted(self.ckpt_dir.glob("*/run_state.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for snapshot in snapshots:
+            state = RunState(**json.loads(snapshot.read_text()))
+            if not _checkpoint_problems(state, self.ckpt_dir):
+                log.warning("the latest checkpoint is broken (%s); resuming from %s instead", "; ".join(problems),
+                            snapshot.parent)
+                self.state = state
+                self._write_state()
+                return
+        raise CheckpointError(
+            f"{self.ckpt_dir / 'state.json'} points at broken checkpoints and no earlier one is whole:\n  "
+            + "\n  ".join(problems) + f"\nDelete {self.out} (or choose another output_dir) to start over.")
 
     def _prune(self, keep: int) -> None:
         """Drop old step checkpoints; phase-final ones and the ones in use stay."""
@@ -345,3 +372,22 @@ class Pipeline:
         steps = sorted(p for p in self.ckpt_dir.glob("*-step*") if p.is_dir() and p not in in_use)
         for old in steps[: max(0, len(steps) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+class CheckpointError(RuntimeError):
+    """A run cannot resume: the checkpoints it points at are broken and none is whole."""
+
+
+def _checkpoint_problems(state: RunState, ckpt_dir: Path) -> list[str]:
+    """What is broken among the checkpoints `state` points at (paths outside `ckpt_dir`, such as
+    a base model or a hub id, are not the run's to check)."""
+    from spct.learner.checkpoints import checkpoint_problem
+
+    found = []
+    for key, kind in (("model", "hf"), ("policy", "hf"), ("meta_rm", "hf"), ("learner_state", "learner")):
+        path = getattr(state, key)
+        if path and Path(path).resolve().is_relative_to(ckpt_dir.resolve()):
+            problem = checkpoint_problem(path, kind)
+            if problem:
+                found.append(f"{key} {path}: {problem}")
+    return found

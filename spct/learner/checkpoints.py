@@ -69,3 +69,47 @@ class Checkpoints:
         if loaded is None:
             raise RuntimeError(f"DeepSpeed could not load the learner checkpoint in {path}")
 
+
+
+def checkpoint_problem(path: str | os.PathLike[str], kind: str = "hf") -> str | None:
+    """What is wrong with a saved checkpoint folder, or None when it looks whole.
+
+    kind "hf": a Hugging Face folder (config.json that parses; every *.safetensors file as long
+    as its header says). kind "learner": a `save_state` folder (the tagged folder, no empty
+    file). Reads headers only, so it is quick even for large models."""
+    import json
+    import struct
+
+    folder = os.fspath(path)
+    if not os.path.isdir(folder):
+        return "missing"
+    if kind == "learner":
+        tagged = os.path.join(folder, CHECKPOINT_TAG)
+        files = [os.path.join(tagged, f) for f in os.listdir(tagged)] if os.path.isdir(tagged) else []
+        if not files:
+            return f"no DeepSpeed state in {CHECKPOINT_TAG}/"
+        empty = [f for f in files if os.path.isfile(f) and os.path.getsize(f) == 0]
+        return f"{os.path.basename(empty[0])} is empty" if empty else None
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError) as e:
+        return f"config.json unreadable ({type(e).__name__})"
+    weights = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    if not weights:
+        return "no *.safetensors weights"
+    for name in weights:
+        file = os.path.join(folder, name)
+        size = os.path.getsize(file)
+        try:
+            with open(file, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(length)) if 8 + length <= size else None
+        except (OSError, ValueError, struct.error):
+            header = None
+        if header is None:
+            return f"{name} is truncated (no whole header)"
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if size < 8 + length + end:
+            return f"{name} is truncated ({size} of {8 + length + end} bytes)"
+    return None

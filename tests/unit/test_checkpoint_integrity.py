@@ -1,0 +1,107 @@
+"""A broken checkpoint is found before any actor starts: the run resumes from the newest whole
+one, with a warning, or stops naming what is broken; never trains on garbage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spct.config import Config
+from spct.learner.checkpoints import checkpoint_problem
+from spct.pipeline import CheckpointError, Pipeline, RunState
+
+
+def hf_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, path / "model.safetensors")
+    return path
+
+
+def learner_folder(path: Path) -> Path:
+    (path / "learner").mkdir(parents=True)
+    (path / "learner" / "mp_rank_00_model_states.pt").write_bytes(b"x" * 16)
+    return path
+
+
+def test_a_whole_folder_passes_and_each_damage_is_named(tmp_path):
+    good = hf_folder(tmp_path / "good")
+    assert checkpoint_problem(good) is None
+    assert checkpoint_problem(tmp_path / "absent") == "missing"
+
+    cut = hf_folder(tmp_path / "cut")
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:-10])
+    assert "model.safetensors is truncated" in checkpoint_problem(cut)
+    (cut / "model.safetensors").write_bytes(data[:5])
+    assert "no whole header" in checkpoint_problem(cut)
+
+    bad_config = hf_folder(tmp_path / "config")
+    (bad_config / "config.json").write_text("{")
+    assert "config.json unreadable" in checkpoint_problem(bad_config)
+    no_weights = hf_folder(tmp_path / "noweights")
+    (no_weights / "model.safetensors").unlink()
+    assert checkpoint_problem(no_weights) == "no *.safetensors weights"
+
+    state = learner_folder(tmp_path / "state")
+    assert checkpoint_problem(state, "learner") is None
+    (state / "learner" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    assert "is empty" in checkpoint_problem(state, "learner")
+    assert "no DeepSpeed state" in checkpoint_problem(tmp_path / "good", "learner")
+
+
+def run_with_checkpoints(tmp_path: Path) -> tuple[Pipeline, Path]:
+    """A run dir as `Pipeline.checkpoint` leaves it: rl-step000010 and, newer, rl-step000020."""
+    out = tmp_path / "run"
+    ckpt = out / "checkpoints"
+    for step in (10, 20):
+        folder = ckpt / f"rl-step{step:06d}"
+        hf_folder(folder / "model")
+        learner_folder(folder / "learner")
+        state = RunState(completed=["warmup"], phase="rl", phase_step=step, global_step=100 + step,
+                         weight_version=step, model=str(folder / "model"), learner_state=str(folder / "learner"))
+        (folder / "run_state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    (ckpt / "state.json").write_text((ckpt / "rl-step000020" / "run_state.json").read_text())
+    return Pipeline(Config(output_dir=str(out))), ckpt
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    pipe, ckpt = run_with_checkpoints(tmp_path)
+    weights = ckpt / "rl-step000020" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with caplog.at_level(logging.WARNING, logger="spct"):
+        assert pipe._load_state()
+    assert (pipe.state.phase_step, pipe.state.weight_version) == (10, 10)
+    assert pipe.state.model.endswith("rl-step000010/model")
+    assert "rl-step000020" in caplog.text and "truncated" in caplog.text
+    assert json.loads((ckpt / "state.json").read_text())["phase_step"] == 10
+
+
+def test_a_missing_learner_state_falls_back_too(tmp_path):
+    pipe, ckpt = run_with_checkpoints(tmp_path)
+    import shutil
+
+    shutil.rmtree(ckpt / "rl-step000020" / "learner")
+    pipe._load_state()
+    assert pipe.state.learner_state.endswith("rl-step000010/learner")
+
+
+def test_with_no_whole_checkpoint_the_run_stops_naming_them(tmp_path):
+    pipe, ckpt = run_with_checkpoints(tmp_path)
+    for step in (10, 20):
+        (ckpt / f"rl-step{step:06d}" / "model" / "config.json").write_text("")
+    with pytest.raises(CheckpointError) as err:
+        pipe._load_state()
+    assert "rl-step000020/model: config.json unreadable" in str(err.value)
+    assert "start over" in str(err.value)
+
+
+def test_a_whole_run_resumes_as_recorded(tmp_path):
+    pipe, _ = run_with_checkpoints(tmp_path)
+    assert pipe._load_state() and pipe.state.phase_step == 20
