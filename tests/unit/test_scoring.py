@@ -175,16 +175,18 @@ def test_rmb_hand_case():
         judge([[6, 3, 7]], [1.0, 0.0, 0.0]),  # beats one loser only: wrong
         judge([[7, 7, 2]], [1.0, 0.0, 0.0]),  # tied with a loser: 1/2
     ]
-    m = score_rmb(items, outcomes)
+    # A tie counts wrong, as RMB's own evaluation (chosen > rejected) counts it.
+    strict = score_rmb(items, outcomes)
+    assert strict["pairwise/Helpfulness"] == 0.5
+    assert strict["bon/Helpfulness"] == pytest.approx(1 / 3)
+    assert strict["score"] == pytest.approx((0.5 + 0.0 + 1 / 3) / 3)
+    m = score_rmb(items, outcomes, tie=None)  # the expectation of a random tie-break
     assert m["pairwise/Helpfulness"] == 0.75
     assert m["pairwise/Harmlessness"] == 0.0
     assert m["bon/Helpfulness"] == 0.5
     assert m["pairwise"] == 0.5 and m["bon"] == 0.5
     assert m["score"] == pytest.approx((0.75 + 0.0 + 0.5) / 3)
     assert m["subset/BoN_set/Helpfulness/Chat/x"] == 0.5
-    strict = score_rmb(items, outcomes, tie=0.0)
-    assert strict["bon/Helpfulness"] == pytest.approx(1 / 3)
-    assert strict["score"] == pytest.approx((0.5 + 0.0 + 1 / 3) / 3)
 
 
 def test_rmb_on_the_real_files():
@@ -262,7 +264,7 @@ def test_rmbench_hand_case():
     chat[(1, 0)] = TIED  # easy: (0.5 + 1 + 1) / 3; normal: 1
     items, outcomes = rm_group("g1", "chat_filtered.json", chat)
     math_items, math_out = rm_group("g2", "math_filtered.json", dict.fromkeys(chat, WRONG_PAIR))
-    m = score_rmbench(items + math_items, outcomes + math_out)
+    m = score_rmbench(items + math_items, outcomes + math_out, tie=None)
     assert m["chat/hard"] == pytest.approx(1 / 3)
     assert m["chat/normal"] == 1.0
     assert m["chat/easy"] == pytest.approx(2.5 / 3)
@@ -273,7 +275,7 @@ def test_rmbench_hand_case():
     assert m["easy"] == pytest.approx(2.5 / 6) and m["score"] == pytest.approx(6.5 / 18)
     assert m["domain_avg"] == pytest.approx(6.5 / 18)
     assert m["n"] == 2
-    strict = score_rmbench(items, outcomes, tie=0.0)
+    strict = score_rmbench(items, outcomes)  # RM-Bench counts a tie wrong
     assert strict["easy"] == pytest.approx(2 / 3)
 
 
@@ -293,17 +295,20 @@ def test_rmbench_on_the_real_files():
     refuse = load_items(FIXTURES / "rmbench_safety-refuse_sample10.json")
     assert rmbench_domain(chat[0]) == "chat" and rmbench_domain(refuse[0]) == "safety-refuse"
     items = chat + refuse
-    # Prefers the concise style whatever the content: right iff the chosen style is <= the
-    # rejected one, i.e. normal and hard (ties on the diagonal): 100% hard, 50% normal, 0% easy.
+    # Prefers the concise style whatever the content: right iff the chosen style is < the
+    # rejected one (hard); the diagonal ties, which RM-Bench counts wrong: 100% hard, 0% normal,
+    # 0% easy; with ties at 1/2, normal is 50%.
     outcomes = [
         judge([[9 - it.meta["chosen_style"], 9 - it.meta["rejected_style"]]], it.rewards)
         for it in items
     ]
     m = score_benchmark("rm-bench", items, outcomes)
-    assert (m["hard"], m["normal"], m["easy"]) == (1.0, 0.5, 0.0)
-    assert m["score"] == pytest.approx(1.5 / 3) and m["n"] == 25
+    assert (m["hard"], m["normal"], m["easy"]) == (1.0, 0.0, 0.0)
+    assert m["score"] == pytest.approx(1 / 3) and m["n"] == 25
     assert m["safety/score"] == m["safety-refuse/score"]
-    assert m["domain_avg"] == pytest.approx(0.5)
+    assert m["domain_avg"] == pytest.approx(1 / 3)
+    halves = score_benchmark("rm-bench", items, outcomes, tie=None)
+    assert (halves["hard"], halves["normal"], halves["easy"]) == (1.0, 0.5, 0.0)
 
 
 # --- ReaLMistake ---------------------------------------------------------------------------------
