@@ -158,7 +158,7 @@ def trl_worker(a: argparse.Namespace) -> None:
         out = []
         for c, r, o, lo, hi in zip(completions, item_rewards, order, low, high, strict=True):
             text = c[0]["content"] if isinstance(c, list) else c
-            out.append(rule_reward(map_back(parse_scores(text, len(r), lo, hi), o), r))
+            out.append(rule_reward(map_back(parse_scores(text, len(r), lo, hi), o), r, (lo, hi)))
         return out
 
     class StepTimer(TrainerCallback):

@@ -119,7 +119,8 @@ def draw_samples(pool, items: Sequence[Item], k_max: int, temperature: float,
     """k_max shuffled samples and one greedy sample (responses as given) per item."""
     sampled = pool.sample(items, k_max, temperature=temperature, seed=seed)
     greedy = pool.sample(items, 1, temperature=0.0, seed=seed, shuffle=False)
-    sets = [SampleSet(item, s, g[0]) for item, s, g in zip(items, sampled, greedy, strict=True)]
+    scale = (pool.template.low, pool.template.high)
+    sets = [SampleSet(item, s, g[0], scale) for item, s, g in zip(items, sampled, greedy, strict=True)]
     if meta_score is not None:
         flat = [x for st in sets for x in (*st.samples, st.greedy)]
         for x, m in zip(flat, meta_score([{"prompt": x["prompt"], "completion": x["text"]} for x in flat]),
@@ -135,7 +136,7 @@ def save_generations(sets: Sequence[SampleSet], path: Path) -> None:
             for i, x in enumerate([st.greedy, *st.samples]):
                 f.write(json.dumps({"index": index, "item": st.item.id, "sample": "greedy" if i == 0 else i - 1,
                                     **{k: x.get(k) for k in ("order", "text", "scores", "meta_score")},
-                                    "prompt": x.get("prompt")}) + "\n")
+                                    "prompt": x.get("prompt"), "scale": st.scale}) + "\n")
 
 
 def load_generations(path: Path, items: Sequence[Item]) -> list[SampleSet]:
@@ -150,6 +151,8 @@ def load_generations(path: Path, items: Sequence[Item]) -> list[SampleSet]:
             raise ValueError(f"{path}, line {line_no}: item {rec['item']!r} at index {index} does not match "
                              "the benchmark's items (was it generated with other data or max_items?)")
         x = {k: rec[k] for k in ("order", "text", "scores", "prompt")}
+        if rec.get("scale") is not None:  # files written before the scale was recorded have none
+            sets[index].scale = tuple(rec["scale"])
         if rec.get("meta_score") is not None:
             x["meta_score"] = rec["meta_score"]
         if rec["sample"] == "greedy":

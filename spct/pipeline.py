@@ -321,7 +321,7 @@ class Pipeline:
         for it, order, (_, low, high), res in zip(items, orders, prompts, results, strict=True):
             scores = parse_scores(res["samples"][0]["text"], it.n, low, high)
             failures += scores is None
-            correct += judge([map_back(scores, order)], it.rewards).credit()
+            correct += judge([map_back(scores, order)], it.rewards, (low, high)).credit()
         lo, hi = wilson_interval(correct, len(items))
         out = {"accuracy": correct / len(items), "ci_low": lo, "ci_high": hi,
                "parse_failure_rate": failures / len(items), "n": len(items)}

@@ -24,7 +24,7 @@ from statistics import NormalDist
 from typing import Any
 
 from spct.data.schema import Item
-from spct.grm import best_index, pick_best, vote
+from spct.grm import best_index, pick_best, single_verdict, vote
 
 CORRECT, WRONG, TIE = "correct", "wrong", "tie"
 GREEDY, VOTING, METARM = "Greedy", "Voting", "MetaRM"
@@ -42,6 +42,8 @@ class SampleSet:
     item: Item
     samples: list[dict[str, Any]]
     greedy: dict[str, Any] | None = None
+    # The template's score range (low, high): a single response is judged on it (`judge`).
+    scale: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,23 +83,28 @@ class Outcome:
         return pick_best(list(self.totals), rng) == self.best
 
 
-def judge(samples: Sequence[Sequence[float] | None], rewards: Sequence[float]) -> Outcome:
+def judge(
+    samples: Sequence[Sequence[float] | None], rewards: Sequence[float], scale: tuple[float, float] | None = None
+) -> Outcome:
     """Eq. 10 on the vote of `samples` (score lists in original order; None adds nothing).
 
     n >= 2: the best response must have the strictly highest total; sharing the top is a tie
     (all-failed samples tie every response at 0). n = 1: Eq. 10 asks S_1 == r_1, so each
-    sample votes for its score value and the most voted value must be the reward; sharing
-    the most votes is a tie, and with no parsed sample there is nothing to compare: wrong.
+    sample votes for the label its score states (on the template's `scale` (low, high): 1
+    above the middle, else 0; with no scale, the score itself) and the most voted label must
+    be the reward; sharing the most votes is a tie, and with no parsed sample there is nothing
+    to compare: wrong.
     """
     n = len(rewards)
     best = best_index(rewards)
     totals = tuple(vote(samples, n))
     parsed = [s for s in samples if s is not None]
     if n == 1:
-        counts = Counter(float(s[0]) for s in parsed)
+        counts = Counter(single_verdict(s[0], scale) for s in parsed)
         top = max(counts.values(), default=0)
         winners = [v for v, c in counts.items() if c == top]
-        return _verdict(totals, best, len(parsed), winners, float(rewards[0]))
+        target = float(rewards[0]) if scale is None else single_verdict(rewards[0], (0, 1))
+        return _verdict(totals, best, len(parsed), winners, target)
     top = max(totals)
     winners = [i for i, t in enumerate(totals) if t == top]
     return _verdict(totals, best, len(parsed), winners, best)
@@ -142,12 +149,12 @@ def meta_keep(k: int, k_meta: KMeta = 0.5) -> int:
 def greedy_outcome(s: SampleSet) -> Outcome:
     if s.greedy is None:
         raise ValueError(f"item {s.item.id!r}: no greedy sample")
-    return judge([_scores(s.greedy, s.item, "greedy")], s.item.rewards)
+    return judge([_scores(s.greedy, s.item, "greedy")], s.item.rewards, s.scale)
 
 
 def voting_outcome(s: SampleSet, k: int) -> Outcome:
     """Voting@k: the sum over the first k samples."""
-    return judge([_scores(x, s.item, f"samples[{i}]") for i, x in _first(s, k)], s.item.rewards)
+    return judge([_scores(x, s.item, f"samples[{i}]") for i, x in _first(s, k)], s.item.rewards, s.scale)
 
 
 def metarm_outcome(s: SampleSet, k: int, k_meta: KMeta = 0.5) -> Outcome:
@@ -158,7 +165,7 @@ def metarm_outcome(s: SampleSet, k: int, k_meta: KMeta = 0.5) -> Outcome:
     meta = [_meta(x, s.item, f"samples[{i}]") for i, x in first]
     ranked = sorted(range(k), key=lambda i: -meta[i])[: meta_keep(k, k_meta)]
     return judge(
-        [_scores(first[i][1], s.item, f"samples[{i}]") for i in sorted(ranked)], s.item.rewards
+        [_scores(first[i][1], s.item, f"samples[{i}]") for i in sorted(ranked)], s.item.rewards, s.scale
     )
 
 

@@ -16,6 +16,7 @@ from spct.grm.rules import (
     random_order,
     rft_accept,
     rule_reward,
+    single_verdict,
 )
 from spct.grm.template import (
     BUILTIN_TEMPLATES,
@@ -45,5 +46,6 @@ __all__ = [
     "random_order",
     "rft_accept",
     "rule_reward",
+    "single_verdict",
     "vote",
 ]

@@ -81,19 +81,34 @@ def hint_position(rewards: Sequence[float], order: Sequence[int]) -> int:
     return check_order(order, len(rewards)).index(best) + 1
 
 
-def is_correct(scores: Sequence[float] | None, rewards: Sequence[float]) -> bool:
+def single_verdict(score: float, scale: tuple[float, float] | None = None) -> float:
+    """A single response's score as the 0/1 label it claims: on a template's (low, high) range,
+    1 above the middle and 0 at or below it; with no scale, the score itself."""
+    if scale is None:
+        return float(score)
+    low, high = scale
+    return 1.0 if (float(score) - low) / (high - low) > 0.5 else 0.0
+
+
+def is_correct(
+    scores: Sequence[float] | None, rewards: Sequence[float], scale: tuple[float, float] | None = None
+) -> bool:
     """Eq. 10: did this trajectory rank the ground-truth best response strictly first?
 
     For n >= 2 the best response's score must beat every other score (a tie at the top is
     wrong, otherwise a model could score everything equal and be right). For n = 1 there is
-    nothing to rank, so the score must equal the reward (the 0/1 verifiable label). A parse
-    failure (None) or a score list of the wrong length is simply wrong. Rewards without a
-    unique maximum are bad data, not a model error: ValueError.
+    nothing to rank, so the score must state the reward (the 0/1 verifiable label): read on the
+    template's `scale` (low, high), a score above the middle says 1 (a 9 of 10 on a correct
+    answer is right); with no scale the score must equal the reward. A parse failure (None) or a
+    score list of the wrong length is simply wrong. Rewards without a unique maximum are bad
+    data, not a model error: ValueError.
     """
     if scores is None or len(scores) != len(rewards) or not rewards:
         return False
     if len(rewards) == 1:
-        return scores[0] == rewards[0]
+        if scale is None:
+            return scores[0] == rewards[0]
+        return single_verdict(scores[0], scale) == single_verdict(rewards[0], (0, 1))
     j = best_index(rewards)
     return all(scores[j] > s for i, s in enumerate(scores) if i != j)
 
@@ -119,9 +134,11 @@ def meta_target(correct: bool, neutral: bool, neutral_label: float = 0.0) -> flo
     return 1.0 if correct else float(neutral_label) if neutral else 0.0
 
 
-def rule_reward(scores: Sequence[float] | None, rewards: Sequence[float]) -> float:
+def rule_reward(
+    scores: Sequence[float] | None, rewards: Sequence[float], scale: tuple[float, float] | None = None
+) -> float:
     """Eq. 11: +1 for a correct trajectory, -1 otherwise. No format term: the KL keeps the format."""
-    return 1.0 if is_correct(scores, rewards) else -1.0
+    return 1.0 if is_correct(scores, rewards, scale) else -1.0
 
 
 def rft_accept(correct: Sequence[bool], hinted: bool = False) -> list[bool]:

@@ -42,7 +42,8 @@ def grm_trajectories(p, items, k: int, temperature: float, tag: str, neutral_lab
     for (item, order, prompt, low, high), res in zip(jobs, results, strict=True):
         text = res["samples"][0]["text"]
         scores = map_back(parse_scores(text, item.n, low, high), order)
-        out.append(trajectory(item.id, prompt, text, is_correct(scores, item.rewards), scores, neutral_label))
+        out.append(trajectory(item.id, prompt, text, is_correct(scores, item.rewards, (low, high)), scores,
+                              neutral_label))
     return out
 
 

@@ -95,7 +95,7 @@ def _sample(p, items, path) -> None:
                     counts["parse_failures"] += scores is None
                     records.append({"id": item.id, "order": order, "hinted": hinted, "prompt": prompt,
                                     "completion": text, "scores": map_back(scores, order),
-                                    "correct": is_correct(map_back(scores, order), item.rewards)})
+                                    "correct": is_correct(map_back(scores, order), item.rewards, (low, high))})
                 for i in range(0, len(records), per_item):
                     group = records[i : i + per_item]
                     plain, hint = group[: c.n_samples], group[c.n_samples :]

@@ -56,7 +56,7 @@ def run_rl(p) -> None:
                 for sample in res["samples"]:
                     scores = parse_scores(sample["text"], item.n, low, high)
                     failures += scores is None
-                    rewards.append(rule_reward(map_back(scores, order), item.rewards))
+                    rewards.append(rule_reward(map_back(scores, order), item.rewards, (low, high)))
                     lengths.append(len(sample["token_ids"]))
                     batch["input_ids"].append(res["prompt_token_ids"] + sample["token_ids"])
                     batch["prompt_lens"].append(len(res["prompt_token_ids"]))

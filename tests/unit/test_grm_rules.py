@@ -187,3 +187,14 @@ def test_the_core_imports_no_heavy_stack():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_is_correct_reads_a_single_score_on_the_templates_scale():
+    from spct.grm import is_correct, rule_reward
+
+    assert is_correct([9], [1.0], (1, 10)) and is_correct([1], [0.0], (1, 10))
+    assert not is_correct([9], [0.0], (1, 10)) and not is_correct([9], [1.0])
+    assert is_correct([1], [1.0], (0, 1)) and not is_correct([0], [1.0], (0, 1))
+    assert rule_reward([10], [1.0], (1, 10)) == 1.0 and rule_reward(None, [1.0], (1, 10)) == -1.0
+    # n >= 2 is a ranking, whatever the scale.
+    assert is_correct([9, 3], [1.0, 0.0], (1, 10)) == is_correct([9, 3], [1.0, 0.0])

@@ -153,6 +153,30 @@ def test_single_response_eq10_on_the_most_voted_score():
     assert judge([None, None], [1.0]).verdict == WRONG
 
 
+def test_a_single_response_is_judged_on_its_templates_scale():
+    """A confident 9 of 10 on a correct answer is right; a 2 of 10 on a wrong one too."""
+    assert judge([[9]], [1.0]).verdict == WRONG  # without the scale only S_1 == r_1 counts
+    assert judge([[9]], [1.0], (1, 10)).verdict == CORRECT
+    assert judge([[2]], [0.0], (1, 10)).verdict == CORRECT
+    assert judge([[6]], [0.0], (1, 10)).verdict == WRONG  # above the middle (5.5) says correct
+    assert judge([[5]], [1.0], (1, 10)).verdict == WRONG
+    # Votes are for labels: 9, 7 and 3 say 1, 1, 0.
+    assert judge([[9], [7], [3]], [1.0], (1, 10)).verdict == CORRECT
+    assert judge([[9], [3]], [1.0], (1, 10)).verdict == TIE
+    # On the 0/1 template the scale changes nothing.
+    assert [judge([[v]], [r], (0, 1)).verdict for v in (0, 1) for r in (0.0, 1.0)] == [
+        judge([[v]], [r]).verdict for v in (0, 1) for r in (0.0, 1.0)]
+
+
+def test_sample_sets_carry_their_scale_into_every_method():
+    item = Item([{"role": "user", "content": "q"}], ["a"], [1.0], id="s")
+    samples = [{"scores": [8], "meta_score": 0.9}, {"scores": [3], "meta_score": 0.1}, {"scores": [9], "meta_score": 0.5}]
+    results = evaluate([SampleSet(item, samples, {"scores": [9]}, scale=(1, 10))], k_max=2)
+    assert results.outcomes[(GREEDY, 1)][0].verdict == CORRECT
+    assert results.outcomes[(VOTING, 2)][0].verdict == TIE  # 8 says 1, 3 says 0
+    assert results.outcomes[(METARM, 2)][0].verdict == CORRECT  # keeps the 8
+
+
 def test_resolve_ties_is_seeded_shuffle_then_argmax():
     ties = [judge([[5, 5, 5, 5]], [0.0, 1.0, 0.0, 0.0]) for _ in range(4000)]
     fixed = [judge([[9, 1]], [1.0, 0.0]), judge([[1, 9]], [1.0, 0.0])]
@@ -289,3 +313,14 @@ def test_read_table_csv_names_the_bad_line(tmp_path):
 def test_nan_free_accuracy_of_real_rows():
     rows = scaling_table(evaluate(_sets()))
     assert all(not math.isnan(v) for r in rows for v in (r.accuracy, r.ci_low, r.ci_high))
+
+
+def test_generations_keep_the_scale_for_rescoring(tmp_path):
+    from spct.evaluate import load_generations, save_generations
+
+    item = Item([{"role": "user", "content": "q"}], ["a"], [1.0], id="s")
+    sets = [SampleSet(item, [{"scores": [8], "text": "t", "order": [0], "prompt": "p"}],
+                      {"scores": [9], "text": "g", "order": [0], "prompt": "p"}, scale=(1, 10))]
+    save_generations(sets, tmp_path / "g.jsonl")
+    (loaded,) = load_generations(tmp_path / "g.jsonl", [item])
+    assert loaded.scale == (1, 10) and loaded.samples[0]["scores"] == [8]
