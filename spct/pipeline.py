@@ -2,16 +2,19 @@
 
 `Pipeline` owns the components (rollout group, learner group, weight sync, tracker,
 checkpoints) and exposes the few operations the phase recipes (spct/recipes/) are written in:
-`prompt`, `generate`, `new_learner`, `sync`, `log`, `checkpoint`, `evaluate`. Classes below it
-never read the config: the builders here turn config sections into flat arguments.
+`prompt`, `generate`, `new_learner`, `sync_weights`, `log`, `checkpoint`, `evaluate`, and for
+other actor groups `engines` and `grm_pool`. Classes below it never read the config: the
+builders here turn config sections into flat arguments.
 
 Features: phases run in the order the config lists; each starts from the previous phase's
 Hugging Face checkpoint; a rerun with the same output_dir resumes from the latest checkpoint
-(a finished phase is skipped, an unfinished one resumes at its last saved step) and first
-syncs the restored weights to the rollout group; held-out greedy accuracy after each phase.
+(a finished phase is skipped, an unfinished one resumes at its last saved step; a broken
+checkpoint falls back to the newest whole one) and the GRM's engines start with the restored
+weights; held-out greedy accuracy after each GRM phase.
 
-Raises ConfigError (spct.config) for an invalid configuration and VersionMismatch
-(spct.versions) when an actor finds the wrong stack.
+Raises ConfigError (spct.config) for an invalid configuration, CheckpointError when no
+checkpoint to resume from is whole, and VersionMismatch (spct.versions) when an actor finds
+the wrong stack.
 """
 
 from __future__ import annotations
