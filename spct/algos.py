@@ -11,8 +11,8 @@ V vocabulary entries. A `mask` is 1 (or True) on tokens that count and 0 on prom
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -411,3 +411,33 @@ def sft_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor
     shift_labels = labels[:, 1:].reshape(-1)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index, reduction="sum")
     return total / (shift_labels != ignore_index).sum().clamp(min=1)
+
+
+def grpo_batch(
+    results: Sequence[Mapping[str, Any]], rewards: Sequence[float], scale: bool = True
+) -> tuple[dict[str, list] | None, int]:
+    """The GRPO batch of a step's rollouts: one engine result per prompt (its `samples` are the
+    prompt's group, `rewards` flattened in the same order), prompt + completion ids, the rollout
+    log-probs and group advantages (`spct.algos.group_advantages`, std-scaled with `scale`).
+
+    A group with an empty sample (its prompt left no room in the context: the engine's
+    "prompt_too_long") is left out whole, since it has nothing to train on and its advantages
+    need every member. Returns (the batch, or None when every group was left out; how many
+    groups were left out)."""
+    batch: dict[str, list] = {"input_ids": [], "prompt_lens": [], "old_logprobs": [], "advantages": []}
+    dropped, at = 0, 0
+    for res in results:
+        samples = res["samples"]
+        group = [float(r) for r in rewards[at : at + len(samples)]]
+        at += len(samples)
+        if any(not s["token_ids"] for s in samples):
+            dropped += 1
+            continue
+        batch["advantages"] += group_advantages(torch.tensor(group), len(group), scale=scale).tolist()
+        for s in samples:
+            batch["input_ids"].append(res["prompt_token_ids"] + s["token_ids"])
+            batch["prompt_lens"].append(len(res["prompt_token_ids"]))
+            batch["old_logprobs"].append(s["logprobs"])
+    if at != len(rewards):
+        raise ValueError(f"grpo_batch: {len(rewards)} rewards for {at} samples")
+    return (batch if batch["input_ids"] else None), dropped

@@ -29,10 +29,9 @@ import random
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from spct.algos import group_advantages
+from spct.algos import grpo_batch
 from spct.data.synthetic import (
     SyntheticConfig,
     check_answer,
@@ -199,15 +198,11 @@ def run_policy_rl(p) -> dict[str, float]:
         texts = [[s["text"] for s in r["samples"]] for r in results]
         with p.timings("reward"):
             rewards, info = reward(items, texts, step)
-        batch = {"input_ids": [], "prompt_lens": [], "old_logprobs": [],
-                 "advantages": group_advantages(torch.tensor(rewards), pc.group_size, scale=pc.scale_advantages).tolist()}
-        for res in results:
-            for sample in res["samples"]:
-                batch["input_ids"].append(res["prompt_token_ids"] + sample["token_ids"])
-                batch["prompt_lens"].append(len(res["prompt_token_ids"]))
-                batch["old_logprobs"].append(sample["logprobs"])
-        with p.timings("train"):
-            metrics = learner.grpo_step(batch, clip_eps=pc.clip_eps, beta=pc.beta, kl_kind=pc.kl_kind)
+        batch, skipped = grpo_batch(results, rewards, scale=pc.scale_advantages)
+        metrics = {"skipped_prompts": skipped}
+        if batch is not None:  # else every query overflowed the context: nothing to train on
+            with p.timings("train"):
+                metrics |= learner.grpo_step(batch, clip_eps=pc.clip_eps, beta=pc.beta, kl_kind=pc.kl_kind)
         with p.timings("weight_sync"):
             p.state.policy_version += 1
             sync.push(learner.state_for_sync(), p.state.policy_version)

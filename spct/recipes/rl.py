@@ -16,10 +16,9 @@ from __future__ import annotations
 import random
 import time
 
-import torch
 from tqdm import tqdm
 
-from spct.algos import group_advantages
+from spct.algos import grpo_batch
 from spct.grm import map_back, parse_scores, random_order, rule_reward
 
 
@@ -51,20 +50,19 @@ def run_rl(p) -> None:
         ahead = submit(step + 1) if c.async_generation and step + 1 < c.steps else None
 
         with p.timings("reward"):
-            rewards, failures, lengths, batch = [], 0, [], {"input_ids": [], "prompt_lens": [], "old_logprobs": []}
+            rewards, failures, lengths = [], 0, []
             for item, order, (_, low, high), res in zip(items, orders, prompts, results, strict=True):
                 for sample in res["samples"]:
                     scores = parse_scores(sample["text"], item.n, low, high)
                     failures += scores is None
                     rewards.append(rule_reward(map_back(scores, order), item.rewards, (low, high)))
                     lengths.append(len(sample["token_ids"]))
-                    batch["input_ids"].append(res["prompt_token_ids"] + sample["token_ids"])
-                    batch["prompt_lens"].append(len(res["prompt_token_ids"]))
-                    batch["old_logprobs"].append(sample["logprobs"])
-            batch["advantages"] = group_advantages(torch.tensor(rewards), c.group_size).tolist()
+            batch, skipped = grpo_batch(results, rewards)
 
-        with p.timings("train"):
-            metrics = learner.grpo_step(batch, clip_eps=c.clip_eps, beta=c.beta, kl_kind=c.kl_kind)
+        metrics = {"skipped_prompts": skipped}
+        if batch is not None:  # else every prompt overflowed the context: nothing to train on
+            with p.timings("train"):
+                metrics |= learner.grpo_step(batch, clip_eps=c.clip_eps, beta=c.beta, kl_kind=c.kl_kind)
         if ahead is not None:  # what training did not hide; the sync below would wait for it
             with p.timings("generate"):
                 ahead[-1].result()

@@ -205,3 +205,17 @@ def test_a_policy_run_without_a_grm_fails_before_ray_starts(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "policy.grm: expected the GRM" in out
     assert "Ray instance" not in out
+
+
+def test_an_rl_prompt_longer_than_the_context_is_left_out_not_a_crash(tmp_path):
+    """A GRM prompt that leaves no room to generate gets empty samples from the engine; the RL
+    step trains on the other groups and counts the one it left out."""
+    rows = [{"prompt": f"What is {i}+{i}?", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(3)]
+    rows.append({"prompt": "Explain. " + "word " * 2000, "chosen": "a", "rejected": "b"})
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    _finish(_train(out, "data=files", f"data.train={data}", "phases=[rl]", "rl.steps=1",
+                   "rl.prompts_per_step=4", "rl.group_size=2"))
+    (step,) = [r for r in _records(out) if r["phase"] == "rl" and "skipped_prompts" in r]
+    assert step["skipped_prompts"] == 1 and "loss" in step
