@@ -219,15 +219,16 @@ def run_benchmarks(pool, benchmarks: list[tuple[str, str, list[Item]]], out: Pat
     return tables
 
 
-def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0):
-    """A function scoring trajectories with a meta-RM actor (and the actor, to kill later)."""
+def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0, num_gpus: float = 0):
+    """A function scoring trajectories with a meta-RM actor (and the actor, to kill later).
+    On a GPU cluster give it `num_gpus` (1: a GPU of its own), else it runs on CPU."""
     import ray
 
     from spct.meta_rm import MetaRM
 
     # Scoring is forward-only, so larger micro-batches than training's are fine.
-    actor = ray.remote(MetaRM).remote(path, dtype=dtype, max_length=max_length, micro_batch_size=64,
-                                      num_threads=num_threads)
+    actor = ray.remote(MetaRM).options(num_gpus=num_gpus).remote(
+        path, dtype=dtype, max_length=max_length, micro_batch_size=64, num_threads=num_threads)
     return (lambda trajectories: ray.get(actor.score.remote(trajectories))), actor
 
 
@@ -261,7 +262,8 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
                 num_cpus_per_engine=r.num_cpus_per_engine,
                 num_gpus_per_engine=r.tensor_parallel_size if cfg.cluster.num_gpus else 0)
             if cfg.meta_rm:
-                score_meta, actor = meta_scorer(cfg.meta_rm, cfg.model.dtype, cfg.model.max_model_len)
+                score_meta, actor = meta_scorer(cfg.meta_rm, cfg.model.dtype, cfg.model.max_model_len,
+                                                num_gpus=1 if cfg.cluster.num_gpus else 0)
         tables = run_benchmarks(pool, benchmarks, out, k_max=cfg.k_max, temperature=cfg.temperature,
                                 k_meta_ratio=cfg.k_meta_ratio, meta_score=score_meta, rescore=cfg.rescore,
                                 bootstrap=cfg.bootstrap, seed=cfg.seed, tracker=tracker)

@@ -20,7 +20,7 @@ def run_eval(p) -> dict:
     score_meta = actor = None
     if p.state.meta_rm:
         score_meta, actor = meta_scorer(p.state.meta_rm, p.cfg.model.dtype, p.cfg.meta_rm.max_length,
-                                        p.cfg.learner.num_threads)
+                                        p.cfg.learner.num_threads, num_gpus=1 if p.cfg.cluster.num_gpus else 0)
     rule = "synthetic" if p.cfg.data.kind == "synthetic" else "generic"
     try:
         with p.timings("generate"):

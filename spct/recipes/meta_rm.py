@@ -93,7 +93,8 @@ def run_meta_rm(p) -> dict:
     p.learner = None
     p.state.meta_rm = path
 
-    score, actor = meta_scorer(path, p.cfg.model.dtype, c.max_length, p.cfg.learner.num_threads)
+    score, actor = meta_scorer(path, p.cfg.model.dtype, c.max_length, p.cfg.learner.num_threads,
+                               num_gpus=1 if p.cfg.cluster.num_gpus else 0)
     scores = score(val) if val else []
     ray.kill(actor)
     result: dict[str, float] = {"train_trajectories": len(data),

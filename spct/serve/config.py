@@ -78,7 +78,7 @@ class ServeConfig:
     # Meta RM actor.
     meta_rm_dtype: str = "bfloat16"
     meta_rm_max_length: int = 4096
-    meta_rm_num_gpus: float = 0.0
+    meta_rm_num_gpus: float | None = None  # null: one GPU when num_gpus > 0, else CPU
 
     # Ray: null address = a fresh local cluster; "auto" joins a running one.
     ray_address: str | None = None
@@ -146,7 +146,7 @@ def validate(c: ServeConfig) -> None:
             key,
             f"float32, bfloat16 or float16, got {getattr(c, key)!r}",
         )
-    need(c.meta_rm_num_gpus >= 0, "meta_rm_num_gpus", ">= 0")
+    need(c.meta_rm_num_gpus is None or c.meta_rm_num_gpus >= 0, "meta_rm_num_gpus", "null or >= 0")
     need(c.num_gpus >= 0, "num_gpus", ">= 0")
     try:
         load_template(c.template)

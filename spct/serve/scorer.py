@@ -109,6 +109,13 @@ class GRMScorer:
             ray.kill(self.meta_rm)
 
 
+def meta_rm_gpus(c: ServeConfig) -> float:
+    """GPUs for the meta RM actor: `meta_rm_num_gpus`, or by default one when the server has GPUs."""
+    if c.meta_rm_num_gpus is not None:
+        return c.meta_rm_num_gpus
+    return 1.0 if c.num_gpus else 0.0
+
+
 def build_scorer(c: ServeConfig) -> GRMScorer:
     """Start Ray (unless running), the GRM engines and the meta RM actor."""
     import ray
@@ -143,7 +150,7 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
 
             meta = (
                 ray.remote(MetaRM)
-                .options(num_cpus=1, num_gpus=c.meta_rm_num_gpus)
+                .options(num_cpus=1, num_gpus=meta_rm_gpus(c))
                 .remote(
                     model=c.meta_rm,
                     dtype=c.meta_rm_dtype,

@@ -387,3 +387,11 @@ def test_config_composes_and_is_validated(tmp_path, tiny_model_dir):
         timeout=60,
     )
     assert run.returncode != 0 and "model" in run.stderr
+
+
+def test_the_meta_rm_gets_a_gpu_when_the_server_has_gpus():
+    from spct.serve.scorer import meta_rm_gpus
+
+    assert meta_rm_gpus(ServeConfig(model="m")) == 0.0
+    assert meta_rm_gpus(ServeConfig(model="m", num_gpus=2)) == 1.0
+    assert meta_rm_gpus(ServeConfig(model="m", num_gpus=2, meta_rm_num_gpus=0.5)) == 0.5
