@@ -228,6 +228,14 @@ class Pipeline:
             max_new_tokens=self.cfg.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
             num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0)
 
+    def meta_scorer(self, path: str, max_length: int):
+        """A meta-RM actor on `path` with the run's dtype and threads (a GPU of its own on a GPU
+        cluster): (a function scoring trajectories, the actor to kill when done)."""
+        from spct.evaluate import meta_scorer
+
+        return meta_scorer(path, self.cfg.model.dtype, max_length, self.cfg.learner.num_threads,
+                           num_gpus=1 if self.cfg.cluster.num_gpus else 0)
+
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
                     task: str = "causal_lm", model: str | None = None):
         """A learner group starting from `model` (default: the latest GRM weights, with the

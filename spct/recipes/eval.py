@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from spct.evaluate import meta_scorer, run_benchmarks
+from spct.evaluate import run_benchmarks
 from spct.reward_pool import GRMRewardPool
 
 
@@ -19,8 +19,7 @@ def run_eval(p) -> dict:
     pool = GRMRewardPool.from_group(p.rollout, p.cfg.model.template, p.cfg.model.max_new_tokens)
     score_meta = actor = None
     if p.state.meta_rm:
-        score_meta, actor = meta_scorer(p.state.meta_rm, p.cfg.model.dtype, p.cfg.meta_rm.max_length,
-                                        p.cfg.learner.num_threads, num_gpus=1 if p.cfg.cluster.num_gpus else 0)
+        score_meta, actor = p.meta_scorer(p.state.meta_rm, p.cfg.meta_rm.max_length)
     rule = "synthetic" if p.cfg.data.kind == "synthetic" else "generic"
     try:
         with p.timings("generate"):

@@ -50,8 +50,6 @@ def grm_trajectories(p, items, k: int, temperature: float, tag: str, neutral_lab
 def run_meta_rm(p) -> dict:
     import ray
 
-    from spct.evaluate import meta_scorer
-
     c, seed = p.cfg.meta_rm, p.cfg.seed
     folder = p.out / "meta_rm"
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,8 +91,7 @@ def run_meta_rm(p) -> dict:
     p.learner = None
     p.state.meta_rm = path
 
-    score, actor = meta_scorer(path, p.cfg.model.dtype, c.max_length, p.cfg.learner.num_threads,
-                               num_gpus=1 if p.cfg.cluster.num_gpus else 0)
+    score, actor = p.meta_scorer(path, c.max_length)
     scores = score(val) if val else []
     ray.kill(actor)
     result: dict[str, float] = {"train_trajectories": len(data),

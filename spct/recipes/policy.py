@@ -98,10 +98,7 @@ class PolicyReward:
         if pc.meta_rm:
             import ray
 
-            from spct.evaluate import meta_scorer
-
-            self.meta_score, actor = meta_scorer(pc.meta_rm, p.cfg.model.dtype, p.cfg.meta_rm.max_length,
-                                                 p.cfg.learner.num_threads, num_gpus=1 if p.cfg.cluster.num_gpus else 0)
+            self.meta_score, actor = p.meta_scorer(pc.meta_rm, p.cfg.meta_rm.max_length)
             p.own(lambda: ray.kill(actor))
             self.k_meta = rw.k_meta or max(1, rw.k // 2)
 
