@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from spct.scaling import mean_interval
 
 KINDS = {  # short name: (label, overrides)
     "greedy": ("GRM greedy (k=1)", ["policy.reward.k=1"]),
@@ -79,14 +80,6 @@ def credits(path: Path) -> list[float]:
     return [json.loads(line)["credit"] for line in path.read_text().splitlines()]
 
 
-def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and a 95% normal interval over queries."""
-    n = len(values)
-    mean = sum(values) / n
-    half = 1.96 * math.sqrt(sum((v - mean) ** 2 for v in values) / max(n - 1, 1) / n)
-    return mean, mean - half, mean + half
-
-
 def main() -> None:
     args = parser().parse_args()
     run = Path(args.grm_run) / "checkpoints"
@@ -120,14 +113,14 @@ def report(args, runs, floor, out: Path, wall: float) -> None:
              "reward time per step (s) | share of step time | step (s) | GRM parse failures |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|"]
     pooled_floor = [v for s in seeds for v in floor[s]]
-    m, lo, hi = interval(pooled_floor)
+    m, lo, hi = mean_interval(pooled_floor)
     per_seed = ", ".join(f"{100 * sum(floor[s]) / len(floor[s]):.1f}" for s in seeds)
     lines.append(f"| untrained policy (floor) | {100 * m:.1f} | {100 * lo:.1f} - {100 * hi:.1f} | {per_seed} "
                  "| | | | | |")
     for kind, by_seed in runs.items():
         label = KINDS[kind][0]
         pooled = [v for s in seeds for v in by_seed[s]["final"]]
-        m, lo, hi = interval(pooled)
+        m, lo, hi = mean_interval(pooled)
         per_seed = ", ".join(f"{100 * sum(by_seed[s]['final']) / len(by_seed[s]['final']):.1f}" for s in seeds)
         def mean(key: str, by_seed=by_seed) -> float:
             return sum(by_seed[s][key] for s in seeds) / len(seeds)
@@ -142,7 +135,7 @@ def report(args, runs, floor, out: Path, wall: float) -> None:
             continue
         base = [v for s in seeds for v in (runs[b][s]["final"] if b else floor[s])]
         diff = [x - y for x, y in zip([v for s in seeds for v in runs[a][s]["final"]], base, strict=True)]
-        m, lo, hi = interval(diff)
+        m, lo, hi = mean_interval(diff)
         lines.append(f"- {KINDS[a][0]} - {KINDS[b][0] if b else 'untrained policy'}: {100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
     lines.append("\n'agrees with the checker': over a step's pairs of rollouts the checker tells apart, how "
                  "often the reward orders them the same way (a tie counts half; 50% is chance).")

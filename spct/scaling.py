@@ -305,6 +305,18 @@ class Row:
 COLUMNS = tuple(f.name for f in fields(Row))
 
 
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the normal interval of a mean over independent units (e.g. per-query
+    credits, or paired differences of them)."""
+    n = len(values)
+    if n < 1:
+        raise ValueError("mean_interval: expected at least one value")
+    mean = sum(values) / n
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    half = z * math.sqrt(sum((v - mean) ** 2 for v in values) / max(n - 1, 1) / n)
+    return mean, mean - half, mean + half
+
+
 def scaling_table(
     results: ScalingResults, tie: float | None = None, confidence: float = 0.95
 ) -> list[Row]:

@@ -24,7 +24,6 @@ each evaluation's answers go to output_dir/policy_eval/step<N>.jsonl.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from spct.data.synthetic import (
 )
 from spct.grm.reward import judged_items, rollout_rewards
 from spct.recipes.sft import encode_sft, sft_batch
+from spct.scaling import mean_interval
 
 
 def policy_model(p) -> str:
@@ -153,11 +153,9 @@ def evaluate_policy(rollout, items, pc, path: Path) -> dict[str, float]:
                         "credit": solved[-1]})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    n = len(solved)
-    mean = sum(solved) / n
-    half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in solved) / max(n - 1, 1) / n)
-    return {"accuracy": mean, "ci_low": max(0.0, mean - half), "ci_high": min(1.0, mean + half),
-            "sum_accuracy": sums / n, "n": n}
+    mean, low, high = mean_interval(solved)
+    return {"accuracy": mean, "ci_low": max(0.0, low), "ci_high": min(1.0, high),
+            "sum_accuracy": sums / len(solved), "n": len(solved)}
 
 
 def run_policy_rl(p) -> dict[str, float]:
