@@ -118,6 +118,10 @@ class Pipeline:
     def rollout(self):
         """The GRM's rollout group, started on first use (a run of policy phases only never
         starts it) with the latest GRM weights and their version."""
+        return self._grm_engines()[0]
+
+    def _grm_engines(self):
+        """(the GRM's rollout group, its weight sync), started together on first use."""
         if self._rollout is None:
             from spct.weight_sync import make_weight_sync
 
@@ -126,7 +130,7 @@ class Pipeline:
             if self.state.weight_version:  # resumed: the engines report the weights' version
                 with self.timings("weight_sync"):
                     self._rollout.update_weights_from_path(self.state.model, self.state.weight_version)
-        return self._rollout
+        return self._rollout, self._sync
 
     def engines(self, model: str, name: str = "rollout", owned: bool = False):
         """A vLLM engine group serving `model` with the run's rollout settings; `owned` ones
@@ -275,10 +279,10 @@ class Pipeline:
 
     def sync_weights(self) -> int:
         """Push the learner's weights to every rollout engine; returns the new version."""
-        self.rollout  # noqa: B018 (started on first use, with its sync)
+        _, sync = self._grm_engines()
         with self.timings("weight_sync"):
             self.state.weight_version += 1
-            self._sync.push(self.learner.state_for_sync(), self.state.weight_version)
+            sync.push(self.learner.state_for_sync(), self.state.weight_version)
         return self.state.weight_version
 
     def log(self, metrics: dict[str, Any], phase: str) -> None:

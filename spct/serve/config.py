@@ -74,6 +74,9 @@ class ServeConfig:
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
     num_cpus_per_engine: float = 1.0
+    # CPU only: torch threads per engine (0 = Ray's default) and KV-cache block (null = vLLM's).
+    num_threads: int = 0
+    block_size: int | None = None
 
     # Meta RM actor.
     meta_rm_dtype: str = "bfloat16"

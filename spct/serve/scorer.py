@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from spct.config import engine_kwargs
 from spct.data import Item
 from spct.grm import build_prompt
 from spct.serve.config import ServeConfig
@@ -124,20 +125,10 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
     from spct.reward_pool import GRMRewardPool
 
     init_ray(c.ray_address, c.num_cpus, c.num_gpus)
-    engine_kwargs = dict(
-        dtype=c.dtype,
-        max_model_len=c.max_model_len,
-        seed=c.seed,
-        tensor_parallel_size=c.tensor_parallel_size,
-        gpu_memory_utilization=c.gpu_memory_utilization,
-        kv_cache_gib=c.kv_cache_gib,
-        enforce_eager=c.enforce_eager,
-        enable_prefix_caching=c.enable_prefix_caching,
-    )
     pool = GRMRewardPool(
         c.model,
         c.num_engines,
-        engine_kwargs,
+        engine_kwargs(c, c, c.seed),  # ServeConfig carries the model and rollout fields it reads
         template=c.template,
         max_new_tokens=c.max_new_tokens,
         num_cpus_per_engine=c.num_cpus_per_engine,
