@@ -36,7 +36,7 @@ def table_rows(results: dict) -> list[tuple[str, str, float, float, float]]:
         r = results[phase]
         rows.append((label, "1", r["accuracy"], r["ci_low"], r["ci_high"]))
     for r in results["eval"]["scaling"]:
-        label = "Greedy (responses as given)" if r["method"] == "Greedy" else f"{r['method']}@k"
+        label = "Greedy (shuffled)" if r["method"] == "Greedy" else f"{r['method']}@k"
         rows.append((label, str(r["k"]), r["accuracy"], r["ci_low"], r["ci_high"]))
     return rows
 

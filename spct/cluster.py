@@ -31,3 +31,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     else:  # joining a cluster: its nodes declared their own resources
         resources = dict(address=address)
     ray.init(**resources, include_dashboard=False, runtime_env={"env_vars": actor_env()})
+
+
+def actor_fault(exc: BaseException) -> BaseException | None:
+    """The Ray fault behind `exc` (an actor or its node died, an object was lost with it), or
+    None when `exc` is an ordinary error. A fault seen through another actor's call (a task
+    error whose cause is a fault) counts too."""
+    import ray.exceptions as rex
+
+    faults = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, faults):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None

@@ -200,8 +200,13 @@ class VLLMEngine:
             kwargs.update(
                 gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode
             )
-        elif kv_cache_gib is not None:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        else:
+            if kv_cache_gib is not None:
+                kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+            # Per-prompt seeds (RolloutGroup.submit) need whole prefills on CPU: after a partial
+            # prefill vLLM rewinds the request's generator, which a CPU generator cannot do.
+            # Generation is as fast without chunking here (docs/reliability.md).
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         if self.tokenizer.eos_token_id is None:
@@ -224,11 +229,15 @@ class VLLMEngine:
         return [int(t) for t in ids]
 
     def generate(
-        self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True
+        self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True,
+        seeds: Sequence[int] | None = None,
     ) -> list[dict[str, Any]]:
-        """Sample completions; one dict per prompt, in order (see the module docstring)."""
+        """Sample completions; one dict per prompt, in order (see the module docstring).
+        `seeds`, one per prompt, make each prompt's samples independent of the batch."""
         if isinstance(prompts, str):
             raise TypeError("prompts: expected a list of strings, got a single string")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds: expected one per prompt ({len(prompts)}), got {len(seeds)}")
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
                 raise TypeError(f"prompts[{i}]: expected a string, got {type(prompt).__name__}")
@@ -249,6 +258,8 @@ class VLLMEngine:
         for i in fits:
             p = params.clone()
             p.max_tokens = min(params.max_tokens or limit, limit - len(ids[i]))
+            if seeds is not None:
+                p.seed = int(seeds[i])
             per_prompt.append(p)
         if len(fits) < len(ids):
             log.warning("%d of %d prompts do not fit max_model_len %d; they get empty samples",

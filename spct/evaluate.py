@@ -5,8 +5,9 @@
         benchmarks=[rewardbench,judgebench=/data/judgebench.jsonl,/data/mine.jsonl]
     python -m spct.evaluate output_dir=DIR rescore=true           # re-score saved generations
 
-For every item: k_max samples at `temperature` (responses reshuffled per sample) and one
-greedy sample (responses as given); optionally a meta-RM score per sample. Greedy, Voting@k
+For every item: k_max samples at `temperature` and one greedy sample, each showing the
+responses in its own random order (never as given: the loaders put the labelled-best response
+first); optionally a meta-RM score per sample. Greedy, Voting@k
 and MetaRM@k (k_meta = k * k_meta_ratio) for k = 1, 2, 4, ..., k_max come from subsets of
 the same samples, and each benchmark is scored by its own rule (spct.scoring). Written per
 benchmark under output_dir/<benchmark>/: generations.jsonl (every sample: item, order, text,
@@ -116,9 +117,9 @@ def _judged(rule: str, items: list[Item]) -> list[Item]:
 # ------------------------------------------------------------------------------ generation
 def draw_samples(pool, items: Sequence[Item], k_max: int, temperature: float,
                  meta_score: Callable[[list[dict]], list[float]] | None, seed: int) -> list[SampleSet]:
-    """k_max shuffled samples and one greedy sample (responses as given) per item."""
+    """k_max sampled and one greedy sample per item, each in its own random response order."""
     sampled = pool.sample(items, k_max, temperature=temperature, seed=seed)
-    greedy = pool.sample(items, 1, temperature=0.0, seed=seed, shuffle=False)
+    greedy = pool.sample(items, 1, temperature=0.0, seed=seed, stream="greedy")
     scale = (pool.template.low, pool.template.high)
     sets = [SampleSet(item, s, g[0], scale) for item, s, g in zip(items, sampled, greedy, strict=True)]
     if meta_score is not None:

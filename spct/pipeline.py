@@ -59,6 +59,7 @@ class RunState:
     meta_rm: str | None = None  # HF folder of the trained meta RM
     policy: str | None = None  # HF folder of the latest policy weights (policy phases)
     policy_version: int = 0
+    phase_start: str | None = None  # HF folder the running phase's learner started from: its KL reference
     wandb_run_id: str | None = None
     results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
@@ -101,6 +102,7 @@ class Pipeline:
             mode=cfg.logger.mode,
             config=dataclasses.asdict(cfg),
             run_id=self.state.wandb_run_id,
+            resume_step=self.state.global_step if resumed else None,
         )
         self.state.wandb_run_id = self.tracker.run_id
         if resumed:
@@ -172,7 +174,7 @@ class Pipeline:
                 self._rollout = self._sync = None
             if self.state.phase != phase:
                 self.state.phase, self.state.phase_step, self.state.learner_state = phase, 0, None
-                self.state.extra = {}
+                self.state.phase_start, self.state.extra = None, {}
             result = RECIPES[phase](self)
             if phase in GRM_PHASES:  # the GRM changed: held-out greedy accuracy
                 result = self.evaluate(phase)
@@ -180,19 +182,37 @@ class Pipeline:
             self.state.results[phase] = result or {}
             self.state.completed.append(phase)
             self.state.phase, self.state.phase_step, self.state.learner_state = None, 0, None
+            self.state.phase_start = None
             self._write_state()
         return self.state
 
     def cleanup(self) -> None:
-        if self.learner is not None:
-            self.learner.shutdown()
-        for group in (self._rollout, self.teacher):
-            if group is not None:
-                group.shutdown()
-        for close in reversed(self._owned):
-            close()
+        """Stop every actor the run started and close the tracker; one that fails to stop (it
+        may be dead already) does not keep the others running."""
+        closers = [g.shutdown for g in (self.learner, self._rollout, self.teacher) if g is not None]
+        closers += reversed(self._owned)
         if self.tracker is not None:
-            self.tracker.finish()
+            closers.append(self.tracker.finish)
+        for close in closers:
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001 - report and go on stopping the rest
+                log.warning("cleanup: %s failed: %s", getattr(close, "__qualname__", close), e)
+        self.learner = self._rollout = self._sync = self.teacher = None
+        self._owned, self.tracker = [], None
+
+    def resume_point(self) -> str:
+        """Where rerunning the same command resumes, read from what is on disk."""
+        path = self.ckpt_dir / "state.json"
+        if not path.exists():
+            return "the beginning (no checkpoint yet)"
+        st = json.loads(path.read_text())
+        done = f"phases done: {', '.join(st['completed']) or 'none'}"
+        if not st.get("phase"):
+            return f"the next phase ({done})"
+        sampled = st.get("extra", {}).get("items_done")
+        return (f"{st['phase']} step {st['phase_step']}" + (f", {sampled} items sampled" if sampled else "")
+                + f" ({done})")
 
     # ---------------------------------------------------------------- operations for recipes
     def prompt(self, item: Item, order: list[int], hint: bool = False, training: bool = True):
@@ -201,20 +221,19 @@ class Pipeline:
         template = load_template(name)
         return build_prompt(item, order, hint=hint or None, template=template), template.low, template.high
 
-    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, group=None):
+    def generate(self, prompts: list[str], key: str, n: int = 1, temperature: float = 1.0, group=None):
         """Sample from the rollout group (or another engine group, e.g. a teacher pool's).
 
-        Randomness comes from each engine's seed (model seed): vLLM's CPU sampler cannot take
-        per-request seeds.
-        """
-        pending = self.submit(prompts, n, temperature, group)
+        `key` names the draw (e.g. "rl:3", the step's rollouts): with the run's seed it seeds
+        each prompt's sampling, so the same run draws the same samples, also after a resume."""
+        pending = self.submit(prompts, key, n, temperature, group)
         with self.timings("generate"):
             return pending.result()
 
-    def submit(self, prompts: list[str], n: int = 1, temperature: float = 1.0, group=None):
+    def submit(self, prompts: list[str], key: str, n: int = 1, temperature: float = 1.0, group=None):
         """`generate` without waiting: returns a handle whose `.result()` waits."""
         sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
-        return (group or self.rollout).submit(prompts, sampling)
+        return (group or self.rollout).submit(prompts, sampling, seed=f"{self.cfg.seed}:{key}")
 
     def teacher_pool(self, model: str):
         """A GRM reward pool serving a frozen teacher, started on first use."""
@@ -243,16 +262,20 @@ class Pipeline:
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
                     task: str = "causal_lm", model: str | None = None):
         """A learner group starting from `model` (default: the latest GRM weights, with the
-        optimizer state of an interrupted phase on resume)."""
+        optimizer state of an interrupted phase on resume). Its reference model is the weights
+        the phase started from, also when it resumes from a step checkpoint."""
         from spct.learner import LearnerGroup
 
         if self.learner is not None:
             self.learner.shutdown()
         lc = self.cfg.learner
+        start = model or self.state.model
+        if self.state.phase_start is None:
+            self.state.phase_start = start
         self.learner = LearnerGroup(
             lc.num_ranks,
             dict(
-                model=model or self.state.model,
+                model=start,
                 task=task,
                 zero_stage=lc.zero_stage,
                 lr=lr,
@@ -265,6 +288,7 @@ class Pipeline:
                 grad_clip=lc.grad_clip,
                 dtype=self.cfg.model.dtype,
                 with_reference=with_reference,
+                reference_model=self.state.phase_start if with_reference else None,
                 seed=self.cfg.seed,
                 gradient_checkpointing=lc.gradient_checkpointing,
                 num_threads=lc.num_threads or None,
@@ -331,7 +355,7 @@ class Pipeline:
         rng = random.Random(f"{self.cfg.seed}:eval")  # the same orders after every phase
         orders = [random_order(it.n, rng) for it in items]
         prompts = [self.prompt(it, o, training=False) for it, o in zip(items, orders, strict=True)]
-        results = self.generate([p for p, _, _ in prompts], n=1, temperature=0.0)
+        results = self.generate([p for p, _, _ in prompts], f"eval:{phase}", n=1, temperature=0.0)
         correct, failures = 0.0, 0
         for it, order, (_, low, high), res in zip(items, orders, prompts, results, strict=True):
             scores = parse_scores(res["samples"][0]["text"], it.n, low, high)
@@ -383,7 +407,8 @@ class Pipeline:
 
     def _prune(self, keep: int) -> None:
         """Drop old step checkpoints; phase-final ones and the ones in use stay."""
-        in_use = {Path(p).parent for p in (self.state.model, self.state.policy, self.state.learner_state) if p}
+        st = self.state
+        in_use = {Path(p).parent for p in (st.model, st.policy, st.learner_state, st.phase_start) if p}
         steps = sorted(p for p in self.ckpt_dir.glob("*-step*") if p.is_dir() and p not in in_use)
         for old in steps[: max(0, len(steps) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
@@ -399,7 +424,8 @@ def _checkpoint_problems(state: RunState, ckpt_dir: Path) -> list[str]:
     from spct.learner.checkpoints import checkpoint_problem
 
     found = []
-    for key, kind in (("model", "hf"), ("policy", "hf"), ("meta_rm", "hf"), ("learner_state", "learner")):
+    for key, kind in (("model", "hf"), ("policy", "hf"), ("meta_rm", "hf"), ("phase_start", "hf"),
+                      ("learner_state", "learner")):
         path = getattr(state, key)
         if path and Path(path).resolve().is_relative_to(ckpt_dir.resolve()):
             problem = checkpoint_problem(path, kind)

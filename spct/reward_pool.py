@@ -46,26 +46,26 @@ class GRMRewardPool:
         items: Sequence[Item],
         k: int,
         temperature: float = 0.5,
-        seed: int = 0,
+        seed: int | str = 0,
         hint: bool = False,
-        shuffle: bool = True,
+        stream: str = "pool",
     ) -> list[list[dict[str, Any]]]:
         """k samples per item: {order, prompt, text, scores (input order, None on a parse failure)}.
 
-        Each sample shows the responses in a fresh random order (seeded by item); with
-        shuffle=False they appear as given (e.g. for the greedy sample).
+        Each sample shows the responses in a fresh random order, drawn from a generator seeded
+        by (seed, stream, item); another `stream` gives other orders (e.g. the greedy sample's).
+        Never the order as given: loaders often put the labelled-best response first.
         """
         if k < 1:
             raise ValueError(f"k: expected >= 1, got {k}")
         jobs = []
         for i, item in enumerate(items):
-            rng = random.Random(f"{seed}:pool:{item.id if item.id is not None else i}")
+            rng = random.Random(f"{seed}:{stream}:{item.id if item.id is not None else i}")
             for _ in range(k):
-                order = random_order(item.n, rng) if shuffle else list(range(item.n))
+                order = random_order(item.n, rng)
                 jobs.append((i, order, build_prompt(item, order, hint=hint or None, template=self.template)))
-        # Per-request seeds are not supported by vLLM's CPU sampler; the engines are seeded.
         sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens)
-        results = self.group.generate([prompt for _, _, prompt in jobs], sampling)
+        results = self.group.generate([prompt for _, _, prompt in jobs], sampling, seed=f"{seed}:{stream}")
         out: list[list[dict[str, Any]]] = [[] for _ in items]
         for (i, order, prompt), res in zip(jobs, results, strict=True):
             text = res["samples"][0]["text"]
@@ -78,7 +78,7 @@ class GRMRewardPool:
         items: Sequence[Item],
         k: int = 1,
         temperature: float = 0.5,
-        seed: int = 0,
+        seed: int | str = 0,
         k_meta: int | None = None,
         meta_score: Callable[[list[dict[str, Any]]], list[float]] | None = None,
     ) -> list[dict[str, Any]]:

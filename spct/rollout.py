@@ -1,13 +1,17 @@
 """The rollout group: N vLLM engines, as Ray actors, serving the model being trained.
 
 A batch is cut into contiguous chunks, one per engine, generated concurrently and put back in
-input order. Each result names the engine that produced it and the weight version it used, so
+input order. Given a `seed`, every prompt gets a sampling seed of its own, drawn from (seed,
+its index in the batch): the samples then do not depend on how many engines there are, how
+the batch is cut, or what the engines generated before (a resumed run draws what the
+uninterrupted one drew). Each result names the engine that produced it and the weight version it used, so
 the learner can see which rollouts are stale. Weight updates go to every engine and return only
 when all of them hold the new version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -42,6 +46,12 @@ def split_contiguous(n: int, parts: int) -> list[range]:
         ranges.append(range(start, start + size))
         start += size
     return ranges
+
+
+def request_seeds(seed: int | str, n: int) -> list[int]:
+    """A 63-bit sampling seed per prompt, a stable hash of (seed, index)."""
+    return [int.from_bytes(hashlib.blake2b(f"{seed}:{j}".encode(), digest_size=8).digest(), "big") >> 1
+            for j in range(n)]
 
 
 class Pending:
@@ -121,25 +131,31 @@ class RolloutGroup:
         return len(self.engines)
 
     def generate(
-        self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True
+        self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True,
+        seed: int | str | None = None,
     ) -> list[dict[str, Any]]:
         """One result per prompt, in input order, each with `engine` and `version` keys."""
-        return self.submit(prompts, sampling, chat).result()
+        return self.submit(prompts, sampling, chat, seed).result()
 
-    def submit(self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True) -> Pending:
+    def submit(self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True,
+               seed: int | str | None = None) -> Pending:
         """Start generating and return at once; `.result()` waits for what `generate` returns.
 
+        With `seed` (a number or a key such as "rl:3"), prompt j samples with its own seed
+        from (seed, j); without, from the engine's generator (seeded at start).
         An engine runs its calls in order, so a weight update sent after `submit` applies once
         this generation is done: its results carry the version it was generated with.
         """
         if isinstance(prompts, str):
             raise TypeError("prompts: expected a list of strings, got a single string")
         prompts = list(prompts)
+        seeds = request_seeds(seed, len(prompts)) if seed is not None else None
         chunks = [
             (i, r) for i, r in enumerate(split_contiguous(len(prompts), self.num_engines)) if r
         ]
         refs = [
-            self.engines[i].generate.remote([prompts[j] for j in r], sampling, chat)
+            self.engines[i].generate.remote([prompts[j] for j in r], sampling, chat,
+                                            [seeds[j] for j in r] if seeds else None)
             for i, r in chunks
         ]
         return Pending([i for i, _ in chunks], refs)

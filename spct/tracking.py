@@ -42,9 +42,12 @@ class Tracker:
         mode: str = "auto",
         config: dict[str, Any] | None = None,
         run_id: str | None = None,
+        resume_step: int | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            self._roll_back(resume_step)
         self._jsonl = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
         self._wandb = None
         self.run_id = run_id
@@ -64,6 +67,29 @@ class Tracker:
             )
             self.run_id = self._wandb.id
             log.info("W&B run %s (%s mode) in %s", self.run_id, resolved, self.output_dir / "wandb")
+
+    def _roll_back(self, step: int) -> None:
+        """Resuming from a checkpoint at global `step`: records logged after it (their steps
+        run again) move from metrics.jsonl to metrics.rolled_back.jsonl, so each step appears
+        once in metrics.jsonl and nothing logged is lost. (W&B keeps its first record of a step.)"""
+        path = self.output_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep, later = [], []
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                after = json.loads(line)["step"] > step
+            except (ValueError, KeyError, TypeError):  # a line cut short by the crash
+                after = True
+            (later if after else keep).append(line)
+        if later:
+            with open(self.output_dir / "metrics.rolled_back.jsonl", "a", encoding="utf-8") as f:
+                f.write("".join(x if x.endswith("\n") else x + "\n" for x in later))
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(keep), encoding="utf-8")
+            os.replace(tmp, path)
+            log.info("resuming at step %d: %d metrics records logged after it moved to %s", step, len(later),
+                     self.output_dir / "metrics.rolled_back.jsonl")
 
     def log(self, metrics: dict[str, Any], step: int, phase: str, phase_step: int | None = None) -> None:
         record = {"step": step, "phase": phase, "phase_step": phase_step, "time": time.time(), **metrics}

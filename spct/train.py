@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 import hydra
@@ -56,19 +57,47 @@ def summary_table(state, wall: float) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: DictConfig) -> dict:
+class RunStopped(RuntimeError):
+    """An actor or a node died; the run stopped with its last checkpoint intact."""
+
+
+def train(config) -> tuple:
+    """Run the phases; on an actor fault (an engine, a learner rank, the meta RM or a node
+    died) stop every actor and resume from the last checkpoint, up to
+    `checkpoint.max_restarts` times, then stop cleanly saying how to resume."""
+    from spct.cluster import actor_fault
     from spct.pipeline import Pipeline
 
+    restarts = 0
+    while True:
+        pipe = Pipeline(config)
+        try:
+            pipe.setup()
+            return pipe, pipe.run()
+        except Exception as e:
+            fault = actor_fault(e)
+            if fault is None:
+                raise
+            where = pipe.resume_point()
+            if restarts >= config.checkpoint.max_restarts:
+                raise RunStopped(
+                    f"{type(fault).__name__}: {str(fault).splitlines()[0] if str(fault) else 'an actor died'}\n"
+                    f"The run stopped cleanly; its checkpoints and metrics are intact in {pipe.out}. "
+                    f"Rerun the same command to resume from {where} (or set checkpoint.max_restarts "
+                    "to restart by itself).") from e
+            restarts += 1
+            log.warning("%s: an actor died; restarting from %s (restart %d of %d)", type(fault).__name__, where,
+                        restarts, config.checkpoint.max_restarts)
+        finally:
+            pipe.cleanup()
+
+
+def run(cfg: DictConfig) -> dict:
     config = to_config(cfg)
     check_paths(config)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     start = time.perf_counter()
-    pipe = Pipeline(config)
-    try:
-        pipe.setup()
-        state = pipe.run()
-    finally:
-        pipe.cleanup()
+    pipe, state = train(config)
     wall = time.perf_counter() - start
     table = summary_table(state, wall)
     (pipe.out / "summary.md").write_text(table + "\n")
@@ -86,7 +115,11 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except RunStopped as e:
+        log.error("%s", e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ class LearnerWorker(Steps, Checkpoints):
         grad_clip: float = 1.0,
         dtype: str = "bfloat16",
         with_reference: bool = False,
+        reference_model: str | None = None,
         seed: int = 0,
         gradient_checkpointing: bool = False,
         num_threads: int | None = None,
@@ -202,7 +203,7 @@ class LearnerWorker(Steps, Checkpoints):
 
         self.reference: Any = None
         if with_reference:
-            ref = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+            ref = AutoModelForCausalLM.from_pretrained(reference_model or model, dtype=torch_dtype)
             ref.config.use_cache = False
             ref.requires_grad_(False)
             ref.eval()

@@ -37,7 +37,7 @@ def grm_trajectories(p, items, k: int, temperature: float, tag: str, neutral_lab
         for _ in range(k):
             order = random_order(item.n, rng)
             jobs.append((item, order, *p.prompt(item, order, training=False)))
-    results = p.generate([j[2] for j in jobs], n=1, temperature=temperature)
+    results = p.generate([j[2] for j in jobs], f"meta_rm:{tag}", n=1, temperature=temperature)
     out = []
     for (item, order, prompt, low, high), res in zip(jobs, results, strict=True):
         text = res["samples"][0]["text"]

@@ -110,7 +110,8 @@ class PolicyReward:
                     for text in texts], {}
         judged = [j for i, (it, texts) in enumerate(zip(items, rollouts, strict=True))
                   for j in judged_items(it, texts, self.mode, f"{step}:{i}")]
-        scored = self.pool.score(judged, self.k, self.temperature, self.seed, self.k_meta, self.meta_score)
+        scored = self.pool.score(judged, self.k, self.temperature, f"{self.seed}:{step}", self.k_meta,
+                                 self.meta_score)
         template = self.pool.template
         rewards, failures, drawn = rollout_rewards(scored, template.low, template.high, self.k_meta)
         info = {"grm_parse_failure_rate": failures / max(drawn, 1), "grm_samples": drawn}
@@ -136,12 +137,13 @@ def agreement(rewards: list[float], truth: list[float], group_size: int) -> floa
     return agree / pairs if pairs else None
 
 
-def evaluate_policy(rollout, items, pc, path: Path) -> dict[str, float]:
+def evaluate_policy(rollout, items, pc, path: Path, seed: str) -> dict[str, float]:
     """Held-out checked accuracy: the share of the policy's sampled answers (eval_samples per
     query, at the rollout temperature) with every sum right, with a 95% interval over queries;
     and the share of sums right. Each query's answers and credit go to `path` (JSON Lines)."""
     results = rollout.generate([policy_query(it) for it in items],
-                               dict(n=pc.eval_samples, temperature=pc.temperature, max_tokens=pc.max_new_tokens))
+                               dict(n=pc.eval_samples, temperature=pc.temperature, max_tokens=pc.max_new_tokens),
+                               seed=seed)
     solved, sums, records = [], 0.0, []
     for it, res in zip(items, results, strict=True):
         m = len(it.meta["operands"])
@@ -175,7 +177,8 @@ def run_policy_rl(p) -> dict[str, float]:
         if not checkable:
             return {}
         start = time.perf_counter()
-        out = evaluate_policy(rollout, checkable, pc, p.out / "policy_eval" / f"step{step:06d}.jsonl")
+        out = evaluate_policy(rollout, checkable, pc, p.out / "policy_eval" / f"step{step:06d}.jsonl",
+                              f"{seed}:policy_eval")
         out["time"] = time.perf_counter() - start
         p.tracker.log({f"policy_eval/{k}": v for k, v in out.items()}, step=p.state.global_step,
                       phase="policy_rl", phase_step=step)
@@ -189,7 +192,7 @@ def run_policy_rl(p) -> dict[str, float]:
         rng = random.Random(f"{seed}:policy_rl:{step}")
         items = rng.sample(p.data["train"], pc.prompts_per_step)
         with p.timings("generate"):
-            results = rollout.generate([policy_query(it) for it in items], sampling)
+            results = rollout.generate([policy_query(it) for it in items], sampling, seed=f"{seed}:policy_rl:{step}")
         texts = [[s["text"] for s in r["samples"]] for r in results]
         with p.timings("reward"):
             rewards, info = reward(items, texts, step)

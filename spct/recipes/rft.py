@@ -86,7 +86,7 @@ def _sample(p, items, path) -> None:
                     prompt, low, high = p.prompt(item, order)
                     sent = p.prompt(item, order, hint=True)[0] if hinted else prompt
                     jobs.append((item, order, hinted, prompt, sent, low, high))
-            results = p.generate([j[4] for j in jobs], n=1, temperature=c.temperature, group=teacher)
+            results = p.generate([j[4] for j in jobs], f"rft:{start}", n=1, temperature=c.temperature, group=teacher)
             with p.timings("reward"):
                 records = []
                 for (item, order, hinted, prompt, _, low, high), res in zip(jobs, results, strict=True):
@@ -114,7 +114,6 @@ def _sample(p, items, path) -> None:
             out.flush()
             p.state.extra["items_done"] = start + len(batch)
             p.state.extra["lines"] = p.state.extra.get("lines", 0) + len(records)
-            p.save_progress()
             bar.update(len(batch))
             n_items = p.state.extra["items_done"]
             p.log({"items": n_items,
@@ -124,6 +123,7 @@ def _sample(p, items, path) -> None:
                    "all_wrong_rate": counts["all_wrong"] / n_items,
                    "parse_failure_rate": counts["parse_failures"] / max(1, p.state.extra["lines"]),
                    **p.timings.lap()}, "rft")
+            p.save_progress()  # after the log line: a resume keeps exactly the chunks recorded here
     bar.close()
     p.state.extra["sampling_done"] = True
     p.save_progress()

@@ -37,7 +37,7 @@ def run_rl(p) -> None:
 
     def submit(step):
         items, orders, prompts = rl_prompts(p, step)
-        return items, orders, prompts, p.submit([text for text, _, _ in prompts], n=c.group_size,
+        return items, orders, prompts, p.submit([text for text, _, _ in prompts], f"rl:{step}", n=c.group_size,
                                                 temperature=c.temperature)
 
     bar = tqdm(range(p.state.phase_step, c.steps), desc="rl", initial=p.state.phase_step, total=c.steps)

@@ -41,6 +41,7 @@ def evaluated(tiny_model_dir, tmp_path_factory):
 def test_every_benchmark_gets_a_table_a_plot_and_its_generations(evaluated):
     out, _ = evaluated
     labels = ["synthetic", *(p.stem for p in FILES)]
+    greedy_orders = []
     for label in labels:
         folder = out / label
         rows = list(csv.DictReader((folder / "table.csv").open()))
@@ -53,6 +54,9 @@ def test_every_benchmark_gets_a_table_a_plot_and_its_generations(evaluated):
         for g in gens:
             assert sorted(g["order"]) == list(range(len(g["order"])))
             assert set(g) >= {"item", "order", "text", "scores", "meta_score"}
+        greedy_orders += [g["order"] for g in gens if g["sample"] == "greedy"]
+    # The greedy sample is shuffled too: the loaders put the labelled-best response first.
+    assert any(o != sorted(o) for o in greedy_orders) and any(o == sorted(o) for o in greedy_orders)
     summary = (out / "summary.md").read_text()
     assert all(label in summary for label in labels) and "Overall" in summary
 

@@ -172,6 +172,31 @@ def test_submit_returns_at_once_and_a_later_update_waits_for_it(group, tiny_mode
     assert all(r["version"] == start + 1 for r in group.generate(PROMPTS, GREEDY))
 
 
+def test_seeded_samples_do_not_depend_on_the_batch_or_the_engines_history(group, tiny_model_dir):
+    """A resumed run draws what the uninterrupted one drew: with a seed, each prompt's samples
+    depend on (seed, its index) only, not on what else is in the batch, which engine runs it or
+    what the engines generated before."""
+    from spct.rollout import RolloutGroup
+
+    sampling = {"n": 2, "temperature": 1.0, "max_tokens": 24}
+
+    def texts(results):
+        return [[s["text"] for s in r["samples"]] for r in results]
+
+    first = texts(group.generate(PROMPTS * 2, sampling, seed="0:rl:3"))
+    group.generate(PROMPTS * 4, sampling)  # advances the engines' own generators
+    assert texts(group.generate(PROMPTS * 2, sampling, seed="0:rl:3")) == first
+    assert texts(group.generate(PROMPTS, sampling, seed="0:rl:3")) == first[:3]  # another cut over the engines
+    one = RolloutGroup(str(tiny_model_dir), num_engines=1, engine_kwargs=ENGINE_KWARGS, name="one")
+    try:
+        assert texts(one.generate(PROMPTS * 2, sampling, seed="0:rl:3")) == first
+    finally:
+        one.shutdown()
+    # Another key, or the same prompt at another index, draws other samples.
+    assert texts(group.generate(PROMPTS * 2, sampling, seed="0:rl:4")) != first
+    assert first[0] != first[3]
+
+
 def test_bad_sampling_field_is_named(group):
     with pytest.raises(ValueError, match="temprature"):
         group.generate(["hi"], {"temprature": 0.5})

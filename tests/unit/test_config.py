@@ -6,6 +6,7 @@ touching this test. Nothing here loads a model or starts Ray.
 
 from __future__ import annotations
 
+import copy
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from spct.config import Config, ConfigError, register_schema, to_config, validate
+from spct.config import POSITIVE, Config, ConfigError, numbers, register_schema, to_config, validate
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -226,6 +227,46 @@ def test_validate_names_every_field_in_a_bad_combination(
         validate(config)
     for field in fields:
         assert field in str(err.value)
+
+
+NUMBERS = [key for key, _ in numbers(Config(output_dir="out"))]
+
+
+def _with(config: Config, key: str, value) -> Config:
+    *path, name = key.split(".")
+    node = config
+    for part in path:
+        node = getattr(node, part)
+    if "[" in name:
+        name, index = name[:-1].split("[")
+        getattr(node, name)[int(index)] = value
+    else:
+        setattr(node, name, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def default_config(compose: Compose) -> Config:
+    return unvalidated(compose([]))
+
+
+@pytest.mark.parametrize("key", NUMBERS)
+def test_every_number_out_of_range_fails_naming_its_key(default_config: Config, key: str):
+    """The class, not the cases: every number in the schema, negative or not finite, and the
+    ones that must be positive at 0, fail validation naming the key."""
+    bad = [-1, float("nan"), float("inf")] + ([0] if key in POSITIVE else [])
+    for value in bad:
+        config = _with(copy.deepcopy(default_config), key, value)
+        with pytest.raises(ConfigError) as err:
+            validate(config)
+        assert f"{key}: expected" in str(err.value), (key, value)
+
+
+def test_an_out_of_range_override_fails_at_composition(compose: Compose):
+    with pytest.raises(ConfigError, match=r"rl\.lr: expected > 0, got -0\.1"):
+        to_config(compose(["rl.lr=-0.1"]))
+    with pytest.raises(ConfigError, match=r"checkpoint\.max_restarts: expected >= 0"):
+        to_config(compose(["checkpoint.max_restarts=-1"]))
 
 
 def test_batch_sizes_that_divide_by_the_ranks_validate(compose: Compose):

@@ -56,7 +56,7 @@ def test_missing_meta_rm_fails_its_claim_only():
 def test_table_lists_phases_then_greedy_then_scaling_rows():
     rows = demo.table_rows(results())
     assert [(m, k) for m, k, *_ in rows] == [
-        ("Warmup greedy", "1"), ("RFT greedy", "1"), ("RL greedy", "1"), ("Greedy (responses as given)", "1"),
+        ("Warmup greedy", "1"), ("RFT greedy", "1"), ("RL greedy", "1"), ("Greedy (shuffled)", "1"),
         ("Voting@k", "1"), ("Voting@k", "2"), ("Voting@k", "4"), ("Voting@k", "8"), ("MetaRM@k", "8"),
     ]
 
