@@ -41,8 +41,8 @@ def within_auc(sets, k: int, pos: str, neg: str) -> tuple[float, int]:
     for s in sets:
         first = s.samples[:k]
         kinds = [kind(x, s.item.rewards) for x in first]
-        for x, a in zip(first, kinds):
-            for y, b in zip(first, kinds):
+        for x, a in zip(first, kinds, strict=True):
+            for y, b in zip(first, kinds, strict=True):
                 if a == pos and b == neg:
                     pairs += 1
                     wins += (x["meta_score"] > y["meta_score"]) + 0.5 * (x["meta_score"] == y["meta_score"])

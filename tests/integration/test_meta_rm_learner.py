@@ -41,10 +41,10 @@ def test_bce_through_the_learner_and_scoring_by_the_actor(ray_cluster, tiny_mode
     actor = ray.remote(MetaRM).remote(str(path), dtype="float32", max_length=512)
     scores = ray.get(actor.score.remote(data))
     ray.kill(actor)
-    decided = [(t["label"], x) for t, x in zip(data, scores) if t["label"] in (0, 1)]
+    decided = [(t["label"], x) for t, x in zip(data, scores, strict=True) if t["label"] in (0, 1)]
     assert roc_auc([y for y, _ in decided], [x for _, x in decided]) > 0.9
     # A soft target lands between the hard ones: neutral verdicts rank below correct, above wrong.
-    by_label = {y: [x for t, x in zip(data, scores) if t["label"] == y] for y in (0, 0.5, 1)}
+    by_label = {y: [x for t, x in zip(data, scores, strict=True) if t["label"] == y] for y in (0, 0.5, 1)}
     mean = {y: sum(xs) / len(xs) for y, xs in by_label.items()}
     assert mean[0] < mean[0.5] < mean[1]
 

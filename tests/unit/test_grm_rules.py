@@ -130,7 +130,7 @@ def test_a_neutral_verdict_never_moves_a_vote(data):
     tied = data.draw(st.integers(1, 10))
     assert is_neutral([tied] * n)
     before, after = vote(samples, n), vote(samples + [[tied] * n], n)
-    assert [a - b for a, b in zip(after, before)] == [tied] * n  # the same lift for every response
+    assert [a - b for a, b in zip(after, before, strict=True)] == [tied] * n  # the same lift for every response
     assert [i for i, t in enumerate(after) if t == max(after)] == [i for i, t in enumerate(before) if t == max(before)]
 
 
