@@ -124,6 +124,90 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     assert json.loads((out / "checkpoints" / "state.json").read_text())["completed"][:3] == ["warmup", "rft", "rl"]
 
 
+RL_RESUMABLE = ("phases=[rl]", "rl.steps=4", "checkpoint.every_steps=1")
+VOLATILE = ("time", "tokens_per_s")  # wall-clock measures differ between any two runs
+
+
+def _kill_actor_when(proc: subprocess.Popen, out: Path, actor: str, rl_step: int) -> None:
+    """SIGKILL the run's `actor` process (found among the driver's descendants) once RL step
+    `rl_step` is logged."""
+    import psutil
+
+    deadline = time.time() + 300
+    while not any(r["phase"] == "rl" and (r.get("phase_step") or 0) >= rl_step for r in _records(out)):
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"the run never reached rl step {rl_step}")
+        time.sleep(0.2)
+    victims = [c for c in psutil.Process(proc.pid).children(recursive=True)
+               if any(part.startswith(f"ray::{actor}") for part in c.cmdline())]
+    assert len(victims) == 1, [c.cmdline() for c in victims]
+    victims[0].kill()
+
+
+def _rl_outcome(out: Path) -> tuple[list[dict], dict, dict]:
+    """The RL steps' metrics (without wall-clock measures), the held-out result, the final weights."""
+    from safetensors.torch import load_file
+
+    steps = [{k: v for k, v in r.items() if not any(w in k for w in VOLATILE)}
+             for r in _records(out) if r["phase"] == "rl"]
+    result = json.loads((out / "results.json").read_text())["results"]["rl"]
+    weights = load_file(str(out / "checkpoints" / "rl-final" / "model" / "model.safetensors"))
+    return steps, result, weights
+
+
+def _same_outcome(a: tuple, b: tuple) -> None:
+    (steps_a, result_a, weights_a), (steps_b, result_b, weights_b) = a, b
+    assert [s["phase_step"] for s in steps_b] == [s["phase_step"] for s in steps_a]  # each step once
+    assert steps_b == steps_a and result_b == result_a
+    assert weights_a.keys() == weights_b.keys()
+    assert all(weights_a[k].equal(weights_b[k]) for k in weights_a)
+
+
+@pytest.fixture(scope="module")
+def rl_uninterrupted(quick_run, tmp_path_factory):
+    """RL from the quick run's warmed-up model, checkpointed every step, never interrupted."""
+    from safetensors.torch import load_file
+
+    model = quick_run[0] / "checkpoints" / "warmup-final" / "model"
+    out = tmp_path_factory.mktemp("rl") / "run"
+    _finish(_train(out, *RL_RESUMABLE, f"model.path={model}"))
+    outcome = _rl_outcome(out)
+    before = load_file(str(model / "model.safetensors"))
+    assert any(not before[k].equal(w) for k, w in outcome[2].items())  # RL moved the weights
+    return f"model.path={model}", outcome
+
+
+def test_a_killed_engine_stops_the_run_cleanly_and_the_rerun_ends_as_if_uninterrupted(rl_uninterrupted, tmp_path):
+    """The same command, rerun after an engine died mid-RL, ends with the metrics and weights
+    of the uninterrupted run: seeded sampling, the optimizer state and the KL reference (the
+    phase's starting weights, not the step checkpoint) all resume."""
+    start, expected = rl_uninterrupted
+    out = tmp_path / "run"
+    proc = _train(out, *RL_RESUMABLE, start)
+    _kill_actor_when(proc, out, "VLLMEngine", rl_step=2)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, log[-3000:]
+    assert "stopped cleanly" in log and "Rerun the same command to resume from rl step" in log
+    assert "Traceback" not in log.split("stopped cleanly")[-1]
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["phase"] == "rl" and state["phase_step"] >= 1
+
+    log = _finish(_train(out, *RL_RESUMABLE, start))
+    assert f"at rl step {state['phase_step']}" in log
+    _same_outcome(expected, _rl_outcome(out))
+
+
+def test_a_killed_learner_rank_restarts_the_run_from_its_checkpoint(rl_uninterrupted, tmp_path):
+    start, expected = rl_uninterrupted
+    out = tmp_path / "run"
+    proc = _train(out, *RL_RESUMABLE, start, "checkpoint.max_restarts=1")
+    _kill_actor_when(proc, out, "LearnerWorker", rl_step=2)
+    log = _finish(proc)
+    assert "an actor died; restarting from rl step" in log
+    _same_outcome(expected, _rl_outcome(out))
+
+
 def test_async_generation_trains_one_step_off_policy(tmp_path):
     out = tmp_path / "async"
     _finish(_train(out, "phases=[rl]", "rl.steps=3", "rl.async_generation=true"))
