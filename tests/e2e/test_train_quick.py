@@ -15,6 +15,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
+VOLATILE = ("time", "tokens_per_s")  # wall-clock measures differ between any two runs
 
 
 def _train(out: Path, *overrides: str, **popen) -> subprocess.Popen:
@@ -79,6 +80,23 @@ def test_quick_experiment_runs_every_phase(quick_run):
     assert any((out / "wandb").glob("offline-run-*"))
 
 
+def test_a_second_run_with_the_same_seed_gives_the_same_metrics(quick_run, tmp_path):
+    """Same command, same seed, same machine: every metric, held-out result and eval sample
+    equal (wall-clock measures aside)."""
+    first, _ = quick_run
+    second = tmp_path / "run"
+    _finish(_train(second, "logger=wandb"))
+
+    def metrics(out: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if not any(w in k for w in VOLATILE)} for r in _records(out)]
+
+    assert metrics(second) == metrics(first)
+    results = [json.loads((out / "results.json").read_text())["results"] for out in (first, second)]
+    assert results[1] == results[0]
+    generations = [(out / "eval" / "test" / "generations.jsonl").read_text() for out in (first, second)]
+    assert generations[1] == generations[0]
+
+
 def test_checkpoints_load_in_transformers(quick_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -125,7 +143,6 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
 
 
 RL_RESUMABLE = ("phases=[rl]", "rl.steps=4", "checkpoint.every_steps=1")
-VOLATILE = ("time", "tokens_per_s")  # wall-clock measures differ between any two runs
 
 
 def _kill_actor_when(proc: subprocess.Popen, out: Path, actor: str, rl_step: int) -> None:
