@@ -23,7 +23,7 @@ def test_bce_through_the_learner_and_scoring_by_the_actor(ray_cluster, tiny_mode
 
     from spct.data.tiny import load_tokenizer
     from spct.learner import LearnerGroup
-    from spct.meta_rm import MetaRM, encode_trajectory
+    from spct.meta_rm import encode_trajectory
     from spct.scoring import roc_auc
 
     data = _trajectories()
@@ -38,9 +38,16 @@ def test_bce_through_the_learner_and_scoring_by_the_actor(ray_cluster, tiny_mode
         group.shutdown()
     assert losses[-1] < 0.5 * losses[0]
 
-    actor = ray.remote(MetaRM).remote(str(path), dtype="float32", max_length=512)
-    scores = ray.get(actor.score.remote(data))
+    from spct.cluster import actor_fault
+    from spct.evaluate import meta_scorer
+
+    score, actor = meta_scorer(str(path), "float32", 512)
+    scores = score(data)
     ray.kill(actor)
+    # A meta RM that died mid-run is a fault the run stops (or restarts) on, not a bug.
+    with pytest.raises(Exception) as died:
+        score(data[:2])
+    assert actor_fault(died.value) is not None
     decided = [(t["label"], x) for t, x in zip(data, scores, strict=True) if t["label"] in (0, 1)]
     assert roc_auc([y for y, _ in decided], [x for _, x in decided]) > 0.9
     # A soft target lands between the hard ones: neutral verdicts rank below correct, above wrong.
