@@ -19,12 +19,14 @@ def actor_env() -> dict[str, str]:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join the cluster at `address`, or start a fresh local one (never silently joining a
-    cluster that happens to run on this machine). No-op when Ray is already initialised."""
+    """Join the cluster at `address` (else at RAY_ADDRESS, which `ray job submit` sets for its
+    driver), or start a fresh local one (never silently joining a cluster that merely runs on
+    this machine). No-op when Ray is already initialised."""
     import ray
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if address is None:
         resources = dict(address="local", num_cpus=num_cpus, num_gpus=num_gpus or None)

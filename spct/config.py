@@ -228,11 +228,11 @@ class EvalConfig:
 
 @dataclass
 class ClusterConfig:
-    address: str | None = None  # null = start a local Ray; "auto" = join the running cluster
-    num_cpus: int | None = None
-    num_gpus: int = 0
-    nodes: int = 1
-    placement_strategy: str = "PACK"
+    address: str | None = None  # null = join RAY_ADDRESS if set, else start a local Ray; "auto" = the running one
+    num_cpus: int | None = None  # a local Ray's CPUs (a joined cluster's nodes declare their own)
+    num_gpus: int = 0  # > 0: engines, learner ranks and the meta RM take GPUs
+    nodes: int = 1  # live nodes the run expects; it stops before starting actors if fewer are up
+    placement_strategy: str = "PACK"  # engines + learner ranks: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD
 
 
 @dataclass
@@ -351,7 +351,7 @@ POSITIVE = frozenset("""
     eval.k_max eval.bootstrap eval.k_meta_ratio
     policy.grm_engines policy.reward.k policy.reward.k_meta policy.sft_steps policy.sft_batch_size
     policy.sft_lr policy.steps policy.prompts_per_step policy.lr policy.clip_eps policy.max_new_tokens
-    policy.eval_samples checkpoint.keep_last
+    policy.eval_samples checkpoint.keep_last cluster.nodes
 """.split())
 
 
@@ -412,6 +412,8 @@ def validate(c: Config) -> None:
     for key in ("noise", "carry_slip", "carry_slip_max"):
         value = getattr(c.warmup, key)
         need(value is None or value <= 1, f"warmup.{key}", "a probability in [0, 1]")
+    need(c.cluster.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+         "cluster.placement_strategy", "PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
     need(c.logger.kind in ("wandb", "none"), "logger.kind", "'wandb' or 'none'")
     need(c.logger.mode in ("auto", "online", "offline"), "logger.mode", "auto, online or offline")
     r = c.learner.num_ranks

@@ -220,15 +220,17 @@ def run_benchmarks(pool, benchmarks: list[tuple[str, str, list[Item]]], out: Pat
     return tables
 
 
-def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0, num_gpus: float = 0):
+def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0, num_gpus: float = 0,
+                **options):
     """A function scoring trajectories with a meta-RM actor (and the actor, to kill later).
-    On a GPU cluster give it `num_gpus` (1: a GPU of its own), else it runs on CPU."""
+    On a GPU cluster give it `num_gpus` (1: a GPU of its own), else it runs on CPU; `options`
+    are further Ray actor options (e.g. a placement group bundle)."""
     import ray
 
     from spct.meta_rm import MetaRM
 
     # Scoring is forward-only, so larger micro-batches than training's are fine.
-    actor = ray.remote(MetaRM).options(num_gpus=num_gpus).remote(
+    actor = ray.remote(MetaRM).options(num_gpus=num_gpus, **options).remote(
         path, dtype=dtype, max_length=max_length, micro_batch_size=64, num_threads=num_threads)
     return (lambda trajectories: ray.get(actor.score.remote(trajectories))), actor
 

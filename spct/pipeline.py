@@ -79,6 +79,8 @@ class Pipeline:
         self.teacher = None
         self.tracker: Tracker | None = None
         self._owned: list[Any] = []  # other actor groups a phase started (policy engines, GRM pool)
+        self.layout = None  # where the engines and learner ranks go (spct.placement)
+        self.placement = None  # their placement group, reserved at setup
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -90,6 +92,11 @@ class Pipeline:
             raise ConfigError("invalid configuration:\n  policy.grm: expected the GRM that rewards the policy "
                               "(a checkpoint folder or hub id); this run trains none")
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
+        from spct.placement import layout, placement_report, reserve
+
+        self.layout = layout(cfg)
+        self.placement = reserve(self.layout)
+        (self.out / "placement.json").write_text(json.dumps(placement_report(self.layout, self.placement), indent=1))
         if self.state.model is None and set(cfg.phases) - set(POLICY_PHASES):
             self.state.model = self._base_model()
         self.data = load_splits(self.cfg.data, self.cfg.seed)
@@ -143,7 +150,8 @@ class Pipeline:
         group = RolloutGroup(model, num_engines=r.num_engines,
                              engine_kwargs=engine_kwargs(self.cfg.model, r, self.cfg.seed),
                              num_cpus_per_engine=r.num_cpus_per_engine,
-                             num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0, name=name)
+                             num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0, name=name,
+                             placement_group=self.placement)
         if owned:
             self.own(group.shutdown)
         return group
@@ -191,6 +199,10 @@ class Pipeline:
         may be dead already) does not keep the others running."""
         closers = [g.shutdown for g in (self.learner, self._rollout, self.teacher) if g is not None]
         closers += reversed(self._owned)
+        if self.placement is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            closers.append(functools.partial(remove_placement_group, self.placement))
         if self.tracker is not None:
             closers.append(self.tracker.finish)
         for close in closers:
@@ -199,7 +211,7 @@ class Pipeline:
             except Exception as e:  # noqa: BLE001 - report and go on stopping the rest
                 log.warning("cleanup: %s failed: %s", getattr(close, "__qualname__", close), e)
         self.learner = self._rollout = self._sync = self.teacher = None
-        self._owned, self.tracker = [], None
+        self._owned, self.tracker, self.placement = [], None, None
 
     def resume_point(self) -> str:
         """Where rerunning the same command resumes, read from what is on disk."""
@@ -253,11 +265,18 @@ class Pipeline:
 
     def meta_scorer(self, path: str, max_length: int):
         """A meta-RM actor on `path` with the run's dtype and threads (a GPU of its own on a GPU
-        cluster): (a function scoring trajectories, the actor to kill when done)."""
+        cluster): (a function scoring trajectories, the actor to kill when done). With no learner
+        running it takes learner rank 0's bundle, else it runs beside the placement group."""
         from spct.evaluate import meta_scorer
 
+        options = {}
+        if self.learner is None and self.placement is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=self.placement, placement_group_bundle_index=self.layout.rank_indices[0])
         return meta_scorer(path, self.cfg.model.dtype, max_length, self.cfg.learner.num_threads,
-                           num_gpus=1 if self.cfg.cluster.num_gpus else 0)
+                           num_gpus=1 if self.cfg.cluster.num_gpus else 0, **options)
 
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
                     task: str = "causal_lm", model: str | None = None):
@@ -296,6 +315,8 @@ class Pipeline:
             ),
             num_cpus_per_rank=lc.num_cpus_per_rank,
             num_gpus_per_rank=1 if self.cfg.cluster.num_gpus else 0,
+            placement_group=self.placement,
+            bundle_indices=self.layout.rank_indices if self.placement is not None else None,
         )
         if self.state.learner_state and task == "causal_lm":
             self.learner.load_state(self.state.learner_state)

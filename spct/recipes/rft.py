@@ -33,6 +33,9 @@ def run_rft(p) -> None:
     path = p.out / "rft" / "trajectories.jsonl"
     if not p.state.extra.get("sampling_done"):
         _sample(p, items, path)
+    if p.teacher is not None:  # sampling is done: the teacher's engines give way to the learner
+        p.teacher.shutdown()
+        p.teacher = None
     kept = [json.loads(line) for line in path.open()]
     kept = [t for t in kept if t["accepted"]]
     if not kept:

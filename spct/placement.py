@@ -1,0 +1,177 @@
+"""Where a run's actors go: one placement group holds the rollout engines and the learner ranks.
+
+The group is reserved once, before any actor starts, with the strategy of the cluster preset
+(`cluster.placement_strategy`: PACK fills as few nodes as possible, SPREAD puts bundles on as
+many nodes as it can, STRICT_PACK / STRICT_SPREAD insist). Engine i takes bundle i; learner
+rank r takes bundle `num_engines + r`, and the learner's rendezvous address is rank 0's node.
+The GRM reward pool, an RFT teacher and the meta-RM actor run beside the group, on what the
+cluster has left; before anything starts, the run checks that the whole of it fits the
+cluster's live nodes and names what is missing.
+
+`Layout` and `shortfall` are plain logic (tested without Ray); `reserve` talks to Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+log = logging.getLogger("spct")
+
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+Bundle = Mapping[str, float]
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot hold what the run asks for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The run's placement group (engines, then learner ranks) and the actors beside it."""
+
+    engines: int
+    engine_bundle: dict[str, float]
+    ranks: int
+    rank_bundle: dict[str, float]
+    strategy: str = "PACK"
+    extras: tuple[tuple[str, dict[str, float]], ...] = ()  # (role, resources) outside the group
+    nodes: int = 1
+
+    @property
+    def bundles(self) -> list[dict[str, float]]:
+        return [dict(self.engine_bundle)] * self.engines + [dict(self.rank_bundle)] * self.ranks
+
+    @property
+    def engine_indices(self) -> list[int]:
+        return list(range(self.engines))
+
+    @property
+    def rank_indices(self) -> list[int]:
+        return list(range(self.engines, self.engines + self.ranks))
+
+    def roles(self) -> list[tuple[str, dict[str, float]]]:
+        """Every actor the run may hold at once, with its resources, for messages."""
+        return ([(f"rollout engine {i}", dict(self.engine_bundle)) for i in range(self.engines)]
+                + [(f"learner rank {r}", dict(self.rank_bundle)) for r in range(self.ranks)]
+                + list(self.extras))
+
+
+def layout(cfg) -> Layout:
+    """The layout a training config asks for (a `spct.config.Config`)."""
+    c, r, lc = cfg.cluster, cfg.rollout, cfg.learner
+    gpu = bool(c.num_gpus)
+
+    def bundle(cpus: float, gpus: float) -> dict[str, float]:
+        return {"CPU": float(cpus), **({"GPU": float(gpus)} if gpu and gpus else {})}
+
+    engine = bundle(r.num_cpus_per_engine, r.tensor_parallel_size)
+    extras: list[tuple[str, dict[str, float]]] = []
+    if "rft" in cfg.phases and cfg.rft.teacher:
+        extras += [(f"RFT teacher engine {i}", dict(engine)) for i in range(r.num_engines)]
+    if "policy_rl" in cfg.phases and cfg.policy.reward.kind == "grm":
+        extras += [(f"policy GRM reward engine {i}", dict(engine)) for i in range(cfg.policy.grm_engines)]
+    if "policy_rl" in cfg.phases and cfg.policy.meta_rm:
+        extras.append(("policy meta RM", bundle(1, 1)))
+    return Layout(engines=r.num_engines, engine_bundle=engine, ranks=lc.num_ranks,
+                  rank_bundle=bundle(lc.num_cpus_per_rank, 1), strategy=c.placement_strategy,
+                  extras=tuple(extras), nodes=c.nodes)
+
+
+def _fits(need: Bundle, have: Mapping[str, float]) -> bool:
+    return all(have.get(k, 0.0) + 1e-9 >= v for k, v in need.items() if v)
+
+
+def shortfall(lay: Layout, nodes: Sequence[Mapping[str, float]]) -> list[str]:
+    """Why the live `nodes` (each a resource dict) cannot hold `lay`; empty when they can.
+
+    Checks what Ray would otherwise leave pending forever: totals per resource, each bundle
+    against the largest node, STRICT_PACK's one node, STRICT_SPREAD's one node per bundle,
+    and the node count the preset expects (`cluster.nodes`)."""
+    problems = []
+    if len(nodes) < lay.nodes:
+        problems.append(f"cluster.nodes: expected {lay.nodes} live nodes, found {len(nodes)}")
+    total: Counter[str] = Counter()
+    for node in nodes:
+        total.update({k: float(v) for k, v in node.items()})
+    need: Counter[str] = Counter()
+    for _, res in lay.roles():
+        need.update(res)
+    for key, amount in sorted(need.items()):
+        if amount > total.get(key, 0.0) + 1e-9:
+            who = ", ".join(sorted({role.rstrip("0123456789 ") for role, res in lay.roles() if res.get(key)}))
+            problems.append(f"{key}: the run needs {amount:g} ({who}), the cluster has {total.get(key, 0.0):g}")
+    for role, res in lay.roles():
+        if not any(_fits(res, node) for node in nodes):
+            problems.append(f"{role} needs {_show(res)} on one node; no node has that much")
+            break
+    if lay.strategy == "STRICT_PACK" and not any(_fits(_sum(lay.bundles), n) for n in nodes):
+        problems.append(f"cluster.placement_strategy STRICT_PACK: no single node holds all {len(lay.bundles)} "
+                        f"bundles ({_show(_sum(lay.bundles))})")
+    if lay.strategy == "STRICT_SPREAD" and len(nodes) < len(lay.bundles):
+        problems.append(f"cluster.placement_strategy STRICT_SPREAD: {len(lay.bundles)} bundles need as many nodes, "
+                        f"the cluster has {len(nodes)}")
+    return problems
+
+
+def _sum(bundles: Sequence[Bundle]) -> dict[str, float]:
+    out: Counter[str] = Counter()
+    for b in bundles:
+        out.update(b)
+    return dict(out)
+
+
+def _show(res: Bundle) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in res.items() if v)
+
+
+def live_nodes() -> list[dict[str, float]]:
+    """The resources of each live node of the Ray cluster this process is connected to."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def reserve(lay: Layout, timeout_s: float = 120.0) -> Any:
+    """Check `lay` against the live nodes, then reserve its placement group and wait for it.
+
+    Raises ClusterError naming what is missing, before any actor starts; a group that the
+    check passes but Ray cannot place within `timeout_s` (resources held by someone else)
+    is removed and reported the same way."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    problems = shortfall(lay, live_nodes())
+    if problems:
+        raise ClusterError("the cluster cannot hold this run:\n  " + "\n  ".join(problems)
+                           + f"\n  (asked for: {'; '.join(f'{r}: {_show(res)}' for r, res in lay.roles())})")
+    pg = placement_group(lay.bundles, strategy=lay.strategy, name="spct")
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise ClusterError(
+            f"the placement group ({len(lay.bundles)} bundles, {lay.strategy}) was not placed within "
+            f"{timeout_s:.0f} s although the live nodes have the resources: other jobs hold them "
+            "(see `ray status`)") from None
+    log.info("placement group: %d engine and %d learner bundles, %s", lay.engines, lay.ranks, lay.strategy)
+    return pg
+
+
+def placement_report(lay: Layout, pg) -> dict[str, Any]:
+    """Which node (id and address) holds each bundle of a placed group: written to
+    output_dir/placement.json at start, for the user and the tests."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    table = placement_group_table(pg)
+    address = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    roles = [role for role, _ in lay.roles()][: len(lay.bundles)]
+    return {"strategy": lay.strategy,
+            "bundles": [{"role": role, "resources": res, "node_id": table["bundles_to_node_id"][i],
+                         "node_address": address.get(table["bundles_to_node_id"][i])}
+                        for i, (role, res) in enumerate(zip(roles, lay.bundles, strict=True))],
+            "beside": [{"role": role, "resources": res} for role, res in lay.extras]}

@@ -1,0 +1,182 @@
+"""A real two-node Ray cluster on this machine: `ray start --head` plus `ray start --address`,
+each a raylet with its own CPUs, object store and custom resource. Every driver here is a
+separate process that joins it, as on a cluster; nothing in this process connects to Ray.
+
+Select with `pytest -m multinode`. The nodes are stopped through the `ray start --block`
+processes the fixture owns, never with `ray stop` (which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.multinode, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "WANDB_MODE": "offline", "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+
+class Cluster:
+    """Nodes started with `ray start --block`, each its own process group."""
+
+    def __init__(self) -> None:
+        self.gcs, self.dashboard, self.client = _free_ports(3)
+        self.address = f"127.0.0.1:{self.gcs}"
+        self.nodes: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, head: bool = False, cpus: int = 2) -> None:
+        agent, metrics = _free_ports(2)
+        cmd = [str(BIN / "ray"), "start", "--block", f"--num-cpus={cpus}", "--num-gpus=0",
+               f"--resources={json.dumps({f'spct_{name}': 1})}", f"--dashboard-agent-listen-port={agent}",
+               f"--metrics-export-port={metrics}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        if head:
+            cmd += ["--head", f"--port={self.gcs}", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={self.dashboard}", f"--ray-client-server-port={self.client}"]
+        else:
+            cmd += [f"--address={self.address}"]
+        self.nodes[name] = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
+        self.wait_nodes(len(self.nodes))
+
+    def alive(self) -> int:
+        code = (f"import ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
+                "print(sum(n['Alive'] for n in ray.nodes()))")
+        out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+
+    def wait_nodes(self, n: int, timeout: float = 90) -> None:
+        deadline = time.time() + timeout
+        while self.alive() != n:
+            if time.time() > deadline:
+                raise TimeoutError(f"{n} Ray nodes did not come up at {self.address}")
+            time.sleep(1)
+
+    def kill(self, name: str) -> None:
+        """Take a node away: its `ray start --block` stops the node's raylet and workers."""
+        proc = self.nodes.pop(name)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        for name in [n for n in self.nodes if n != "head"] + ["head"]:
+            if name in self.nodes:
+                self.kill(name)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster()
+    try:
+        c.start("head", head=True)
+        c.start("worker")
+        yield c
+    finally:
+        c.stop()
+
+
+def _train(cluster: Cluster, out: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "spct.train", "experiment=quick", "phases=[warmup]", f"output_dir={out}",
+           f"cluster.address={cluster.address}", "cluster.nodes=2", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_weights_pushed_from_a_learner_on_one_node_reach_an_engine_on_another(cluster, tiny_model_dir):
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "integration" / "cross_node_sync.py"),
+                           cluster.address, str(tiny_model_dir)], env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["engine_node"] != got["learner_node"]
+    assert got["versions"] == [1]
+    assert got["after"] != got["before"]  # generation follows the pushed weights...
+    assert got["after"] == got["transformers"]  # ...exactly as transformers decodes them
+
+
+def test_ray_job_submit_runs_the_quick_experiment_spread_over_both_nodes(cluster, tmp_path):
+    """`ray job submit -- python -m spct.train ...`: the driver joins through RAY_ADDRESS (set by
+    the job), the engine and the learner land on different nodes (SPREAD), and the outputs land
+    in output_dir."""
+    out = tmp_path / "job"
+    cmd = [str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{cluster.dashboard}", "--",
+           sys.executable, "-m", "spct.train", "experiment=quick", "phases=[warmup]", f"output_dir={out}",
+           "cluster.placement_strategy=SPREAD", "cluster.nodes=2", "logger=none"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "succeeded" in proc.stdout
+    placement = json.loads((out / "placement.json").read_text())
+    nodes = {b["role"]: b["node_id"] for b in placement["bundles"]}
+    assert placement["strategy"] == "SPREAD" and nodes["rollout engine 0"] != nodes["learner rank 0"]
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["completed"] == ["warmup"] and state["weight_version"] == 1
+    assert (out / "checkpoints" / "warmup-final" / "model" / "model.safetensors").exists()
+    assert (out / "metrics.jsonl").exists() and (out / "summary.md").exists()
+
+
+def test_a_run_the_cluster_cannot_hold_fails_before_any_actor_starts(cluster, tmp_path):
+    out = tmp_path / "run"
+    start = time.time()
+    proc = _train(cluster, out, "cluster.placement_strategy=STRICT_SPREAD", "rollout.num_engines=2", "logger=none")
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "the cluster cannot hold this run" in log
+    assert "STRICT_SPREAD: 3 bundles need as many nodes, the cluster has 2" in log
+    assert "ready" not in log and not (out / "checkpoints").exists()
+    assert time.time() - start < 60
+    proc = _train(cluster, out, "cluster.nodes=3", "logger=none")
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "cluster.nodes: expected 3 live nodes, found 2" in log
+
+
+def test_losing_a_node_mid_run_stops_cleanly_and_the_rerun_resumes(cluster, tmp_path):
+    """Runs last: it takes the worker node away (and brings a fresh one back)."""
+    out = tmp_path / "run"
+    overrides = ("cluster.placement_strategy=STRICT_SPREAD", "warmup.steps=60", "checkpoint.every_steps=5",
+                 "logger=none")
+    proc = _train(cluster, out, *overrides)
+    deadline = time.time() + 300
+    metrics = out / "metrics.jsonl"
+    while not (metrics.exists() and any(json.loads(x).get("phase_step", 0) >= 12
+                                        for x in metrics.read_text().splitlines() if x.endswith("}"))):
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail("the run never reached warm-up step 12:\n" + (proc.stdout.read() if proc.stdout else ""))
+        time.sleep(0.2)
+    cluster.kill("worker")
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, log[-4000:]
+    assert "stopped cleanly" in log and "Rerun the same command to resume from warmup step" in log
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["phase"] == "warmup" and state["phase_step"] >= 10
+
+    cluster.start("worker")
+    proc = _train(cluster, out, *overrides)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-4000:]
+    assert f"at warmup step {state['phase_step']}" in log
+    steps = [json.loads(x)["phase_step"] for x in metrics.read_text().splitlines()
+             if json.loads(x)["phase"] == "warmup" and "loss" in json.loads(x)]
+    assert steps == list(range(1, 61))  # each step once, across the fault

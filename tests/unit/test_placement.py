@@ -1,0 +1,64 @@
+"""The run's placement: what it reserves, and every reason a cluster cannot hold it, named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from spct.config import register_schema, to_config
+from spct.placement import Layout, layout, shortfall
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+GPU_NODE = {"CPU": 64.0, "GPU": 8.0, "memory": 1e12}
+CPU_NODE = {"CPU": 4.0}
+
+
+def _config(*overrides: str):
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return to_config(compose("config", overrides=list(overrides)))
+
+
+def test_the_default_cpu_run_reserves_one_engine_and_one_rank_beside_the_meta_rm():
+    lay = layout(_config())
+    assert lay.bundles == [{"CPU": 1.0}, {"CPU": 1.0}]
+    assert (lay.engine_indices, lay.rank_indices, lay.strategy) == ([0], [1], "PACK")
+    assert shortfall(lay, [CPU_NODE]) == []
+
+
+def test_the_8_gpu_preset_fits_one_8_gpu_node_and_not_less():
+    lay = layout(_config("experiment=grm-qwen2.5-7b", "cluster=gpu_8x", "data.train=/d.jsonl",
+                         "phases=[rft,rl,meta_rm,eval]"))
+    assert sum(b.get("GPU", 0) for b in lay.bundles) == 8
+    assert shortfall(lay, [GPU_NODE]) == []
+    problems = shortfall(lay, [{**GPU_NODE, "GPU": 4.0}])
+    assert problems and problems[0].startswith("GPU: the run needs 8 (learner rank, rollout engine), the cluster has 4")
+
+
+def test_a_teacher_and_the_policy_reward_pool_are_counted_beside_the_group():
+    lay = layout(_config("experiment=grm-qwen2.5-7b", "cluster=gpu_8x", "data.train=/d.jsonl",
+                         "phases=[rft,rl]", "rft.teacher=/models/teacher"))
+    assert [role for role, _ in lay.extras][:1] == ["RFT teacher engine 0"]
+    assert any("RFT teacher engine" in p for p in shortfall(lay, [GPU_NODE]))
+    assert shortfall(lay, [GPU_NODE, GPU_NODE]) == []
+
+
+@pytest.mark.parametrize("strategy,nodes,expected", [
+    ("STRICT_SPREAD", [CPU_NODE], "STRICT_SPREAD: 2 bundles need as many nodes, the cluster has 1"),
+    ("STRICT_PACK", [{"CPU": 1.0}, {"CPU": 1.0}], "STRICT_PACK: no single node holds all 2 bundles"),
+])
+def test_strict_strategies_name_what_they_lack(strategy, nodes, expected):
+    lay = Layout(engines=1, engine_bundle={"CPU": 1.0}, ranks=1, rank_bundle={"CPU": 1.0}, strategy=strategy)
+    assert any(expected in p for p in shortfall(lay, nodes))
+    assert shortfall(Layout(1, {"CPU": 1.0}, 1, {"CPU": 1.0}, strategy), [CPU_NODE, CPU_NODE]) == []
+
+
+def test_a_bundle_no_node_can_hold_and_too_few_nodes_are_named():
+    lay = Layout(engines=1, engine_bundle={"CPU": 1.0, "GPU": 4.0}, ranks=2, rank_bundle={"CPU": 1.0, "GPU": 1.0},
+                 nodes=3)
+    nodes = [{"CPU": 8.0, "GPU": 3.0}, {"CPU": 8.0, "GPU": 3.0}]
+    problems = shortfall(lay, nodes)
+    assert "cluster.nodes: expected 3 live nodes, found 2" in problems
+    assert "rollout engine 0 needs 1 CPU, 4 GPU on one node; no node has that much" in problems
