@@ -3,6 +3,7 @@
 #   bash launch/ray_cluster.sh head [--port 6379] [--block] [-- EXTRA_RAY_START_ARGS...]
 #   bash launch/ray_cluster.sh worker --address HEAD_IP:6379 [--block] [-- EXTRA_RAY_START_ARGS...]
 #   bash launch/ray_cluster.sh wait --address HEAD_IP:6379 --nodes 4 [--timeout 600]
+#   add --dry-run to print the command it would start instead of starting it
 # CPUs come from SLURM_CPUS_PER_TASK, SLURM_CPUS_ON_NODE or nproc; GPUs from CUDA_VISIBLE_DEVICES
 # or nvidia-smi. NUM_CPUS, NUM_GPUS, NODE_IP and PYTHON (the interpreter that has Ray) override.
 # --block keeps the command in the foreground for as long as the node lives (what srun needs).
@@ -24,7 +25,7 @@ have_token() { [[ $RAY_AUTH_MODE != token ]] || ray_cli get-auth-token >/dev/nul
 role=${1:-}
 [[ $role == head || $role == worker || $role == wait ]] || die "expected 'head', 'worker' or 'wait' first, got '${role}'"
 shift
-port=6379 address="" block=0 nodes=1 timeout=600 extra=()
+port=6379 address="" block=0 nodes=1 timeout=600 dry=0 extra=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --port) port=${2:?--port needs a value}; shift 2 ;;
@@ -32,10 +33,16 @@ while [[ $# -gt 0 ]]; do
     --nodes) nodes=${2:?--nodes needs a count}; shift 2 ;;
     --timeout) timeout=${2:?--timeout needs seconds}; shift 2 ;;
     --block) block=1; shift ;;
+    --dry-run) dry=1; shift ;;
     --) shift; extra=("$@"); break ;;
     *) die "unknown argument '$1'" ;;
   esac
 done
+
+# Run a command, or with --dry-run print it (shell-quoted) and go on.
+run() {
+  if ((dry)); then printf '%q ' "$@"; echo; else "$@"; fi
+}
 
 detect_cpus() { echo "${NUM_CPUS:-${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-$(nproc)}}}"; }
 
@@ -90,31 +97,37 @@ start_args() {
 
 case $role in
   head)
-    if port_open "${NODE_IP:-127.0.0.1}" "$port"; then
+    if ((!dry)) && port_open "${NODE_IP:-127.0.0.1}" "$port"; then
       echo "ray_cluster.sh: a Ray head already listens on port $port; nothing to start"
       if ((block)); then hold "${NODE_IP:-127.0.0.1}" "$port"; fi
       exit 0
     fi
-    have_token || ray_cli get-auth-token --generate >/dev/null
+    ((dry)) || have_token || ray_cli get-auth-token --generate >/dev/null
     start_args
     echo "ray_cluster.sh: starting the Ray head on port $port with $(detect_cpus) CPUs, $(detect_gpus) GPUs"
-    ray_cli start --head --port="$port" "${args[@]}"
+    run "$PYTHON" -m ray.scripts.scripts start --head --port="$port" "${args[@]}"
     ;;
   worker)
     [[ -n $address ]] || die "worker needs --address HEAD_IP:PORT"
-    have_token || die "no Ray auth token here: copy the head's ~/.ray/auth_token or set RAY_AUTH_TOKEN"
-    wait_for_port "${address%:*}" "${address##*:}"
-    if joined "$address"; then
+    if ((!dry)); then
+      have_token || die "no Ray auth token here: copy the head's ~/.ray/auth_token or set RAY_AUTH_TOKEN"
+      wait_for_port "${address%:*}" "${address##*:}"
+    fi
+    if ((!dry)) && joined "$address"; then
       echo "ray_cluster.sh: this node already belongs to $address; nothing to start"
       if ((block)); then hold "${address%:*}" "${address##*:}"; fi
       exit 0
     fi
     start_args
     echo "ray_cluster.sh: joining $address with $(detect_cpus) CPUs, $(detect_gpus) GPUs"
-    ray_cli start --address="$address" "${args[@]}"
+    run "$PYTHON" -m ray.scripts.scripts start --address="$address" "${args[@]}"
     ;;
   wait)
     [[ -n $address ]] || die "wait needs --address HEAD_IP:PORT"
+    if ((dry)); then
+      echo "ray_cluster.sh: would wait up to ${timeout} s for $nodes nodes at $address"
+      exit 0
+    fi
     have_token || die "no Ray auth token here: copy the head's ~/.ray/auth_token or set RAY_AUTH_TOKEN"
     wait_for_port "${address%:*}" "${address##*:}"
     "$PYTHON" - "$address" "$nodes" "$timeout" "$SECONDS" <<'PY'
