@@ -132,14 +132,19 @@ class Pipeline:
     def _grm_engines(self):
         """(the GRM's rollout group, its weight sync), started together on first use."""
         if self._rollout is None:
-            from spct.weight_sync import make_weight_sync
-
             self._rollout = self.engines(self.state.model)
-            self._sync = make_weight_sync("nccl" if self.cfg.cluster.num_gpus else "ray", self._rollout)
+            self._sync = self.weight_sync(self._rollout)
             if self.state.weight_version:  # resumed: the engines report the weights' version
                 with self.timings("weight_sync"):
                     self._rollout.update_weights_from_path(self.state.model, self.state.weight_version)
         return self._rollout, self._sync
+
+    def weight_sync(self, group):
+        """How a learner's weights reach `group`: NCCL from learner rank 0's GPU on a GPU
+        cluster, else the Ray object store."""
+        from spct.weight_sync import make_weight_sync
+
+        return make_weight_sync("nccl" if self.cfg.cluster.num_gpus else "ray", group)
 
     def engines(self, model: str, name: str = "rollout", owned: bool = False):
         """A vLLM engine group serving `model` with the run's rollout settings; `owned` ones
@@ -327,7 +332,7 @@ class Pipeline:
         _, sync = self._grm_engines()
         with self.timings("weight_sync"):
             self.state.weight_version += 1
-            sync.push(self.learner.state_for_sync(), self.state.weight_version)
+            sync.push_from(self.learner, self.state.weight_version)
         return self.state.weight_version
 
     def log(self, metrics: dict[str, Any], phase: str) -> None:

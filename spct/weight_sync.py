@@ -2,12 +2,12 @@
 
 - `RayObjectStoreSync` (CPU, small models): the state dict becomes one safetensors blob, put
   in the Ray object store once; every engine reads the same object and reloads in place.
-- `NcclBroadcastSync` (GPUs): the learner's rank 0 joins an NCCL group with every engine worker
-  and broadcasts the tensors in buckets; only names, dtypes and shapes travel through Ray.
-  It must be built and pushed from the process that holds the weights on GPU (learner rank 0).
+- `LearnerNcclSync` (GPUs): learner rank 0 joins an NCCL group with every engine worker and
+  broadcasts the tensors in buckets from its GPU; only names, dtypes and shapes travel through
+  Ray, and nothing passes through the driver.
 
-Both take a state dict in Hugging Face names, the format vLLM's loaders read, and a version
-number that every later rollout carries.
+Both push a learner group's weights under their Hugging Face names, the format vLLM's loaders
+read, with a version number that every later rollout carries.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ DEFAULT_BUCKET_BYTES = 256 * 2**20
 class WeightSync(Protocol):
     version: int | None
 
-    def push(self, state: Mapping[str, torch.Tensor], version: int) -> None: ...
+    def push_from(self, learner: Any, version: int) -> None: ...
 
     def verify(self, prompts: Sequence[str]) -> bool: ...
 
@@ -105,6 +105,10 @@ class _SyncBase:
 class RayObjectStoreSync(_SyncBase):
     """One `ray.put` per push; every engine reads the same object."""
 
+    def push_from(self, learner: Any, version: int) -> None:
+        """Push the learner group's current weights."""
+        self.push(learner.state_for_sync(), version)
+
     def push(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         self._check_version(version)
         ref = ray.put(state_to_safetensors(state))
@@ -112,58 +116,42 @@ class RayObjectStoreSync(_SyncBase):
         self.version = version
 
 
-class NcclBroadcastSync(_SyncBase):
-    """Bucketed NCCL broadcast from the learner (rank 0) to every engine worker.
+class LearnerNcclSync(_SyncBase):
+    """Bucketed NCCL broadcast from learner rank 0's GPU to every engine worker.
 
-    Engine i's workers take ranks 1 + i * tp ... in the group; world size is 1 + all workers.
-    Built once (the group handshake); `push` then costs one broadcast per bucket.
+    The group holds learner rank 0 (rank 0) and every engine worker (engine i's workers take
+    ranks 1 + i * tp ...); its address is rank 0's node, so it works across nodes. Only names,
+    dtypes and shapes travel through Ray; the bytes never leave the GPUs. A new learner (each
+    phase starts one) joins a new group on its first push.
     """
 
-    def __init__(
-        self,
-        rollout_group: RolloutGroup,
-        master_addr: str,
-        master_port: int,
-        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-        device: str | torch.device = "cuda:0",
-    ) -> None:
+    def __init__(self, rollout_group: RolloutGroup, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
         super().__init__(rollout_group)
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
-
         self.bucket_bytes = bucket_bytes
-        self.device = torch.device(device)
-        tp = rollout_group.workers_per_engine
-        world_size = 1 + tp * rollout_group.num_engines
-        joins = [
-            engine.init_weight_group.remote(master_addr, master_port, 1 + i * tp, world_size)
-            for i, engine in enumerate(rollout_group.engines)
-        ]
-        group = StatelessProcessGroup.create(
-            host=master_addr, port=master_port, rank=0, world_size=world_size
-        )
-        self.comm = PyNcclCommunicator(group, device=self.device)
+        self._joined: Any = None  # the learner group whose rank 0 leads the current group
+
+    def _join(self, learner: Any) -> None:
+        tp = self.group.workers_per_engine
+        world_size = 1 + tp * self.group.num_engines
+        leader = learner.workers[0]
+        addr, port = ray.get(leader.weight_group_address.remote())
+        # Every member must be connecting at once: the group's rendezvous waits for all of them.
+        joins = [leader.init_weight_group.remote(addr, port, world_size)]
+        joins += [engine.init_weight_group.remote(addr, port, 1 + i * tp, world_size)
+                  for i, engine in enumerate(self.group.engines)]
         ray.get(joins)
+        self._joined = learner
+        log.info("weight sync: NCCL group of learner rank 0 and %d engine worker(s) at %s:%d",
+                 world_size - 1, addr, port)
 
-    def push(self, state: Mapping[str, torch.Tensor], version: int) -> None:
-        from spct.engine import bucket_size, plan_buckets
-
+    def push_from(self, learner: Any, version: int) -> None:
         self._check_version(version)
-        check_state(state)
-        names = list(state)
-        tensors = [state[n].detach().to(self.device).contiguous() for n in names]
-        dtypes = [str(t.dtype).removeprefix("torch.") for t in tensors]
-        shapes = [list(t.shape) for t in tensors]
-        receives = [
-            e.receive_broadcast.remote(names, dtypes, shapes, version, self.bucket_bytes)
-            for e in self.group.engines
-        ]
-        for bucket in plan_buckets(dtypes, shapes, self.bucket_bytes):
-            buffer = torch.empty(bucket_size(bucket), dtype=torch.uint8, device=self.device)
-            for index, offset, nbytes in bucket:
-                buffer[offset : offset + nbytes].copy_(tensors[index].view(-1).view(torch.uint8))
-            self.comm.broadcast(buffer, src=0)
-        torch.cuda.current_stream(self.device).synchronize()
+        if self._joined is not learner:
+            self._join(learner)
+        names, dtypes, shapes = ray.get(learner.workers[0].weight_metadata.remote())
+        receives = [e.receive_broadcast.remote(names, dtypes, shapes, version, self.bucket_bytes)
+                    for e in self.group.engines]
+        learner.broadcast_weights(self.bucket_bytes)  # every rank: ZeRO-3 gathers collectively
         versions = ray.get(receives)
         if any(v != version for v in versions):
             raise RuntimeError(f"weight sync: engines report versions {versions}, pushed {version}")
@@ -171,11 +159,11 @@ class NcclBroadcastSync(_SyncBase):
 
 
 def make_weight_sync(kind: str, rollout_group: RolloutGroup, **kwargs: Any) -> WeightSync:
-    """`kind` "ray" (any machine) or "nccl" (GPUs; needs master_addr and master_port)."""
+    """`kind` "ray" (any machine) or "nccl" (GPUs: from learner rank 0's GPU)."""
     if kind == "ray":
         if kwargs:
             raise TypeError(f"weight sync 'ray': takes no options, got {sorted(kwargs)}")
         return RayObjectStoreSync(rollout_group)
     if kind == "nccl":
-        return NcclBroadcastSync(rollout_group, **kwargs)
+        return LearnerNcclSync(rollout_group, **kwargs)
     raise ValueError(f"weight sync kind: expected 'ray' or 'nccl', got {kind!r}")

@@ -1,11 +1,13 @@
 """Saving a learner rank's weights: Hugging Face folders (for vLLM, transformers and the next
 phase), DeepSpeed checkpoints (to resume with optimizer and schedule), and the full state dict
-the weight sync sends to the rollout engines."""
+the weight sync sends to the rollout engines, or on GPUs its NCCL broadcast to them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+import torch
 from torch import Tensor
 
 CHECKPOINT_TAG = "learner"
@@ -38,6 +40,58 @@ class Checkpoints:
             for name, t in module.state_dict().items():
                 out[name] = t.detach().to("cpu", copy=True).contiguous()
         return out
+
+    # -- the NCCL weight sync (GPUs): rank 0 broadcasts to the rollout engines ---------------
+
+    def weight_group_address(self) -> tuple[str, int]:
+        """Rank 0's node and a free port there: where the weight group meets."""
+        import ray
+
+        from spct.learner.group import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def init_weight_group(self, master_addr: str, port: int, world_size: int) -> None:
+        """Rank 0 leads a new NCCL group with the engine workers (ranks 1..world_size-1)."""
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        if self.rank != 0 or self.device.type != "cuda":
+            raise RuntimeError("init_weight_group: only learner rank 0 on a GPU leads the weight group")
+        group = StatelessProcessGroup.create(host=master_addr, port=port, rank=0, world_size=world_size)
+        self._weight_comm = PyNcclCommunicator(group, device=self.device)
+
+    def weight_metadata(self) -> tuple[list[str], list[str], list[list[int]]]:
+        """Names, dtypes and full shapes of the weights a broadcast sends, in its order."""
+        names, dtypes, shapes = [], [], []
+        for name, t in self.engine.module.state_dict(keep_vars=True).items():
+            names.append(name)
+            dtypes.append(str(t.dtype).removeprefix("torch."))
+            shapes.append([int(d) for d in getattr(t, "ds_shape", t.shape)])
+        return names, dtypes, shapes
+
+    def broadcast_weights(self, bucket_bytes: int) -> int:
+        """Send the full weights in buckets (`spct.engine.plan_buckets`) from rank 0's GPU.
+        Every rank calls it: under ZeRO-3 each tensor is gathered collectively first."""
+        from spct.engine import bucket_size, plan_buckets
+
+        names, dtypes, shapes = self.weight_metadata()
+        tensors = self.engine.module.state_dict(keep_vars=True)
+        comm = getattr(self, "_weight_comm", None)
+        if self.rank == 0 and comm is None:
+            raise RuntimeError("broadcast_weights before init_weight_group")
+        for bucket in plan_buckets(dtypes, shapes, bucket_bytes):
+            buffer = torch.empty(bucket_size(bucket), dtype=torch.uint8, device=self.device) if comm else None
+            for index, offset, nbytes in bucket:
+                t = tensors[names[index]]
+                with _gathered(t, self.zero_stage):
+                    if buffer is not None:
+                        buffer[offset: offset + nbytes].copy_(t.data.reshape(-1).view(torch.uint8))
+            if comm is not None:
+                comm.broadcast(buffer, src=0)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        return len(names)
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Model and tokenizer in Hugging Face format (safetensors), written by rank 0."""
@@ -113,3 +167,15 @@ def checkpoint_problem(path: str | os.PathLike[str], kind: str = "hf") -> str | 
         if size < 8 + length + end:
             return f"{name} is truncated ({size} of {8 + length + end} bytes)"
     return None
+
+
+@contextlib.contextmanager
+def _gathered(t: Tensor, zero_stage: int):
+    """`t` whole for the duration: a ZeRO-3 partitioned parameter is gathered on every rank."""
+    if zero_stage == 3 and hasattr(t, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
+            yield
+    else:
+        yield

@@ -162,6 +162,10 @@ class LearnerGroup:
             self.shutdown()
             raise
 
+    def broadcast_weights(self, bucket_bytes: int) -> None:
+        """Every rank takes part; rank 0 sends to the engines of the weight group it leads."""
+        self._call("broadcast_weights", [bucket_bytes] * self.num_ranks)
+
     def save(self, path: str | os.PathLike[str]) -> str:
         return self._call("save", [str(path)] * self.num_ranks)[0]
 

@@ -161,14 +161,12 @@ def evaluate_policy(rollout, items, pc, path: Path, seed: str) -> dict[str, floa
 
 
 def run_policy_rl(p) -> dict[str, float]:
-    from spct.weight_sync import make_weight_sync
-
     pc, seed = p.cfg.policy, p.cfg.seed
     model = policy_model(p)
     rollout = p.engines(model, name="policy_rollout", owned=True)
     if p.state.policy_version:  # resumed: the engines report the weights' version
         rollout.update_weights_from_path(model, p.state.policy_version)
-    sync = make_weight_sync("ray", rollout)
+    sync = p.weight_sync(rollout)
     reward = PolicyReward(p)
     learner = p.new_learner(pc.lr, 0, pc.steps, with_reference=pc.beta > 0, model=model)
     checkable = [it for it in p.data.get(pc.eval_split) or [] if "operands" in it.meta][: pc.eval_items]
@@ -203,7 +201,7 @@ def run_policy_rl(p) -> dict[str, float]:
                 metrics |= learner.grpo_step(batch, clip_eps=pc.clip_eps, beta=pc.beta, kl_kind=pc.kl_kind)
         with p.timings("weight_sync"):
             p.state.policy_version += 1
-            sync.push(learner.state_for_sync(), p.state.policy_version)
+            sync.push_from(learner, p.state.policy_version)
         p.state.phase_step = step + 1
         times = p.timings.lap()
         times["time/step"] = time.perf_counter() - start

@@ -228,37 +228,38 @@ def test_bucket_plan_round_trips_mixed_dtypes():
 
 
 @pytest.mark.gpu
-def test_nccl_broadcast_sync_matches_transformers(ray_cluster, tiny_model_dir, tokenizer, hf_model):
-    """Learner (one GPU, in an actor) broadcasts to one engine on another GPU."""
-    import ray
-
+def test_nccl_sync_from_learner_rank_0_matches_transformers(ray_cluster, tiny_model_dir, tokenizer, hf_model):
+    """A learner rank on one GPU broadcasts from its GPU to an engine on another GPU; greedy
+    output then equals transformers' on the learner's weights."""
+    from spct.learner import LearnerGroup
     from spct.rollout import RolloutGroup
+    from spct.weight_sync import make_weight_sync
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs: NCCL cannot put the learner and an engine on one device")
-
-    @ray.remote(num_gpus=1)
-    class Learner:
-        def push(self, group, config, port: int) -> None:
-            from spct.weight_sync import NcclBroadcastSync
-
-            model = random_model(config, seed=1234).cuda()
-            sync = NcclBroadcastSync(group, "127.0.0.1", port, bucket_bytes=2**16)
-            sync.push(model.state_dict(), 1)
-
     group = RolloutGroup(
         str(tiny_model_dir),
         num_engines=1,
         engine_kwargs=dict(dtype="float32", max_model_len=512, gpu_memory_utilization=0.2),
         num_gpus_per_engine=1,
     )
+    learner = LearnerGroup(1, dict(model=str(tiny_model_dir), zero_stage=0, lr=3e-2, total_steps=10,
+                                   dtype="float32"), num_gpus_per_rank=1)
     try:
         before = greedy_tokens(group, PROMPTS)
-        ray.get(Learner.remote().push.remote(group, hf_model.config, 29517))
+        from spct.recipes.sft import encode_sft, sft_batch
+
+        batch = sft_batch([encode_sft(tokenizer, p, "7 15 7 15 7 15") for p in PROMPTS])
+        for _ in range(5):
+            learner.sft_step(batch)
+        sync = make_weight_sync("nccl", group, bucket_bytes=2**16)
+        sync.push_from(learner, 1)
         assert group.versions() == [1]
-        new_model = random_model(hf_model.config, seed=1234)
         after = greedy_tokens(group, PROMPTS)
         assert after != before
+        new_model = copy.deepcopy(hf_model)
+        new_model.load_state_dict(learner.state_for_sync(), strict=False)
         assert after == [hf_greedy(new_model, tokenizer, p, 16) for p in PROMPTS]
     finally:
         group.shutdown()
+        learner.shutdown()
