@@ -62,6 +62,10 @@ class RolloutConfig:
     num_threads: int = 0
     # KV-cache block (tokens); null = vLLM's default for the device (CPU: 128, a multiple of 32).
     block_size: int | None = None
+    # GPUs: engine i shares learner rank i's GPU (half each in Ray's accounting); the engines
+    # sleep (weights offloaded, KV cache freed) while the learner trains, and weights move
+    # through the Ray object store (NCCL cannot join two processes on one device).
+    colocate: bool = False
 
 
 @dataclass
@@ -277,7 +281,7 @@ class ConfigError(ValueError):
 
 def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, seed: int) -> dict[str, Any]:
     """Flat VLLMEngine arguments from the config (rollout engines and reward pools alike)."""
-    return dict(dtype=model.dtype, max_model_len=model.max_model_len, seed=seed,
+    return dict(dtype=model.dtype, max_model_len=model.max_model_len, seed=seed, enable_sleep_mode=rollout.colocate,
                 tensor_parallel_size=rollout.tensor_parallel_size,
                 gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=rollout.kv_cache_gib,
                 enforce_eager=rollout.enforce_eager, enable_prefix_caching=rollout.enable_prefix_caching,
@@ -412,6 +416,13 @@ def validate(c: Config) -> None:
     for key in ("noise", "carry_slip", "carry_slip_max"):
         value = getattr(c.warmup, key)
         need(value is None or value <= 1, f"warmup.{key}", "a probability in [0, 1]")
+    if c.rollout.colocate:
+        need(c.cluster.num_gpus > 0, "rollout.colocate", "a GPU cluster (cluster.num_gpus > 0)")
+        need(c.rollout.num_engines <= c.learner.num_ranks and c.rollout.tensor_parallel_size == 1,
+             "rollout.colocate", "num_engines <= learner.num_ranks and tensor_parallel_size 1 (one engine "
+             "per learner GPU)")
+        need(not c.rl.async_generation, "rl.async_generation", "false with rollout.colocate (the engines sleep "
+             "while the learner trains)")
     need(c.cluster.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
          "cluster.placement_strategy", "PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
     need(c.logger.kind in ("wandb", "none"), "logger.kind", "'wandb' or 'none'")

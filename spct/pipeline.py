@@ -144,7 +144,8 @@ class Pipeline:
         cluster, else the Ray object store."""
         from spct.weight_sync import make_weight_sync
 
-        return make_weight_sync("nccl" if self.cfg.cluster.num_gpus else "ray", group)
+        nccl = self.cfg.cluster.num_gpus and not self.cfg.rollout.colocate
+        return make_weight_sync("nccl" if nccl else "ray", group)
 
     def engines(self, model: str, name: str = "rollout", owned: bool = False):
         """A vLLM engine group serving `model` with the run's rollout settings; `owned` ones
@@ -155,11 +156,18 @@ class Pipeline:
         group = RolloutGroup(model, num_engines=r.num_engines,
                              engine_kwargs=engine_kwargs(self.cfg.model, r, self.cfg.seed),
                              num_cpus_per_engine=r.num_cpus_per_engine,
-                             num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0, name=name,
-                             placement_group=self.placement)
+                             num_gpus_per_engine=self._gpus(r.tensor_parallel_size), name=name,
+                             placement_group=self.placement, colocated=r.colocate)
         if owned:
             self.own(group.shutdown)
         return group
+
+    def _gpus(self, n: int) -> float:
+        """GPUs an engine or a learner rank asks Ray for: none on CPU, half of one each when
+        they share it (rollout.colocate)."""
+        if not self.cfg.cluster.num_gpus:
+            return 0
+        return 0.5 if self.cfg.rollout.colocate else n
 
     def own(self, close) -> None:
         """Call `close()` at cleanup (actors a phase started beyond the run's own)."""
@@ -281,7 +289,7 @@ class Pipeline:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=self.placement, placement_group_bundle_index=self.layout.rank_indices[0])
         return meta_scorer(path, self.cfg.model.dtype, max_length, self.cfg.learner.num_threads,
-                           num_gpus=1 if self.cfg.cluster.num_gpus else 0, **options)
+                           num_gpus=self._gpus(1), **options)
 
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
                     task: str = "causal_lm", model: str | None = None):
@@ -319,7 +327,7 @@ class Pipeline:
                 share_prefix=lc.share_prefix,
             ),
             num_cpus_per_rank=lc.num_cpus_per_rank,
-            num_gpus_per_rank=1 if self.cfg.cluster.num_gpus else 0,
+            num_gpus_per_rank=self._gpus(1),
             placement_group=self.placement,
             bundle_indices=self.layout.rank_indices if self.placement is not None else None,
         )

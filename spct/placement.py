@@ -40,9 +40,14 @@ class Layout:
     strategy: str = "PACK"
     extras: tuple[tuple[str, dict[str, float]], ...] = ()  # (role, resources) outside the group
     nodes: int = 1
+    colocate: bool = False  # engine i shares learner rank i's bundle (and GPU)
 
     @property
     def bundles(self) -> list[dict[str, float]]:
+        if self.colocate:
+            shared = {k: self.rank_bundle.get(k, 0.0) + (v if k != "GPU" else 0.0)
+                      for k, v in {**self.rank_bundle, **self.engine_bundle}.items()}
+            return [shared] * self.ranks
         return [dict(self.engine_bundle)] * self.engines + [dict(self.rank_bundle)] * self.ranks
 
     @property
@@ -51,13 +56,19 @@ class Layout:
 
     @property
     def rank_indices(self) -> list[int]:
-        return list(range(self.engines, self.engines + self.ranks))
+        first = 0 if self.colocate else self.engines
+        return list(range(first, first + self.ranks))
 
     def roles(self) -> list[tuple[str, dict[str, float]]]:
-        """Every actor the run may hold at once, with its resources, for messages."""
-        return ([(f"rollout engine {i}", dict(self.engine_bundle)) for i in range(self.engines)]
-                + [(f"learner rank {r}", dict(self.rank_bundle)) for r in range(self.ranks)]
-                + list(self.extras))
+        """Every actor the run may hold at once, with its resources, for messages (a colocated
+        engine and learner rank count as one bundle)."""
+        if self.colocate:
+            group = [(f"learner rank {r}" + (f" + rollout engine {r}" if r < self.engines else ""), b)
+                     for r, b in enumerate(self.bundles)]
+        else:
+            group = ([(f"rollout engine {i}", dict(self.engine_bundle)) for i in range(self.engines)]
+                     + [(f"learner rank {r}", dict(self.rank_bundle)) for r in range(self.ranks)])
+        return group + list(self.extras)
 
 
 def layout(cfg) -> Layout:
@@ -78,7 +89,7 @@ def layout(cfg) -> Layout:
         extras.append(("policy meta RM", bundle(1, 1)))
     return Layout(engines=r.num_engines, engine_bundle=engine, ranks=lc.num_ranks,
                   rank_bundle=bundle(lc.num_cpus_per_rank, 1), strategy=c.placement_strategy,
-                  extras=tuple(extras), nodes=c.nodes)
+                  extras=tuple(extras), nodes=c.nodes, colocate=r.colocate)
 
 
 def _fits(need: Bundle, have: Mapping[str, float]) -> bool:
@@ -169,7 +180,7 @@ def placement_report(lay: Layout, pg) -> dict[str, Any]:
 
     table = placement_group_table(pg)
     address = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-    roles = [role for role, _ in lay.roles()][: len(lay.bundles)]
+    roles = [role for role, _ in lay.roles()][: len(lay.bundles)]  # the group's come first
     return {"strategy": lay.strategy,
             "bundles": [{"role": role, "resources": res, "node_id": table["bundles_to_node_id"][i],
                          "node_address": address.get(table["bundles_to_node_id"][i])}

@@ -57,8 +57,8 @@ def request_seeds(seed: int | str, n: int) -> list[int]:
 class Pending:
     """Generation in flight on some engines; `result()` puts the chunks back in input order."""
 
-    def __init__(self, engines: list[int], refs: list[ray.ObjectRef]) -> None:
-        self.engines, self.refs = engines, refs
+    def __init__(self, engines: list[int], refs: list[ray.ObjectRef], done=None) -> None:
+        self.engines, self.refs, self._done = engines, refs, done
         self._results: list[dict[str, Any]] | None = None
 
     def result(self) -> list[dict[str, Any]]:
@@ -68,6 +68,8 @@ class Pending:
                 for result in chunk:
                     result["engine"] = i
                     self._results.append(result)
+            if self._done is not None:
+                self._done()
         return self._results
 
 
@@ -84,6 +86,7 @@ class RolloutGroup:
         num_gpus_per_engine: float = 0,
         placement_group=None,
         name: str = "rollout",
+        colocated: bool = False,
     ) -> None:
         if num_engines < 1:
             raise ValueError(f"{name}.num_engines: expected >= 1, got {num_engines}")
@@ -93,14 +96,16 @@ class RolloutGroup:
                 f"{name}.engine_kwargs: give the model as `model`, not in engine_kwargs"
             )
         if num_gpus_per_engine:
-            tp = kwargs.setdefault("tensor_parallel_size", int(num_gpus_per_engine))
-            if tp != num_gpus_per_engine:
+            tp = kwargs.setdefault("tensor_parallel_size", max(1, int(num_gpus_per_engine)))
+            if tp != num_gpus_per_engine and not (colocated and tp == 1):
                 raise ValueError(
                     f"{name}: tensor_parallel_size {tp} must equal num_gpus_per_engine "
                     f"{num_gpus_per_engine} (one engine spans exactly its GPUs)"
                 )
         self.name = name
         self.model = str(model)
+        # Colocated with the learner on its GPUs: awake only to generate or load weights.
+        self.colocated, self._asleep = colocated, False
         self.workers_per_engine = int(kwargs.get("tensor_parallel_size", 1))
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
         if not num_gpus_per_engine and num_engines > 1:
@@ -124,6 +129,7 @@ class RolloutGroup:
             self.engines.append(actor_cls.options(**options).remote(self.model, **kwargs))
         # Surface a failed start (bad path, version mismatch) here rather than at first use.
         self.versions()
+        self._rest()
         log.info("%s: %d engine(s) of %s ready", name, num_engines, self.model)
 
     @property
@@ -149,6 +155,7 @@ class RolloutGroup:
         if isinstance(prompts, str):
             raise TypeError("prompts: expected a list of strings, got a single string")
         prompts = list(prompts)
+        self._wake()
         seeds = request_seeds(seed, len(prompts)) if seed is not None else None
         chunks = [
             (i, r) for i, r in enumerate(split_contiguous(len(prompts), self.num_engines)) if r
@@ -158,26 +165,43 @@ class RolloutGroup:
                                             [seeds[j] for j in r] if seeds else None)
             for i, r in chunks
         ]
-        return Pending([i for i, _ in chunks], refs)
+        return Pending([i for i, _ in chunks], refs, self._rest if self.colocated else None)
 
     def update_weights(self, payload: bytes | ray.ObjectRef, version: int) -> list[int]:
         """Send one safetensors payload to every engine; returns their versions once all loaded."""
         ref = payload if isinstance(payload, ray.ObjectRef) else ray.put(payload)
-        return self._wait_all([e.update_weights.remote(ref, version) for e in self.engines])
+        self._wake()
+        versions = self._wait_all([e.update_weights.remote(ref, version) for e in self.engines])
+        self._rest()
+        return versions
 
     def update_weights_from_path(self, folder: str, version: int) -> list[int]:
-        return self._wait_all(
+        self._wake()
+        versions = self._wait_all(
             [e.update_weights_from_path.remote(str(folder), version) for e in self.engines]
         )
+        self._rest()
+        return versions
 
     def versions(self) -> list[int]:
         return ray.get([e.version.remote() for e in self.engines])
 
     def sleep(self, level: int = 1) -> None:
         ray.get([e.sleep.remote(level) for e in self.engines])
+        self._asleep = True
 
     def wake_up(self) -> None:
         ray.get([e.wake_up.remote() for e in self.engines])
+        self._asleep = False
+
+    def _wake(self) -> None:
+        if self.colocated and self._asleep:
+            self.wake_up()
+
+    def _rest(self) -> None:
+        """Colocated: free the GPU for the learner (weights offloaded, KV cache dropped)."""
+        if self.colocated and not self._asleep:
+            self.sleep(1)
 
     def shutdown(self) -> None:
         for engine in self.engines:

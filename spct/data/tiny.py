@@ -135,6 +135,18 @@ PRESETS: dict[str, TinySpec] = {
         intermediate_size=256,
         digits_per_token=2,
     ),
+    # About 1.0B parameters (20 layers of width 2048): the GPU smoke test's model
+    # (benchmarks/gpu_smoke.sh), big enough for real kernel shapes, built in seconds.
+    "1b": TinySpec(
+        arch="llama",
+        hidden_size=2048,
+        num_layers=20,
+        num_heads=16,
+        num_kv_heads=8,
+        intermediate_size=5632,
+        max_position_embeddings=1024,
+        digits_per_token=2,
+    ),
 }
 
 

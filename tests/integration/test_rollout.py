@@ -197,6 +197,23 @@ def test_seeded_samples_do_not_depend_on_the_batch_or_the_engines_history(group,
     assert first[0] != first[3]
 
 
+def test_a_colocated_group_is_awake_only_to_generate_or_load(ray_cluster, tiny_model_dir):
+    """rollout.colocate: the engines rest (on a GPU: weights offloaded, KV cache freed) between
+    generations and weight loads, so the learner has the GPU; on CPU resting is a no-op, and
+    the bookkeeping is what is checked here."""
+    from spct.rollout import RolloutGroup
+
+    group = RolloutGroup(str(tiny_model_dir), 1, ENGINE_KWARGS, colocated=True, name="colocated")
+    try:
+        assert group._asleep  # rests from the start: the learner builds next
+        pending = group.submit(PROMPTS, GREEDY)
+        assert not group._asleep
+        assert len(pending.result()) == len(PROMPTS) and group._asleep
+        assert group.update_weights_from_path(str(tiny_model_dir), 1) == [1] and group._asleep
+    finally:
+        group.shutdown()
+
+
 def test_bad_sampling_field_is_named(group):
     with pytest.raises(ValueError, match="temprature"):
         group.generate(["hi"], {"temprature": 0.5})

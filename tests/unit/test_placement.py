@@ -62,3 +62,22 @@ def test_a_bundle_no_node_can_hold_and_too_few_nodes_are_named():
     problems = shortfall(lay, nodes)
     assert "cluster.nodes: expected 3 live nodes, found 2" in problems
     assert "rollout engine 0 needs 1 CPU, 4 GPU on one node; no node has that much" in problems
+
+
+def test_colocated_engines_share_the_learner_ranks_bundles():
+    lay = layout(_config("experiment=grm-qwen2.5-7b", "cluster=gpu_8x", "data.train=/d.jsonl",
+                         "phases=[rft,rl]", "rollout.colocate=true", "learner.num_ranks=8", "rollout.num_engines=8"))
+    assert lay.bundles == [{"CPU": 4.0, "GPU": 1.0}] * 8  # a rank's 2 CPUs + an engine's 2, one GPU
+    assert lay.engine_indices == lay.rank_indices == list(range(8))
+    assert shortfall(lay, [GPU_NODE]) == []
+    assert [r for r, _ in lay.roles()][0] == "learner rank 0 + rollout engine 0"
+
+
+def test_colocation_needs_gpus_and_one_engine_per_learner_gpu():
+    from spct.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.colocate: expected a GPU cluster"):
+        _config("rollout.colocate=true")
+    with pytest.raises(ConfigError, match="rl.async_generation: expected false with rollout.colocate"):
+        _config("rollout.colocate=true", "cluster=gpu_8x", "rl.async_generation=true", "learner.num_ranks=4",
+                "rollout.num_engines=4")
