@@ -136,6 +136,16 @@ def test_ray_job_submit_runs_the_quick_experiment_spread_over_both_nodes(cluster
     assert (out / "metrics.jsonl").exists() and (out / "summary.md").exists()
 
 
+def test_pack_keeps_the_engine_and_the_learner_on_one_node(cluster, tmp_path):
+    out = tmp_path / "run"
+    log, _ = _train(cluster, out, "cluster.placement_strategy=PACK", "warmup.steps=2", "logger=none").communicate(
+        timeout=600)
+    placement = json.loads((out / "placement.json").read_text())
+    assert placement["strategy"] == "PACK", log[-3000:]
+    assert len({b["node_id"] for b in placement["bundles"]}) == 1
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["completed"] == ["warmup"]
+
+
 def test_a_run_the_cluster_cannot_hold_fails_before_any_actor_starts(cluster, tmp_path):
     out = tmp_path / "run"
     start = time.time()
