@@ -41,7 +41,9 @@ def actor_fault(exc: BaseException) -> BaseException | None:
     error whose cause is a fault) counts too."""
     import ray.exceptions as rex
 
-    faults = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError)
+    from spct.placement import PlacementLost
+
+    faults = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, PlacementLost)
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -29,6 +29,30 @@ class ClusterError(RuntimeError):
     """The cluster cannot hold what the run asks for."""
 
 
+class PlacementLost(RuntimeError):
+    """A node holding bundles of the run's placement group died: actors waiting for those
+    bundles would wait forever. A fault, like an actor's death (spct.cluster.actor_fault)."""
+
+
+def placed(pg) -> bool:
+    """Whether every bundle of `pg` is on a live node (Ray reschedules those of a dead one)."""
+    from ray.util.placement_group import placement_group_table
+
+    return placement_group_table(pg).get("state") == "CREATED"
+
+
+def wait_ready(refs: list, pg=None, what: str = "actors", poll_s: float = 5.0) -> list:
+    """`ray.get(refs)`; while they are pending, raise PlacementLost if `pg` loses a node."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+        if pending and pg is not None and not placed(pg):
+            raise PlacementLost(f"{what}: a node of the run's placement group died while they were starting")
+    return ray.get(refs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """The run's placement group (engines, then learner ranks) and the actors beside it."""

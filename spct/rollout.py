@@ -127,8 +127,10 @@ class RolloutGroup:
                     placement_group_capture_child_tasks=True,
                 )
             self.engines.append(actor_cls.options(**options).remote(self.model, **kwargs))
-        # Surface a failed start (bad path, version mismatch) here rather than at first use.
-        self.versions()
+        # Surface a failed start (bad path, version mismatch, a lost node) here, not at first use.
+        from spct.placement import wait_ready
+
+        wait_ready([e.version.remote() for e in self.engines], placement_group, f"{name} engines")
         self._rest()
         log.info("%s: %d engine(s) of %s ready", name, num_engines, self.model)
 

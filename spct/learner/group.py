@@ -10,6 +10,7 @@ from typing import Any
 
 from spct.learner.batches import rank_mean, shard_batch, validate_batch
 from spct.learner.worker import LearnerWorker
+from spct.placement import wait_ready
 
 
 def free_port() -> int:
@@ -68,7 +69,7 @@ class LearnerGroup:
             addr, port = _rendezvous_address()
         else:
             probe = ray.remote(num_cpus=0)(_rendezvous_address).options(**placement(0))
-            addr, port = ray.get(probe.remote())
+            (addr, port), = wait_ready([probe.remote()], placement_group, "learner rank 0's node")
 
         actor = ray.remote(LearnerWorker)
         self.num_ranks = num_ranks
@@ -80,6 +81,11 @@ class LearnerGroup:
             )
             for r in range(num_ranks)
         ]
+        try:
+            wait_ready([w.__ray_ready__.remote() for w in self.workers], placement_group, "learner ranks")
+        except Exception:
+            self.shutdown()
+            raise
         self.info = self._call("ready")
 
     def _call(self, method: str, *per_rank_args: Sequence[Any], **kwargs: Any) -> list[Any]:
