@@ -133,12 +133,17 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["phase"] == "warmup" and state["phase_step"] % 5 == 0 and state["phase_step"] >= 10
     saved = state["phase_step"]
-    before = len(_records(out))
+    logged = [r["phase_step"] for r in _records(out) if r["phase"] == "warmup" and "loss" in r]
 
-    _finish(_train(out, "warmup.steps=60", "checkpoint.every_steps=5"))
-    rerun = _records(out)[before:]
-    # The rerun starts right after the checkpoint and runs to the end exactly once.
-    assert [r["phase_step"] for r in rerun if r["phase"] == "warmup" and "loss" in r] == list(range(saved + 1, 61))
+    log = _finish(_train(out, "warmup.steps=60", "checkpoint.every_steps=5"))
+    # The rerun starts right after the checkpoint and runs to the end exactly once: metrics.jsonl
+    # holds each step once, and the steps logged after the checkpoint before the kill are set aside.
+    assert f"at warmup step {saved}" in log
+    assert [r["phase_step"] for r in _records(out) if r["phase"] == "warmup" and "loss" in r] == list(range(1, 61))
+    aside = out / "metrics.rolled_back.jsonl"
+    lines = aside.read_text().splitlines() if aside.exists() else []
+    rolled = [json.loads(x)["phase_step"] for x in lines if x.endswith("}") and '"loss"' in x]  # whole lines
+    assert rolled == [s for s in logged if s > saved]
     assert json.loads((out / "checkpoints" / "state.json").read_text())["completed"][:3] == ["warmup", "rft", "rl"]
 
 
