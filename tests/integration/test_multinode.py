@@ -116,6 +116,40 @@ def test_weights_pushed_from_a_learner_on_one_node_reach_an_engine_on_another(cl
     assert got["after"] == got["transformers"]  # ...exactly as transformers decodes them
 
 
+_PLACE = """
+import json, sys
+import ray
+from hydra import compose, initialize_config_dir
+from ray.util.placement_group import remove_placement_group
+from spct.config import register_schema, to_config
+from spct.placement import layout, placement_report, reserve
+ray.init(address=sys.argv[1], logging_level="ERROR")
+register_schema()
+with initialize_config_dir(config_dir=sys.argv[2], version_base=None):
+    cfg = to_config(compose(config_name="config", overrides=["experiment=quick", *sys.argv[3:]]))
+lay = layout(cfg)
+pg = reserve(lay, timeout_s=60)
+print(json.dumps(placement_report(lay, pg)))
+remove_placement_group(pg)
+"""
+
+
+@pytest.mark.parametrize(("overrides", "nodes_used"), [
+    (["cluster.placement_strategy=PACK"], 1),  # engine and rank fit on one node: packed there
+    (["cluster.placement_strategy=STRICT_PACK"], 1),
+    (["cluster.placement_strategy=SPREAD"], 2),
+    # 2 engines + 2 ranks need 4 CPUs; PACK fills one 2-CPU node and spills to the other
+    (["cluster.placement_strategy=PACK", "rollout.num_engines=2", "learner.num_ranks=2"], 2),
+])
+def test_the_placement_strategy_of_the_preset_decides_the_nodes(cluster, overrides, nodes_used):
+    proc = subprocess.run([sys.executable, "-c", _PLACE, cluster.address, str(REPO / "conf"), *overrides],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len({b["node_id"] for b in report["bundles"]}) == nodes_used
+    assert report["strategy"] == overrides[0].split("=")[1]
+
+
 def test_ray_job_submit_runs_the_quick_experiment_spread_over_both_nodes(cluster, tmp_path):
     """`ray job submit -- python -m spct.train ...`: the driver joins through RAY_ADDRESS (set by
     the job), the engine and the learner land on different nodes (SPREAD), and the outputs land
