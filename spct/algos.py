@@ -1,9 +1,7 @@
 """Training math: group advantages, the GRPO objective, KL estimators and the SFT loss.
 
 Pure torch, so the learner, the tests and any notebook share one definition of every number
-that drives an update. Advantage estimators and policy losses live in two registries keyed by
-name: the config names the algorithm, and a new variant is one decorated function that the
-learner picks up without changes.
+that drives an update.
 
 Shapes: B sequences (for GRPO, B = prompts x G rollouts, laid out group by group), T tokens,
 V vocabulary entries. A `mask` is 1 (or True) on tokens that count and 0 on prompt and padding.
@@ -11,62 +9,20 @@ V vocabulary entries. A `mask` is 1 (or True) on tokens that count and 0 on prom
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-AdvantageEstimator = Callable[..., Tensor]
-PolicyLoss = Callable[..., tuple[Tensor, dict[str, float]]]
-
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
-POLICY_LOSSES: dict[str, PolicyLoss] = {}
 KL_KINDS = ("k1", "k2", "k3")
-
-_F = TypeVar("_F", bound=Callable)
-
-
-def _register(registry: dict[str, _F], kind: str, name: str) -> Callable[[_F], _F]:
-    def add(fn: _F) -> _F:
-        if name in registry:
-            raise ValueError(
-                f"{kind} '{name}' is already registered (by {registry[name].__name__})"
-            )
-        registry[name] = fn
-        return fn
-
-    return add
-
-
-def _lookup(registry: dict[str, _F], kind: str, name: str) -> _F:
-    if name not in registry:
-        raise KeyError(f"unknown {kind} '{name}'; registered: {', '.join(sorted(registry))}")
-    return registry[name]
-
-
-def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
-    return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name)
-
-
-def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
-    return _register(POLICY_LOSSES, "policy loss", name)
-
-
-def get_advantage_estimator(name: str) -> AdvantageEstimator:
-    return _lookup(ADVANTAGE_ESTIMATORS, "advantage estimator", name)
-
-
-def get_policy_loss(name: str) -> PolicyLoss:
-    return _lookup(POLICY_LOSSES, "policy loss", name)
 
 
 # ---------------------------------------------------------------------------------------------
 # Advantages
 
 
-@register_advantage_estimator("grpo")
 def group_advantages(
     rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
 ) -> Tensor:
@@ -169,21 +125,34 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
 # Policy losses
 
 
-def _clipped_objective(
+def grpo_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
     mask: Tensor,
-    ref_logp: Tensor | None,
-    clip_eps: float,
-    clip_eps_high: float | None,
-    beta: float,
-    kl_kind: str,
-    kl_ratio_correction: bool,
+    ref_logp: Tensor | None = None,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    beta: float = 0.0,
+    kl_kind: str = "k3",
+    kl_ratio_correction: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Per-token PPO-clip loss plus beta * KL, and the token-mean metrics that describe it.
+    """GRPO loss: clipped ratio surrogate per token plus beta * KL, averaged per sequence.
 
-    old_logp, ref_logp and the advantages are constants of the objective and are detached.
+    Per token, with ratio = exp(logp - old_logp) and A the sequence's advantage:
+    -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps_high) * A) + beta * KL(pi || pi_ref).
+    `clip_eps_high` defaults to `clip_eps` (symmetric); a larger one is DAPO's clip-higher.
+    `kl_ratio_correction` multiplies the per-token KL by the (differentiable) ratio: the tokens
+    come from the old policy, and the weighted estimate has the unbiased reverse-KL gradient
+    (DeepSeek-V3.2). Off by default, as in the DeepSeekMath GRPO the paper follows; TRL 1.16
+    turns it on by default (`use_bias_correction_kl`).
+    The per-token loss is averaged over each sequence's valid tokens, then over sequences,
+    as in the paper and TRL's "grpo" loss type.
+
+    Metrics (floats, token means over valid tokens): `clip_fraction`, the share of tokens
+    whose gradient the clip removed; `ratio_mean`; and `kl`, the penalty's per-token term,
+    when `ref_logp` is given (also with beta = 0, to watch the drift). old_logp, ref_logp and
+    the advantages are constants of the objective and are detached.
     """
     if logp.dim() != 2:
         raise ValueError(f"logp: expected a [B, T] tensor, got shape {tuple(logp.shape)}")
@@ -236,85 +205,7 @@ def _clipped_objective(
         )
         metrics["clip_fraction"] = masked_mean(was_clipped.to(ratio.dtype), mask).item()
         metrics["ratio_mean"] = masked_mean(ratio, mask).item()
-    return per_token, metrics
-
-
-@register_policy_loss("grpo")
-def grpo_policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    ref_logp: Tensor | None = None,
-    clip_eps: float = 0.2,
-    clip_eps_high: float | None = None,
-    beta: float = 0.0,
-    kl_kind: str = "k3",
-    kl_ratio_correction: bool = False,
-) -> tuple[Tensor, dict[str, float]]:
-    """GRPO loss: clipped ratio surrogate per token plus beta * KL, averaged per sequence.
-
-    Per token, with ratio = exp(logp - old_logp) and A the sequence's advantage:
-    -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps_high) * A) + beta * KL(pi || pi_ref).
-    `clip_eps_high` defaults to `clip_eps` (symmetric); a larger one is DAPO's clip-higher.
-    `kl_ratio_correction` multiplies the per-token KL by the (differentiable) ratio: the tokens
-    come from the old policy, and the weighted estimate has the unbiased reverse-KL gradient
-    (DeepSeek-V3.2). Off by default, as in the DeepSeekMath GRPO the paper follows; TRL 1.16
-    turns it on by default (`use_bias_correction_kl`).
-    The per-token loss is averaged over each sequence's valid tokens, then over sequences,
-    as in the paper and TRL's "grpo" loss type.
-
-    Metrics (floats, token means over valid tokens): `clip_fraction`, the share of tokens
-    whose gradient the clip removed; `ratio_mean`; and `kl`, the penalty's per-token term,
-    when `ref_logp` is given (also with beta = 0, to watch the drift).
-    """
-    per_token, metrics = _clipped_objective(
-        logp,
-        old_logp,
-        advantages,
-        mask,
-        ref_logp,
-        clip_eps,
-        clip_eps_high,
-        beta,
-        kl_kind,
-        kl_ratio_correction,
-    )
     return per_sequence_token_mean(per_token, mask), metrics
-
-
-@register_policy_loss("token_mean")
-def token_mean_policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    ref_logp: Tensor | None = None,
-    clip_eps: float = 0.2,
-    clip_eps_high: float | None = None,
-    beta: float = 0.0,
-    kl_kind: str = "k3",
-    kl_ratio_correction: bool = False,
-) -> tuple[Tensor, dict[str, float]]:
-    """The same per-token objective as `grpo_policy_loss`, averaged over all valid tokens.
-
-    Sum over every token of the batch / number of valid tokens (TRL's "bnpo", DAPO's
-    token-level mean): a long completion weighs more than a short one, which removes the
-    per-sequence mean's bias towards short correct and long wrong answers.
-    """
-    per_token, metrics = _clipped_objective(
-        logp,
-        old_logp,
-        advantages,
-        mask,
-        ref_logp,
-        clip_eps,
-        clip_eps_high,
-        beta,
-        kl_kind,
-        kl_ratio_correction,
-    )
-    return masked_mean(per_token, mask), metrics
 
 
 # ---------------------------------------------------------------------------------------------

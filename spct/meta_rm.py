@@ -5,7 +5,8 @@ exactly what a vote sees: the GRM prompt (query and responses) followed by the G
 critique and scores. Its logit is the evidence that the trajectory is correct by Eq. 10.
 
 It is a plain class so callers choose its resources: `ray.remote(MetaRM).options(num_gpus=1)`.
-By default it starts from the GRM backbone: a causal-LM checkpoint loaded as a sequence
+It only scores; the meta_rm phase trains it through the DeepSpeed learner (task="classification")
+on the ids `encode_trajectory` gives. Untrained, it starts from the GRM backbone: a causal-LM checkpoint loaded as a sequence
 classifier gets a fresh scalar head, seeded so two actors built alike score alike.
 """
 
@@ -13,12 +14,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from spct.versions import check_versions
@@ -61,10 +60,9 @@ class MetaRM:
         max_length: tokens kept per trajectory, capped at the model's context. Longer inputs
             lose their beginning, so the critique and the scores always survive.
         seed: seeds the fresh head's initialisation.
-        lr: AdamW learning rate for `train_step`.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-        micro_batch_size: sequences per forward pass; a larger `train_step` batch accumulates.
-        weight_decay, grad_clip: AdamW weight decay and the gradient-norm clip (0 = none).
+        micro_batch_size: sequences per forward pass.
+        num_threads: CPU threads for scoring (0: Ray's default for the actor).
     """
 
     def __init__(
@@ -73,11 +71,8 @@ class MetaRM:
         dtype: str = "bfloat16",
         max_length: int = 4096,
         seed: int = 0,
-        lr: float = 1e-5,
         device: str = "auto",
         micro_batch_size: int = 8,
-        weight_decay: float = 0.0,
-        grad_clip: float = 1.0,
         num_threads: int = 0,
     ) -> None:
         check_versions(("torch", "transformers"), role="meta RM")
@@ -92,7 +87,6 @@ class MetaRM:
             # Ray caps an actor's OpenMP threads at its CPU reservation (one by default); where
             # the meta RM scores while the other actors wait, it may use every core.
             torch.set_num_threads(num_threads)
-        self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
         self.micro_batch_size = micro_batch_size
 
         path = _local_or_hub(model)
@@ -113,8 +107,6 @@ class MetaRM:
         self.model.to(self.device).eval()
         context = getattr(self.model.config, "max_position_embeddings", None)
         self.max_length = min(max_length, context) if context else max_length
-        self._optimizer: torch.optim.Optimizer | None = None
-        self.steps = 0
 
     def text(self, trajectory: Mapping[str, Any]) -> str:
         return trajectory_text(self.tokenizer, trajectory)
@@ -125,7 +117,7 @@ class MetaRM:
     @torch.no_grad()
     def score(self, trajectories: Sequence[Mapping[str, Any]]) -> list[float]:
         """One logit per trajectory, in input order; higher means more likely correct."""
-        _check(trajectories, need_label=False)
+        _check(trajectories)
         self.model.eval()
         ids = [self.encode(t) for t in trajectories]
         # Similar lengths share a micro-batch, so little compute goes to padding.
@@ -136,44 +128,6 @@ class MetaRM:
             for i, value in zip(chunk, logits.float().tolist(), strict=True):
                 scores[i] = value
         return scores
-
-    def train_step(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-        """One AdamW step of binary cross-entropy on the whole batch (micro-batches accumulate).
-
-        Each trajectory's "label" is its target in [0, 1]; "accuracy" counts predictions within
-        0.5 of it."""
-        _check(batch, need_label=True)
-        if not batch:
-            raise ValueError("MetaRM.train_step: expected a non-empty batch")
-        if self._optimizer is None:
-            self._optimizer = torch.optim.AdamW(
-                self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay
-            )
-        self.model.train()
-        self._optimizer.zero_grad(set_to_none=True)
-        total_loss, correct = 0.0, 0
-        for start in range(0, len(batch), self.micro_batch_size):
-            micro = batch[start : start + self.micro_batch_size]
-            labels = torch.tensor([float(t["label"]) for t in micro], device=self.device)
-            logits = self._logits([self.encode(t) for t in micro]).float()
-            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-            (loss / len(batch)).backward()
-            total_loss += loss.item()
-            correct += int(((torch.sigmoid(logits) - labels).abs() < 0.5).sum().item())
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self._optimizer.step()
-        self.model.eval()
-        self.steps += 1
-        return {"loss": total_loss / len(batch), "accuracy": correct / len(batch)}
-
-    def save(self, path: str | os.PathLike[str]) -> str:
-        """Model and tokenizer in Hugging Face format; `MetaRM(path)` loads them back."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
-        return str(out)
 
     def _logits(self, ids: list[list[int]]) -> torch.Tensor:
         # Right padding leaves every real token at its own position whatever the model's
@@ -188,7 +142,7 @@ class MetaRM:
         return self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0]
 
 
-def _check(trajectories: Sequence[Mapping[str, Any]], need_label: bool) -> None:
+def _check(trajectories: Sequence[Mapping[str, Any]]) -> None:
     """Fail on the first malformed trajectory, naming its index and the field."""
     for i, t in enumerate(trajectories):
         if not isinstance(t, Mapping):
@@ -198,12 +152,6 @@ def _check(trajectories: Sequence[Mapping[str, Any]], need_label: bool) -> None:
                 raise ValueError(
                     f"trajectory {i}: field {key!r}: expected a string, got {t.get(key)!r:.80}"
                 )
-        label = t.get("label")
-        if need_label and (not isinstance(label, Real) or not 0 <= label <= 1):
-            raise ValueError(
-                f"trajectory {i}: field 'label': expected a target in [0, 1] (1 = correct), "
-                f"got {label!r}"
-            )
 
 
 def _chunks(seq: list[int], size: int) -> Iterator[list[int]]:

@@ -1,4 +1,5 @@
-"""The meta RM on the tiny causal LM: as a Ray actor, trained on a separable toy set, saved and reloaded."""
+"""The meta-RM scorer on the tiny causal LM, as a Ray actor and in process. Its training through
+the DeepSpeed learner is in test_meta_rm_learner.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from spct.meta_rm import MetaRM
 
 pytestmark = pytest.mark.integration
 
-KWARGS = dict(dtype="float32", max_length=256, seed=0, lr=3e-3, micro_batch_size=4)
+KWARGS = dict(dtype="float32", max_length=256, seed=0, micro_batch_size=4)
 CORRECT = "Analysis: Response 1 adds up, Response 2 is off by one.\nScores: \\boxed{9, 2}"
 WRONG = "Analysis: Response 1 adds up, Response 2 is off by one.\nScores: \\boxed{2, 9}"
 
@@ -67,37 +68,6 @@ def test_actor_scores_are_finite_deterministic_and_in_input_order(ray_cluster, t
             ray_cluster.kill(actor)
 
 
-def test_training_separates_the_toy_set_and_survives_save_and_reload(
-    ray_cluster, tiny_model_dir, tmp_path
-):
-    actor_cls = ray_cluster.remote(MetaRM)
-    trained = actor_cls.remote(model=str(tiny_model_dir), **KWARGS)
-    data = toy_set()
-    try:
-        losses = []
-        for _ in range(40):
-            metrics = ray_cluster.get(trained.train_step.remote(data))
-            assert set(metrics) == {"loss", "accuracy"}
-            losses.append(metrics["loss"])
-        assert losses[0] == pytest.approx(math.log(2), abs=0.1), "a fresh head starts near chance"
-        assert losses[-1] < 0.3 < losses[0]
-        assert metrics["accuracy"] == 1.0
-
-        scores = ray_cluster.get(trained.score.remote(data))
-        positives = [s for s, t in zip(scores, data, strict=True) if t["label"] == 1]
-        negatives = [s for s, t in zip(scores, data, strict=True) if t["label"] == 0]
-        assert min(positives) > 0 > max(negatives)
-
-        folder = ray_cluster.get(trained.save.remote(tmp_path / "meta_rm"))
-        config = json.loads((tmp_path / "meta_rm" / "config.json").read_text())
-        assert config["architectures"] == ["LlamaForSequenceClassification"]
-        assert len(config["id2label"]) == 1
-        reloaded = MetaRM(folder, **{**KWARGS, "seed": 7})
-        assert reloaded.score(data) == pytest.approx(scores, abs=1e-5)
-    finally:
-        ray_cluster.kill(trained)
-
-
 def test_long_inputs_lose_their_beginning_not_their_scores(local: MetaRM):
     a = {"prompt": "First long preamble. " * 20 + grm_prompt(3, 4), "completion": CORRECT}
     b = {"prompt": "Another, different opening. " * 20 + grm_prompt(3, 4), "completion": CORRECT}
@@ -127,12 +97,8 @@ def test_input_text_is_the_chat_conversation_or_plain_text(local: MetaRM):
 def test_bad_trajectories_fail_naming_the_index_and_field(local: MetaRM):
     with pytest.raises(ValueError, match=r"trajectory 1: field 'completion'"):
         local.score([{"prompt": "q", "completion": "c"}, {"prompt": "q"}])
-    with pytest.raises(ValueError, match=r"trajectory 0: field 'label': expected a target in \[0, 1\].*got 2"):
-        local.train_step([{"prompt": "q", "completion": "c", "label": 2}])
-    with pytest.raises(ValueError, match="field 'label'"):
-        local.train_step([{"prompt": "q", "completion": "c"}])
-    with pytest.raises(ValueError, match="non-empty"):
-        local.train_step([])
+    with pytest.raises(TypeError, match="trajectory 0: expected a dict"):
+        local.score(["not a trajectory"])
     with pytest.raises(FileNotFoundError, match="meta RM model folder not found"):
         MetaRM("./no/such/folder")
     with pytest.raises(ValueError, match="MetaRM device"):

@@ -10,11 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spct import algos
 from spct.algos import (
     completion_labels,
-    get_advantage_estimator,
-    get_policy_loss,
     group_advantages,
     grpo_policy_loss,
     kl_estimate,
@@ -23,7 +20,6 @@ from spct.algos import (
     sft_loss,
     token_entropy,
     token_logprobs,
-    token_mean_policy_loss,
 )
 
 # ------------------------------------------------------------------------------- advantages
@@ -97,41 +93,6 @@ def test_group_advantages_are_finite_and_centred(g, n_groups, data):
 def test_group_advantages_rejects_bad_input(rewards, group_size, message):
     with pytest.raises(ValueError, match=message):
         group_advantages(rewards, group_size=group_size)
-
-
-# ------------------------------------------------------------------------------- registries
-
-
-def test_registries_resolve_by_name():
-    assert get_advantage_estimator("grpo") is group_advantages
-    assert get_policy_loss("grpo") is grpo_policy_loss
-    assert get_policy_loss("token_mean") is token_mean_policy_loss
-
-
-def test_unknown_names_list_what_is_registered():
-    with pytest.raises(KeyError, match="grpo"):
-        get_advantage_estimator("ppo")
-    with pytest.raises(KeyError, match="grpo, token_mean"):
-        get_policy_loss("nope")
-
-
-def test_registering_a_name_twice_is_refused():
-    with pytest.raises(ValueError, match="already registered"):
-        algos.register_policy_loss("grpo")(token_mean_policy_loss)
-
-
-def test_a_new_policy_loss_is_one_decorated_function():
-    @algos.register_policy_loss("test_sum")
-    def summed(logp, old_logp, advantages, mask, **_):
-        return -(logp * advantages.unsqueeze(-1) * mask).sum(), {}
-
-    try:
-        loss, _ = get_policy_loss("test_sum")(
-            torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2)
-        )
-        assert loss.item() == 0.0
-    finally:
-        del algos.POLICY_LOSSES["test_sum"]
 
 
 # ------------------------------------------------------------------------------- reductions
@@ -338,23 +299,19 @@ def test_all_masked_row_gives_finite_loss_and_gradient():
     old = torch.tensor([[-1.2, -1.5], [0.0, 0.0]])
     ref = torch.tensor([[-1.0, -1.0], [0.0, 0.0]])
     mask = torch.tensor([[1, 1], [0, 0]])
-    for loss_fn in (grpo_policy_loss, token_mean_policy_loss):
-        loss, metrics = loss_fn(logp, old, torch.tensor([1.0, -1.0]), mask, ref_logp=ref, beta=0.1)
-        assert torch.isfinite(loss)
-        assert all(math.isfinite(v) for v in metrics.values())
-        (grad,) = torch.autograd.grad(loss, logp)
-        assert torch.isfinite(grad).all()
-        assert torch.equal(grad[1], torch.zeros(2))
+    loss, metrics = grpo_policy_loss(logp, old, torch.tensor([1.0, -1.0]), mask, ref_logp=ref, beta=0.1)
+    assert torch.isfinite(loss)
+    assert all(math.isfinite(v) for v in metrics.values())
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert torch.isfinite(grad).all()
+    assert torch.equal(grad[1], torch.zeros(2))
 
 
-def test_grpo_averages_per_sequence_and_token_mean_over_tokens():
+def test_grpo_averages_per_sequence_not_over_tokens():
     logp = torch.zeros(2, 3)
     mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
-    adv = torch.tensor([1.0, -1.0])
-    per_seq, _ = grpo_policy_loss(logp, logp, adv, mask)
-    per_tok, _ = token_mean_policy_loss(logp, logp, adv, mask)
-    assert per_seq.item() == pytest.approx(0.0)  # (-1 + 1) / 2
-    assert per_tok.item() == pytest.approx(0.5)  # (-1 + 3) / 4
+    per_seq, _ = grpo_policy_loss(logp, logp, torch.tensor([1.0, -1.0]), mask)
+    assert per_seq.item() == pytest.approx(0.0)  # (-1 + 1) / 2; a token mean would be (-1 + 3) / 4
 
 
 def test_metrics_are_detached_python_floats():
@@ -541,10 +498,7 @@ def test_advantages_match_trl(trl_trainer, scale_rewards, scale):
 
 
 @pytest.mark.parametrize("kl_ratio_correction", [False, True])
-@pytest.mark.parametrize("trl_loss_type, ours_name", [("grpo", "grpo"), ("bnpo", "token_mean")])
-def test_policy_loss_and_gradient_match_trl(
-    trl_trainer, trl_loss_type, ours_name, kl_ratio_correction
-):
+def test_policy_loss_and_gradient_match_trl(trl_trainer, kl_ratio_correction):
     """TRL's own _compute_loss on its own rollouts, with off-policy old log-probs so both clip
     sides are active, against ours on log-probs from token_logprobs; values, metrics, grads."""
     trainer, batch = trl_trainer
@@ -567,7 +521,6 @@ def test_policy_loss_and_gradient_match_trl(
     inputs["old_per_token_logps"] = old
     inputs["ref_per_token_logps"] = ref
 
-    trainer.loss_type = trl_loss_type
     trainer.args.use_bias_correction_kl = kl_ratio_correction
     try:
         model.zero_grad()
@@ -575,13 +528,12 @@ def test_policy_loss_and_gradient_match_trl(
         trl_loss.backward()
         trl_grads = [p.grad.clone() for p in model.parameters()]
     finally:
-        trainer.loss_type = "grpo"
         trainer.args.use_bias_correction_kl = True
     mode = "train" if model.training else "eval"
     trl_metrics = {k: v[-1] for k, v in trainer._metrics[mode].items()}
 
     model.zero_grad()
-    loss, metrics = get_policy_loss(ours_name)(
+    loss, metrics = grpo_policy_loss(
         our_logp(),
         old,
         inputs["advantages"],
