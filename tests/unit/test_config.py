@@ -289,3 +289,23 @@ def test_missing_local_paths_are_named_together_and_hub_ids_pass(compose: Compos
     for key in ("data.test", "model.path", "meta_rm.model"):
         assert f"{key}: expected an existing file or folder" in str(err.value)
     assert "data.train" not in str(err.value)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "experiment"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_group_option_says_only_what_differs_from_the_schema(path):
+    """Every default lives in spct/config.py once: a group option that restated one would keep
+    its stale copy when the default changes."""
+    schema = OmegaConf.structured(Config)[path.parent.name]
+
+    def restated(node, default, prefix=""):
+        for key, value in node.items():
+            if key not in default:
+                yield f"{prefix}{key} (not in the schema)"
+            elif OmegaConf.is_dict(value) and OmegaConf.is_dict(default[key]) and len(default[key]):
+                yield from restated(value, default[key], f"{prefix}{key}.")
+            elif OmegaConf.to_container(OmegaConf.create({"v": value}))["v"] == (
+                    OmegaConf.to_container(OmegaConf.create({"v": default[key]}))["v"]):
+                yield f"{prefix}{key}"
+
+    assert list(restated(OmegaConf.load(path), schema)) == []
