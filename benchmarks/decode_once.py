@@ -12,7 +12,6 @@ the same text (tests/integration/test_rollout.py). Prints the median of --reps c
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -27,7 +26,6 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--reps", type=int, default=5)
     a = ap.parse_args()
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
     from benchmarks.grpo_vs_trl import compose, rl_prompts
     from spct.config import engine_kwargs

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -90,7 +89,6 @@ def main() -> None:
 
     from benchmarks.grpo_vs_trl import build_model
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     results = {}
     for size in a.sizes.split(","):
         model = Path(a.model) if a.model else build_model(size, REPO / "outputs" / "bench", 0)

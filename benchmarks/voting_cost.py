@@ -35,9 +35,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "voting_cost")
     a = ap.parse_args()
 
-    import os
-
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from benchmarks.grpo_vs_trl import compose
     from spct.cluster import init_ray
     from spct.config import engine_kwargs

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import os
 
+# The driver's settings that actors must see (a Ray worker inherits its raylet's environment,
+# not the driver's): vLLM's, read at engine start, and the Hugging Face and W&B ones.
+FORWARDED_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND",
+                 "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM", "WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE")
+
 
 def actor_env() -> dict[str, str]:
     """Environment every actor inherits (set once here, where it is visible)."""
-    env = {
-        # In-process vLLM engines: seconds to start on CPU instead of tens.
-        "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    for key in ("WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    return env
+    return {"TOKENIZERS_PARALLELISM": "false", **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -27,7 +24,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if address is None:
         resources = dict(address="local", num_cpus=num_cpus, num_gpus=num_gpus or None)
     else:  # joining a cluster: its nodes declared their own resources

@@ -238,6 +238,14 @@ class ClusterConfig:
     nodes: int = 1  # live nodes the run expects; it stops before starting actors if fewer are up
     placement_strategy: str = "PACK"  # engines + learner ranks: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD
 
+    def gpus(self, n: float, shared: bool = False) -> float:
+        """The GPU switch: what one engine (n = its tensor-parallel size), learner rank or meta RM
+        (n = 1) asks Ray for. None on a CPU cluster; half of one each when an engine and a learner
+        rank share it (rollout.colocate)."""
+        if not self.num_gpus:
+            return 0
+        return 0.5 if shared else n
+
 
 @dataclass
 class LoggerConfig:

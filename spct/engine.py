@@ -176,6 +176,9 @@ class VLLMEngine:
         block_size: int | None = None,
     ) -> None:
         check_versions(("torch", "vllm", "transformers"), role="rollout engine")
+        # The engine core runs in this process (seconds to start on CPU instead of tens), unless
+        # the user's environment (forwarded by spct.cluster.actor_env) says otherwise.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         self.on_gpu = torch.cuda.is_available()

@@ -263,10 +263,10 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
                 engine_kwargs(cfg.model, r, cfg.seed),
                 template=cfg.model.template, max_new_tokens=cfg.model.max_new_tokens,
                 num_cpus_per_engine=r.num_cpus_per_engine,
-                num_gpus_per_engine=r.tensor_parallel_size if cfg.cluster.num_gpus else 0)
+                num_gpus_per_engine=cfg.cluster.gpus(r.tensor_parallel_size))
             if cfg.meta_rm:
                 score_meta, actor = meta_scorer(cfg.meta_rm, cfg.model.dtype, cfg.model.max_model_len,
-                                                num_gpus=1 if cfg.cluster.num_gpus else 0)
+                                                num_gpus=cfg.cluster.gpus(1))
         tables = run_benchmarks(pool, benchmarks, out, k_max=cfg.k_max, temperature=cfg.temperature,
                                 k_meta_ratio=cfg.k_meta_ratio, meta_score=score_meta, rescore=cfg.rescore,
                                 bootstrap=cfg.bootstrap, seed=cfg.seed, tracker=tracker)

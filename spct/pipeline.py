@@ -144,7 +144,7 @@ class Pipeline:
         cluster, else the Ray object store."""
         from spct.weight_sync import make_weight_sync
 
-        nccl = self.cfg.cluster.num_gpus and not self.cfg.rollout.colocate
+        nccl = self.cfg.cluster.gpus(1) and not self.cfg.rollout.colocate
         return make_weight_sync("nccl" if nccl else "ray", group)
 
     def engines(self, model: str, name: str = "rollout", owned: bool = False):
@@ -163,11 +163,8 @@ class Pipeline:
         return group
 
     def _gpus(self, n: int) -> float:
-        """GPUs an engine or a learner rank asks Ray for: none on CPU, half of one each when
-        they share it (rollout.colocate)."""
-        if not self.cfg.cluster.num_gpus:
-            return 0
-        return 0.5 if self.cfg.rollout.colocate else n
+        """GPUs an engine or a learner rank of the placement group asks Ray for."""
+        return self.cfg.cluster.gpus(n, shared=self.cfg.rollout.colocate)
 
     def own(self, close) -> None:
         """Call `close()` at cleanup (actors a phase started beyond the run's own)."""
@@ -274,7 +271,7 @@ class Pipeline:
         return GRMRewardPool(
             model, num_engines or r.num_engines, engine_kwargs(self.cfg.model, r, self.cfg.seed), template=template,
             max_new_tokens=self.cfg.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
-            num_gpus_per_engine=r.tensor_parallel_size if self.cfg.cluster.num_gpus else 0)
+            num_gpus_per_engine=self.cfg.cluster.gpus(r.tensor_parallel_size))
 
     def meta_scorer(self, path: str, max_length: int):
         """A meta-RM actor on `path` with the run's dtype and threads (a GPU of its own on a GPU

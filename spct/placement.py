@@ -98,10 +98,9 @@ class Layout:
 def layout(cfg) -> Layout:
     """The layout a training config asks for (a `spct.config.Config`)."""
     c, r, lc = cfg.cluster, cfg.rollout, cfg.learner
-    gpu = bool(c.num_gpus)
 
     def bundle(cpus: float, gpus: float) -> dict[str, float]:
-        return {"CPU": float(cpus), **({"GPU": float(gpus)} if gpu and gpus else {})}
+        return {"CPU": float(cpus), **({"GPU": float(c.gpus(gpus))} if c.gpus(gpus) else {})}
 
     engine = bundle(r.num_cpus_per_engine, r.tensor_parallel_size)
     extras: list[tuple[str, dict[str, float]]] = []

@@ -13,26 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from spct.cluster import actor_env
 from spct.engine import VLLMEngine
 
 log = logging.getLogger(__name__)
-
-# Settings read by vLLM at engine start that must reach the actors' processes.
-_FORWARDED_ENV = (
-    "VLLM_ENABLE_V1_MULTIPROCESSING",
-    "VLLM_CPU_KVCACHE_SPACE",
-    "VLLM_CPU_OMP_THREADS_BIND",
-    "VLLM_LOGGING_LEVEL",
-    "TOKENIZERS_PARALLELISM",
-    "HF_HUB_OFFLINE",
-)
 
 
 def split_contiguous(n: int, parts: int) -> list[range]:
@@ -107,7 +97,7 @@ class RolloutGroup:
         # Colocated with the learner on its GPUs: awake only to generate or load weights.
         self.colocated, self._asleep = colocated, False
         self.workers_per_engine = int(kwargs.get("tensor_parallel_size", 1))
-        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        env = actor_env()
         if not num_gpus_per_engine and num_engines > 1:
             # vLLM's CPU worker pins its OpenMP threads to the NUMA node's cores starting at
             # core 0; two engines on one node would then share a core and leave the rest idle.

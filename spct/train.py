@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
@@ -95,7 +94,6 @@ def train(config) -> tuple:
 def run(cfg: DictConfig) -> dict:
     config = to_config(cfg)
     check_paths(config)
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     start = time.perf_counter()
     pipe, state = train(config)
     wall = time.perf_counter() - start
