@@ -62,8 +62,8 @@ def sync_check(model: Path) -> dict:
     import ray
     import torch
 
-    from spct.data.tiny import load_causal_lm, load_tokenizer
     from spct.learner import LearnerGroup
+    from spct.models import load_causal_lm, load_tokenizer
     from spct.recipes.sft import encode_sft, sft_batch
     from spct.rollout import RolloutGroup
     from spct.weight_sync import make_weight_sync
@@ -114,7 +114,7 @@ def main() -> int:
     model, run = out / "model-1b", out / "run"
     cmd = [sys.executable, "-m", "spct.train", *train_overrides(model, run)]
     if a.dry_run:
-        print(f"build: spct.data.tiny.ensure_tiny_model({str(model)!r}, preset='1b')")
+        print(f"build: spct.models.ensure_tiny_model({str(model)!r}, preset='1b')")
         print("train: " + shlex.join(cmd))
         print("check: a colocated learner rank and engine, greedy after a sync against transformers")
         return 0
@@ -122,14 +122,14 @@ def main() -> int:
 
     if not torch.cuda.is_available():
         sys.exit("gpu_smoke: needs a CUDA GPU (try --dry-run to see what it runs)")
-    from spct.data.tiny import ensure_tiny_model
+    from spct.models import ensure_tiny_model
 
     device = torch.cuda.get_device_name()
     times = {}
     t = time.perf_counter()
     ensure_tiny_model(model, preset="1b")
     times["build_s"] = time.perf_counter() - t
-    from spct.data.tiny import load_causal_lm
+    from spct.models import load_causal_lm
 
     params = float(sum(p.numel() for p in load_causal_lm(model, dtype="float32").parameters()))
     t = time.perf_counter()

@@ -22,6 +22,7 @@ OVERRIDE...` adds a row: spct again with those overrides, against the same TRL m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Shapes built by spct's own tiny-model factory (spct.data.tiny): the demo preset and a ~20M
+# Shapes built by spct's own tiny-model factory (spct.models): the demo preset and a ~20M
 # Llama on the demo tokenizer.
 SIZES = {
     "demo": {},
@@ -41,7 +42,7 @@ SIZES = {
 
 
 def build_model(size: str, out: Path, seed: int) -> Path:
-    from spct.data.tiny import ensure_tiny_model
+    from spct.models import ensure_tiny_model
 
     return Path(ensure_tiny_model(out / f"model-{size}", preset="demo", seed=seed, overrides=SIZES[size]))
 
@@ -88,7 +89,7 @@ def rl_prompts(cfg) -> list[tuple[str, list[float], list[int], int, int]]:
     from spct.recipes.rl import rl_prompts as phase_prompts
 
     pipe = Pipeline(cfg)  # not set up: only its config, data and prompt rendering are used
-    pipe.data = load_splits(cfg.data, cfg.seed, ("train",))
+    pipe.data = load_splits(seed=cfg.seed, splits=("train",), **dataclasses.asdict(cfg.data))
     out = []
     for step in range(cfg.rl.steps):
         items, orders, prompts = phase_prompts(pipe, step)
@@ -145,8 +146,8 @@ def trl_worker(a: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from spct.data.tiny import load_tokenizer
     from spct.grm import map_back, parse_scores, rule_reward
+    from spct.models import load_tokenizer
 
     torch.set_num_threads(a.threads)
     model = Path(a.trl_worker)

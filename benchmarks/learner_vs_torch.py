@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 def rl_batch(model: Path, prompts: int, group: int, seed: int) -> dict[str, list]:
     from benchmarks.grpo_vs_trl import compose, rl_prompts
-    from spct.data.tiny import load_tokenizer
+    from spct.models import load_tokenizer
 
     cfg = compose([f"model.path={model}", f"rl.prompts_per_step={prompts}", "rl.steps=1"])
     tok = load_tokenizer(model)

@@ -14,12 +14,13 @@ Reads each run's saved config and eval generations (nothing is regenerated) and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from spct.data import load_splits
-from spct.evaluate import load_generations
+from spct.evaluation import load_generations
 from spct.grm import best_index, is_correct, is_neutral
 from spct.scaling import accuracy, metarm_outcome, voting_outcome
 
@@ -52,7 +53,7 @@ def within_auc(sets, k: int, pos: str, neg: str) -> tuple[float, int]:
 def report(run: Path) -> None:
     cfg = OmegaConf.load(run / "hydra" / ".hydra" / "config.yaml")
     k, ratio = cfg.eval.k_max, cfg.eval.k_meta_ratio
-    items = load_splits(cfg.data, cfg.seed, [cfg.eval.split])[cfg.eval.split][: cfg.eval.max_items or None]
+    items = load_splits(seed=cfg.seed, splits=[cfg.eval.split], **dataclasses.asdict(cfg.data))[cfg.eval.split][: cfg.eval.max_items or None]
     sets = load_generations(run / "eval" / cfg.eval.split / "generations.jsonl", items)
     kinds = [kind(x, s.item.rewards) for s in sets for x in s.samples[:k]]
     shares = ", ".join(f"{name} {kinds.count(name) / len(kinds):.1%}"

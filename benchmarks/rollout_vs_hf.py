@@ -39,7 +39,7 @@ def one_size(a: argparse.Namespace, model: Path) -> dict:
 
     from benchmarks.grpo_vs_trl import compose, rl_prompts
     from spct.config import engine_kwargs
-    from spct.data.tiny import load_tokenizer
+    from spct.models import load_tokenizer
 
     torch.set_num_threads(a.threads)
     cfg = compose([f"model.path={model}", f"rl.prompts_per_step={a.prompts}", "rl.steps=1"])

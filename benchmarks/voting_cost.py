@@ -14,6 +14,7 @@ OUT/voting_cost.json and OUT/voting_cost.png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -42,7 +43,7 @@ def main() -> None:
     from spct.reward_pool import GRMRewardPool
 
     cfg = compose([f"model.path={a.model}", f"data.test_size={a.items}", *a.overrides])
-    items = load_splits(cfg.data, cfg.seed, ("test",))["test"]
+    items = load_splits(seed=cfg.seed, splits=("test",), **dataclasses.asdict(cfg.data))["test"]
     kwargs = engine_kwargs(cfg.model, cfg.rollout, cfg.seed)
     init_ray(None, cfg.cluster.num_cpus, 0)
     pool = GRMRewardPool(a.model, 1, kwargs, template=cfg.model.template,

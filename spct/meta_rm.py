@@ -142,6 +142,19 @@ class MetaRM:
         return self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0]
 
 
+def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0, num_gpus: float = 0,
+                **options):
+    """A function scoring trajectories with a meta-RM actor (and the actor, to kill later).
+    On a GPU cluster give it `num_gpus` (1: a GPU of its own), else it runs on CPU; `options`
+    are further Ray actor options (e.g. a placement group bundle)."""
+    import ray
+
+    # Scoring is forward-only, so larger micro-batches than training's are fine.
+    actor = ray.remote(MetaRM).options(num_gpus=num_gpus, **options).remote(
+        path, dtype=dtype, max_length=max_length, micro_batch_size=64, num_threads=num_threads)
+    return (lambda trajectories: ray.get(actor.score.remote(trajectories))), actor
+
+
 def _check(trajectories: Sequence[Mapping[str, Any]]) -> None:
     """Fail on the first malformed trajectory, naming its index and the field."""
     for i, t in enumerate(trajectories):

@@ -99,7 +99,7 @@ class Pipeline:
         (self.out / "placement.json").write_text(json.dumps(placement_report(self.layout, self.placement), indent=1))
         if self.state.model is None and set(cfg.phases) - set(POLICY_PHASES):
             self.state.model = self._base_model()
-        self.data = load_splits(self.cfg.data, self.cfg.seed)
+        self.data = load_splits(seed=self.cfg.seed, **dataclasses.asdict(self.cfg.data))
         self.tracker = Tracker(
             self.out,
             kind=cfg.logger.kind,
@@ -119,7 +119,7 @@ class Pipeline:
     @functools.cached_property
     def tokenizer(self):
         """The GRM's tokenizer."""
-        from spct.data.tiny import load_tokenizer
+        from spct.models import load_tokenizer
 
         return load_tokenizer(self.state.model)
 
@@ -174,7 +174,7 @@ class Pipeline:
         m = self.cfg.model
         if m.path is not None:
             return m.path
-        from spct.data.tiny import ensure_tiny_model
+        from spct.models import ensure_tiny_model
 
         return str(ensure_tiny_model(self.out / "base_model", preset=m.tiny_preset, seed=self.cfg.seed))
 
@@ -277,7 +277,7 @@ class Pipeline:
         """A meta-RM actor on `path` with the run's dtype and threads (a GPU of its own on a GPU
         cluster): (a function scoring trajectories, the actor to kill when done). With no learner
         running it takes learner rank 0's bundle, else it runs beside the placement group."""
-        from spct.evaluate import meta_scorer
+        from spct.meta_rm import meta_scorer
 
         options = {}
         if self.learner is None and self.placement is not None:

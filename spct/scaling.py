@@ -23,8 +23,8 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from spct.data.schema import Item
 from spct.grm import best_index, pick_best, single_verdict, vote
+from spct.item import Item
 
 CORRECT, WRONG, TIE = "correct", "wrong", "tie"
 GREEDY, VOTING, METARM = "Greedy", "Voting", "MetaRM"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spct.data.schema import Item
+from spct.item import Item
 from spct.scaling import TIE, WRONG, Outcome, Row, ScalingResults, row_order
 
 Metrics = dict[str, float]

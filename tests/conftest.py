@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The 'test' preset model and tokenizer, in Hugging Face format, built once per session."""
-    from spct.data.tiny import ensure_tiny_model
+    from spct.models import ensure_tiny_model
 
     return Path(ensure_tiny_model(tmp_path_factory.mktemp("tiny") / "test", preset="test"))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spct.data.schema import DataError, Item, validate
+from spct.item import DataError, Item, validate
 
 logger = logging.getLogger("spct.data")
 
@@ -455,13 +455,19 @@ def save_items(items: Iterable[Item], path: str | Path) -> Path:
     return path
 
 
-def load_splits(data: Any, seed: int, splits: Iterable[str] = ("train", "validation", "test")) -> dict[str, list[Item]]:
-    """A run's data splits from its `data` config: generated for kind "synthetic" (sizes
-    `<split>_size`, drawn with `seed`), otherwise read from the file or hub id each split
-    names (a split left null is absent)."""
-    if data.kind == "synthetic":
+def load_splits(kind: str = "synthetic", *, seed: int = 0, splits: Iterable[str] = ("train", "validation", "test"),
+                train: str | None = None, validation: str | None = None, test: str | None = None,
+                format: str | None = None, skip_invalid: bool = False, train_size: int = 0,
+                validation_size: int = 0, test_size: int = 0, task: dict | None = None) -> dict[str, list[Item]]:
+    """A run's data splits: generated for kind "synthetic" (`<split>_size` items of the task
+    `task`, a dict of SyntheticConfig fields, drawn with `seed`), otherwise read from the file or
+    hub id each split names (a split left null is absent). The arguments are the fields of the
+    `data` config: `load_splits(seed=seed, **dataclasses.asdict(cfg.data))`."""
+    if kind == "synthetic":
         from spct.data.synthetic import SyntheticConfig, make_splits
 
-        return make_splits(SyntheticConfig(**data.task), seed, {s: getattr(data, f"{s}_size") for s in splits})
-    return {s: load_items(getattr(data, s), format=data.format, skip_invalid=data.skip_invalid, split=s)
-            for s in splits if getattr(data, s) is not None}
+        sizes = {"train": train_size, "validation": validation_size, "test": test_size}
+        return make_splits(SyntheticConfig(**(task or {})), seed, {s: sizes[s] for s in splits})
+    paths = {"train": train, "validation": validation, "test": test}
+    return {s: load_items(paths[s], format=format, skip_invalid=skip_invalid, split=s)
+            for s in splits if paths[s] is not None}

@@ -26,8 +26,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spct.data.schema import DataError, Item, validate
 from spct.grm import check_order, format_scores
+from spct.item import DataError, Item, validate
 
 SPLITS = ("train", "validation", "test")
 

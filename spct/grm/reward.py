@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from spct.data.schema import Item
 from spct.grm.voting import rescaled_vote
+from spct.item import Item
 
 MODES = ("group", "single")
 

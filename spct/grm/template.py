@@ -23,8 +23,8 @@ from typing import Any
 
 import jinja2
 
-from spct.data.schema import DataError, Item
 from spct.grm.rules import check_order, hint_position
+from spct.item import DataError, Item
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 BUILTIN_TEMPLATES: tuple[str, ...] = ("default", "single", "compact")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from spct.evaluate import run_benchmarks
+from spct.evaluation import run_benchmarks
 from spct.reward_pool import GRMRewardPool
 
 

@@ -49,13 +49,13 @@ def policy_model(p) -> str:
         return p.state.policy
     if p.cfg.policy.model:
         return p.cfg.policy.model
-    from spct.data.tiny import ensure_tiny_model
+    from spct.models import ensure_tiny_model
 
     return str(ensure_tiny_model(p.out / "policy_base", preset=p.cfg.policy.tiny_preset, seed=p.cfg.seed + 1))
 
 
 def run_policy_sft(p) -> None:
-    from spct.data.tiny import load_tokenizer
+    from spct.models import load_tokenizer
 
     pc, seed = p.cfg.policy, p.cfg.seed
     model = policy_model(p)

@@ -18,8 +18,8 @@ import ray
 import torch
 from ray.util.placement_group import placement_group, placement_group_table
 
-from spct.data.tiny import load_causal_lm, load_tokenizer
 from spct.learner import LearnerGroup
+from spct.models import load_causal_lm, load_tokenizer
 from spct.recipes.sft import encode_sft, sft_batch
 from spct.rollout import RolloutGroup
 from spct.weight_sync import make_weight_sync

@@ -39,7 +39,7 @@ def random_batch(seed: int, n: int, vocab: int) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def hf_model(tiny_model_dir):
-    from spct.data.tiny import load_causal_lm
+    from spct.models import load_causal_lm
 
     return load_causal_lm(tiny_model_dir, dtype="float32").eval()
 
@@ -65,7 +65,7 @@ def completion_logprobs(model, batch: dict[str, list]) -> list[list[float]]:
 
 @pytest.fixture(scope="module")
 def vocab(tiny_model_dir) -> int:
-    from spct.data.tiny import load_tokenizer
+    from spct.models import load_tokenizer
 
     return len(load_tokenizer(tiny_model_dir))
 

@@ -21,9 +21,9 @@ def _trajectories():
 def test_bce_through_the_learner_and_scoring_by_the_actor(ray_cluster, tiny_model_dir, tmp_path):
     import ray
 
-    from spct.data.tiny import load_tokenizer
     from spct.learner import LearnerGroup
     from spct.meta_rm import encode_trajectory
+    from spct.models import load_tokenizer
     from spct.scoring import roc_auc
 
     data = _trajectories()
@@ -39,7 +39,7 @@ def test_bce_through_the_learner_and_scoring_by_the_actor(ray_cluster, tiny_mode
     assert losses[-1] < 0.5 * losses[0]
 
     from spct.cluster import actor_fault
-    from spct.evaluate import meta_scorer
+    from spct.meta_rm import meta_scorer
 
     score, actor = meta_scorer(str(path), "float32", 512)
     scores = score(data)

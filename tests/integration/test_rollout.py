@@ -27,14 +27,14 @@ def group(ray_cluster, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from spct.data.tiny import load_tokenizer
+    from spct.models import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
 def hf_model(tiny_model_dir):
-    from spct.data.tiny import load_causal_lm
+    from spct.models import load_causal_lm
 
     return load_causal_lm(tiny_model_dir, dtype="float32").eval()
 

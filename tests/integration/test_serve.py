@@ -148,7 +148,7 @@ def test_batch_score_keeps_order_and_per_item_settings(client):
 
 
 def test_openrlhf_shape(client, tiny_model_dir):
-    from spct.data.tiny import load_tokenizer
+    from spct.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
     prompt = tokenizer.apply_chat_template(
@@ -283,7 +283,7 @@ def test_openrlhf_group_mode_judges_a_prompts_responses_together(url_options, de
 
 
 def test_openrlhf_group_mode_on_the_engines(client, tiny_model_dir):
-    from spct.data.tiny import load_tokenizer
+    from spct.models import load_tokenizer
 
     prompt = load_tokenizer(tiny_model_dir).apply_chat_template(
         [{"role": "user", "content": "What is 2+3?"}], tokenize=False, add_generation_prompt=True)

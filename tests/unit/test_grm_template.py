@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from spct.data.schema import DataError, Item
 from spct.grm import (
     BUILTIN_TEMPLATES,
     Template,
@@ -18,6 +17,7 @@ from spct.grm import (
     map_back,
     parse_scores,
 )
+from spct.item import DataError, Item
 
 ITEM = Item(
     conversation=[{"role": "user", "content": "Name a prime number above 10."}],

@@ -37,7 +37,7 @@ def grouped_batch(seed: int, group_sizes: list[int], vocab: int) -> dict[str, li
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    from spct.data.tiny import load_causal_lm
+    from spct.models import load_causal_lm
 
     m = load_causal_lm(tiny_model_dir, dtype="float32")
     m.config.use_cache = False

@@ -449,20 +449,16 @@ def test_clean_file_logs_nothing(caplog):
 
 
 def test_load_splits_reads_each_named_file_and_generates_synthetic_ones(tmp_path):
-    from types import SimpleNamespace
-
     from spct.data import load_splits
     from spct.data.synthetic import make_items
 
     items = make_items(6, 0, "test", None)
     save_items(items, tmp_path / "test.jsonl")
-    files = SimpleNamespace(kind="files", train=None, validation=None, test=str(tmp_path / "test.jsonl"),
-                            format=None, skip_invalid=False)
-    splits = load_splits(files, seed=0)
+    splits = load_splits("files", seed=0, test=str(tmp_path / "test.jsonl"))
     assert list(splits) == ["test"]  # a split left null is absent
     assert [i.rewards for i in splits["test"]] == [i.rewards for i in items]
 
-    synthetic = SimpleNamespace(kind="synthetic", task={}, train_size=5, validation_size=4, test_size=6)
-    assert {k: len(v) for k, v in load_splits(synthetic, seed=0).items()} == {"train": 5, "validation": 4, "test": 6}
-    only = load_splits(synthetic, seed=0, splits=["test"])
+    synthetic = dict(kind="synthetic", train_size=5, validation_size=4, test_size=6)
+    assert {k: len(v) for k, v in load_splits(**synthetic, seed=0).items()} == {"train": 5, "validation": 4, "test": 6}
+    only = load_splits(**synthetic, seed=0, splits=["test"])
     assert list(only) == ["test"] and [i.id for i in only["test"]] == [i.id for i in items]

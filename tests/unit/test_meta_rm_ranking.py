@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spct.data.schema import Item
+from spct.item import Item
 from spct.scaling import SampleSet
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "meta_rm_ranking.py"

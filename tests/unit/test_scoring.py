@@ -14,7 +14,7 @@ import pytest
 
 from spct.data import load_items
 from spct.data.loaders import CONVERTERS
-from spct.data.schema import Item
+from spct.item import Item
 from spct.scaling import (
     TIE,
     WRONG,

@@ -10,7 +10,6 @@ import re
 
 import pytest
 
-from spct.data.schema import DataError, Item, validate
 from spct.data.synthetic import (
     SPLITS,
     Critique,
@@ -25,6 +24,7 @@ from spct.data.synthetic import (
     write_trajectory,
 )
 from spct.grm import is_correct, map_back, parse_scores, pick_best, random_order, vote
+from spct.item import DataError, Item, validate
 
 MULTI = SyntheticConfig(single_fraction=0.0, min_responses=2)
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from spct.data.synthetic import SyntheticConfig, make_items, write_trajectory
-from spct.data.tiny import (
+from spct.grm import build_prompt, random_order
+from spct.models import (
     ARCHS,
     END,
     MANIFEST,
@@ -25,7 +26,6 @@ from spct.data.tiny import (
     load_tokenizer,
     resolve_spec,
 )
-from spct.grm import build_prompt, random_order
 
 
 @pytest.fixture(scope="module")
