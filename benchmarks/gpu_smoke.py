@@ -62,7 +62,7 @@ def sync_check(model: Path) -> dict:
     import ray
     import torch
 
-    from spct.learner import LearnerGroup
+    from spct.learner import LearnerGroup, LearnerSpec
     from spct.models import load_causal_lm, load_tokenizer
     from spct.recipes.sft import encode_sft, sft_batch
     from spct.rollout import RolloutGroup
@@ -73,7 +73,7 @@ def sync_check(model: Path) -> dict:
     engines = RolloutGroup(str(model), 1, dict(dtype="float32", max_model_len=1024, gpu_memory_utilization=0.3,
                                                 enforce_eager=True, enable_sleep_mode=True, seed=0),
                            num_gpus_per_engine=0.5, colocated=True)
-    learner = LearnerGroup(1, dict(model=str(model), zero_stage=0, lr=1e-4, total_steps=10, dtype="float32",
+    learner = LearnerGroup(1, LearnerSpec(model=str(model), zero_stage=0, lr=1e-4, total_steps=10, dtype="float32",
                                    micro_batch_size=4), num_gpus_per_rank=0.5)
     greedy = {"temperature": 0.0, "max_tokens": 16}
     before = [r["samples"][0]["token_ids"] for r in engines.generate(prompts, greedy)]

@@ -94,7 +94,7 @@ class PlainTorch:
 
 
 def one_size(a: argparse.Namespace, model: Path) -> dict:
-    from spct.learner import LearnerWorker
+    from spct.learner import LearnerSpec, LearnerWorker
     from spct.learner.group import free_port
 
     batch = rl_batch(model, a.prompts, a.group, a.seed)
@@ -102,8 +102,9 @@ def one_size(a: argparse.Namespace, model: Path) -> dict:
               num_threads=a.threads, lr_schedule="constant", total_steps=1000, grad_clip=1.0)
     port = free_port()
     sides = {
-        "spct": LearnerWorker(0, 1, "127.0.0.1", port, str(model), **kw),
-        "spct, no prefix sharing": LearnerWorker(0, 1, "127.0.0.1", port, str(model), share_prefix=False, **kw),
+        "spct": LearnerWorker(0, 1, "127.0.0.1", port, LearnerSpec(str(model), **kw)),
+        "spct, no prefix sharing": LearnerWorker(0, 1, "127.0.0.1", port,
+                                                LearnerSpec(str(model), share_prefix=False, **kw)),
         "plain torch": PlainTorch(model, a.lr, a.micro, a.threads),
     }
 

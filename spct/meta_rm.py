@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from spct.learner.batches import pad_rows
 from spct.versions import check_versions
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -133,13 +134,8 @@ class MetaRM:
         # Right padding leaves every real token at its own position whatever the model's
         # position encoding, so a trajectory scores the same alone or in any batch; the
         # model pools at the last non-pad token.
-        width = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
-        mask = torch.tensor(
-            [[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device
-        )
-        return self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0]
+        input_ids, mask = pad_rows(ids, self.tokenizer.pad_token_id)
+        return self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits[:, 0]
 
 
 def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0, num_gpus: float = 0,

@@ -293,7 +293,7 @@ class Pipeline:
         """A learner group starting from `model` (default: the latest GRM weights, with the
         optimizer state of an interrupted phase on resume). Its reference model is the weights
         the phase started from, also when it resumes from a step checkpoint."""
-        from spct.learner import LearnerGroup
+        from spct.learner import LearnerGroup, LearnerSpec
 
         if self.learner is not None:
             self.learner.shutdown()
@@ -303,7 +303,7 @@ class Pipeline:
             self.state.phase_start = start
         self.learner = LearnerGroup(
             lc.num_ranks,
-            dict(
+            LearnerSpec(
                 model=start,
                 task=task,
                 zero_stage=lc.zero_stage,

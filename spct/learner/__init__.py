@@ -1,6 +1,6 @@
 """The learner: one DeepSpeed engine per data-parallel rank, each rank a Ray actor (SPMD).
 
-`LearnerGroup` (group.py) is what the driver holds. It splits every global batch contiguously
+`LearnerGroup` (group.py) is what the driver holds, built from one `LearnerSpec` (spec.py). It splits every global batch contiguously
 and evenly across the ranks, runs the same call on all of them and returns the metrics. Each
 `LearnerWorker` (worker.py: process group and engine set-up) owns the policy (a DeepSpeed
 engine over a Hugging Face causal LM, ZeRO 0-3, or a scalar head for the meta RM) and, when
@@ -17,6 +17,7 @@ from spct.learner.batches import (
     validate_batch,
 )
 from spct.learner.group import LearnerGroup
+from spct.learner.spec import LearnerSpec
 from spct.learner.worker import LearnerWorker, lr_factor
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "SEQUENCE_KEYS",
     "SFT_KEYS",
     "LearnerGroup",
+    "LearnerSpec",
     "LearnerWorker",
     "lr_factor",
     "shard_batch",

@@ -9,6 +9,7 @@ from numbers import Real
 from typing import Any
 
 from spct.learner.batches import rank_mean, shard_batch, validate_batch
+from spct.learner.spec import LearnerSpec
 from spct.learner.worker import LearnerWorker
 from spct.placement import wait_ready
 
@@ -36,7 +37,7 @@ class LearnerGroup:
     def __init__(
         self,
         num_ranks: int,
-        worker_kwargs: Mapping[str, Any],
+        spec: LearnerSpec,
         num_cpus_per_rank: float = 1,
         num_gpus_per_rank: float = 0,
         placement_group: Any = None,
@@ -45,13 +46,11 @@ class LearnerGroup:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        self.with_reference = bool(worker_kwargs.get("with_reference", False))
+        self.spec = spec
+        self.with_reference = spec.with_reference
 
         if num_ranks < 1:
             raise ValueError(f"num_ranks: expected >= 1, got {num_ranks}")
-        reserved = {"rank", "world_size", "master_addr", "master_port"} & set(worker_kwargs)
-        if reserved:
-            raise ValueError(f"worker_kwargs: {sorted(reserved)} are set by LearnerGroup")
         bundles = list(bundle_indices) if bundle_indices is not None else list(range(num_ranks))
         if len(bundles) != num_ranks:
             raise ValueError(f"bundle_indices: expected {num_ranks} entries, got {len(bundles)}")
@@ -77,7 +76,7 @@ class LearnerGroup:
             actor.options(
                 num_cpus=num_cpus_per_rank, num_gpus=num_gpus_per_rank, **placement(r)
             ).remote(
-                rank=r, world_size=num_ranks, master_addr=addr, master_port=port, **worker_kwargs
+                rank=r, world_size=num_ranks, master_addr=addr, master_port=port, spec=spec
             )
             for r in range(num_ranks)
         ]

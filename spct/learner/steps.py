@@ -19,11 +19,12 @@ is), so every rank returns the same global numbers.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from spct.algos import gather_logprobs, grpo_policy_loss, sft_loss, token_entropy
 from spct.learner.batches import (
@@ -39,6 +40,22 @@ class Steps:
     """Mixed into `LearnerWorker`, which provides the engine, the reference model and the
     collectives (`_all_reduce`, `_shard_sizes`, `_optimizer_step`)."""
 
+    def _update(self, micro: Sequence[Any], forward: Callable[[Any], tuple[Tensor, float, dict[str, float]]],
+                ) -> tuple[dict[str, float], float, float]:
+        """The one micro-batch loop of every step kind: `forward(mb)` gives the micro-batch's
+        loss, the weight its gradient gets, and metric sums; each is back-propagated, then one
+        optimizer step. Returns the metric sums over every rank, the grad norm and the lr."""
+        self.engine.train()
+        sums: dict[str, float] = {}
+        for mb in micro:
+            loss, weight, got = forward(mb)
+            self.engine.backward(loss * weight, scale_wrt_gas=False)
+            for key, value in got.items():
+                sums[key] = sums.get(key, 0.0) + value
+        grad_norm, lr = self._optimizer_step()
+        keys = list(sums)
+        return dict(zip(keys, self._all_reduce([sums[k] for k in keys]), strict=True)), grad_norm, lr
+
     def sft_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
         """One optimizer step of cross-entropy on completion tokens (prompts are context only)."""
         start = time.perf_counter()
@@ -47,20 +64,15 @@ class Steps:
                                        self.micro_batch_size, self.pad_id, self.device)
         n_global, tokens_global = self._shard_sizes(n, sum(mb.num_tokens for mb in micro))
 
-        self.engine.train()
-        loss_sum = 0.0
-        for mb in micro:
+        def forward(mb):
             logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
                                  use_cache=False).logits
             loss = sft_loss(logits, mb.labels, ignore_index=IGNORE_INDEX)
-            self.engine.backward(
-                loss * (self.world_size * mb.num_tokens / tokens_global), scale_wrt_gas=False
-            )
-            loss_sum += loss.item() * mb.num_tokens
-        grad_norm, lr = self._optimizer_step()
-        (loss_total,) = self._all_reduce([loss_sum])
+            return loss, self.world_size * mb.num_tokens / tokens_global, {"loss": loss.item() * mb.num_tokens}
+
+        totals, grad_norm, lr = self._update(micro, forward)
         return {
-            "loss": loss_total / tokens_global,
+            "loss": totals["loss"] / tokens_global,
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens": float(tokens_global),
@@ -89,13 +101,10 @@ class Steps:
         n = validate_batch(batch, rollout=True, where=f"grpo batch (rank {self.rank})")
         micro = rollout_micro_batches(batch, self.micro_batch_size, self.pad_id, self.device)
         n_global, tokens_global = self._shard_sizes(n, sum(mb.num_tokens for mb in micro))
-
-        self.engine.train()
-        # Sequence-weighted: loss. Token-weighted: the rest.
-        sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
-        sums |= {"entropy": 0.0, "logprob_gap": 0.0}
         gap_max = 0.0
-        for mb in micro:
+
+        def forward(mb):
+            nonlocal gap_max
             logits = completion_logits(self.engine, mb, self.share_prefix)
             logp = gather_logprobs(logits, mb.completion_ids)
             ref_logp = None
@@ -103,32 +112,19 @@ class Steps:
                 with torch.no_grad():
                     ref_logits = completion_logits(self.reference, mb, self.share_prefix)
                     ref_logp = gather_logprobs(ref_logits, mb.completion_ids)
-            loss, m = grpo_policy_loss(
-                logp,
-                mb.old_logp,
-                mb.advantages,
-                mb.mask,
-                ref_logp=ref_logp,
-                clip_eps=clip_eps,
-                clip_eps_high=clip_eps_high,
-                beta=beta,
-                kl_kind=kl_kind,
-            )
-            self.engine.backward(loss * (mb.size / n), scale_wrt_gas=False)
-
+            loss, m = grpo_policy_loss(logp, mb.old_logp, mb.advantages, mb.mask, ref_logp=ref_logp,
+                                       clip_eps=clip_eps, clip_eps_high=clip_eps_high, beta=beta, kl_kind=kl_kind)
             with torch.no_grad():
                 gap = (mb.old_logp - logp.detach()).abs()[mb.mask]
                 entropy = token_entropy(logits.detach()[mb.mask])
-            sums["loss"] += loss.item() * mb.size
-            for key in ("kl", "clip_fraction", "ratio_mean"):
-                sums[key] += m.get(key, 0.0) * mb.num_tokens
-            sums["entropy"] += float(entropy.sum())
-            sums["logprob_gap"] += float(gap.sum())
             gap_max = max(gap_max, float(gap.max()) if gap.numel() else 0.0)
+            # Sequence-weighted: loss. Token-weighted: the rest.
+            sums = {"loss": loss.item() * mb.size}
+            sums |= {key: m.get(key, 0.0) * mb.num_tokens for key in ("kl", "clip_fraction", "ratio_mean")}
+            sums |= {"entropy": float(entropy.sum()), "logprob_gap": float(gap.sum())}
+            return loss, mb.size / n, sums
 
-        grad_norm, lr = self._optimizer_step()
-        keys = list(sums)
-        totals = dict(zip(keys, self._all_reduce([sums[k] for k in keys]), strict=True))
+        totals, grad_norm, lr = self._update(micro, forward)
         (gap_max,) = self._all_reduce([gap_max], op="max")
         metrics = {"loss": totals.pop("loss") / n_global}
         metrics |= {k: v / max(1, tokens_global) for k, v in totals.items()}
@@ -156,24 +152,23 @@ class Steps:
         start = time.perf_counter()
         ids, labels = list(batch["input_ids"]), [float(y) for y in batch["labels"]]
         n_global, _ = self._shard_sizes(len(ids), 0)
-        self.engine.train()
-        loss_sum = correct = 0.0
-        lo = 0
-        for mb in sequence_micro_batches(ids, None, self.micro_batch_size, self.pad_id, self.device):
+        micro = sequence_micro_batches(ids, None, self.micro_batch_size, self.pad_id, self.device)
+        offsets = iter(range(0, len(ids), self.micro_batch_size))
+
+        def forward(mb):
+            lo = next(offsets)
             y = torch.tensor(labels[lo : lo + mb.size], device=self.device)
-            lo += mb.size
             logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
             logits = logits.view(-1).float()
             loss = F.binary_cross_entropy_with_logits(logits, y)
             # Ranks hold equal shares and DeepSpeed averages over them: weight by the local share.
-            self.engine.backward(loss * (mb.size / len(ids)), scale_wrt_gas=False)
-            loss_sum += loss.item() * mb.size
-            correct += float(((torch.sigmoid(logits) - y).abs() < 0.5).sum())
-        grad_norm, lr = self._optimizer_step()
-        loss_total, correct_total = self._all_reduce([loss_sum, correct])
+            correct = float(((torch.sigmoid(logits) - y).abs() < 0.5).sum())
+            return loss, mb.size / len(ids), {"loss": loss.item() * mb.size, "correct": correct}
+
+        totals, grad_norm, lr = self._update(micro, forward)
         return {
-            "loss": loss_total / n_global,
-            "accuracy": correct_total / n_global,
+            "loss": totals["loss"] / n_global,
+            "accuracy": totals["correct"] / n_global,
             "grad_norm": grad_norm,
             "lr": lr,
             "sequences": float(n_global),

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import torch
 
 from spct.learner.checkpoints import Checkpoints
+from spct.learner.spec import LearnerSpec
 from spct.learner.steps import Steps
 
-LR_SCHEDULES = ("constant", "cosine")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# causal_lm: the GRM (SFT and GRPO); classification: a scalar head, the meta RM (BCE).
-TASKS = ("causal_lm", "classification")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -70,54 +67,9 @@ class LearnerWorker(Steps, Checkpoints):
     collective: call it on all ranks with equally sized shards.
     """
 
-    def __init__(
-        self,
-        rank: int,
-        world_size: int,
-        master_addr: str,
-        master_port: int,
-        model: str,
-        zero_stage: int = 2,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        betas: Sequence[float] = (0.9, 0.95),
-        warmup_steps: int = 0,
-        total_steps: int = 1000,
-        lr_schedule: str = "constant",
-        micro_batch_size: int = 4,
-        grad_clip: float = 1.0,
-        dtype: str = "bfloat16",
-        with_reference: bool = False,
-        reference_model: str | None = None,
-        seed: int = 0,
-        gradient_checkpointing: bool = False,
-        num_threads: int | None = None,
-        task: str = "causal_lm",
-        share_prefix: bool = True,
-    ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
-        if task == "classification" and with_reference:
-            raise ValueError("task classification: a reference model is only for GRPO (with_reference=False)")
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, spec: LearnerSpec) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank: expected 0..{world_size - 1}, got {rank}")
-        if zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage: expected 0, 1, 2 or 3, got {zero_stage}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
-        if dtype == "bfloat16" and zero_stage == 0:
-            raise ValueError(
-                "dtype bfloat16 needs zero_stage >= 1: DeepSpeed keeps fp32 master weights "
-                "only in its ZeRO optimizers; stage 0 would update bf16 weights directly"
-            )
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {lr_schedule!r}")
-        if micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size: expected >= 1, got {micro_batch_size}")
-        if warmup_steps < 0 or total_steps < 1:
-            raise ValueError(
-                f"warmup_steps/total_steps: expected >= 0 and >= 1, got {warmup_steps}, {total_steps}"
-            )
 
         # torch.distributed's env:// rendezvous, which DeepSpeed uses, reads these. A Ray actor
         # is not started by torchrun or the deepspeed launcher, so nothing else sets them. Ray
@@ -139,8 +91,9 @@ class LearnerWorker(Steps, Checkpoints):
 
         hf_logging.disable_progress_bar()
 
-        self.rank, self.world_size, self.zero_stage = rank, world_size, zero_stage
-        self.micro_batch_size = micro_batch_size
+        self.spec = spec
+        self.rank, self.world_size, self.zero_stage = rank, world_size, spec.zero_stage
+        self.micro_batch_size = spec.micro_batch_size
         self.on_cuda = torch.cuda.is_available()
         if self.on_cuda:
             torch.cuda.set_device(0)
@@ -148,18 +101,19 @@ class LearnerWorker(Steps, Checkpoints):
             _skip_cpu_shm_kernel()
         deepspeed.init_distributed(dist_backend="nccl" if self.on_cuda else "gloo")
         self.device = torch.device("cuda", 0) if self.on_cuda else torch.device("cpu")
-        if num_threads:
+        if spec.num_threads:
             # Ray caps an actor's OpenMP threads at its CPU reservation; on a small CPU node the
             # learner and the rollout engines take turns, so a step may use every core.
-            torch.set_num_threads(num_threads)
-        torch.manual_seed(seed)
+            torch.set_num_threads(spec.num_threads)
+        torch.manual_seed(spec.seed)
 
-        torch_dtype = DTYPES[dtype]
+        torch_dtype = DTYPES[spec.dtype]
+        model = spec.model
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         pad = self.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
-        self.task = task
-        if task == "classification":
+        self.task = spec.task
+        if spec.task == "classification":
             # A scalar head (the meta RM); on a causal-LM checkpoint it starts fresh, seeded.
             from transformers import AutoModelForSequenceClassification
 
@@ -170,28 +124,28 @@ class LearnerWorker(Steps, Checkpoints):
         policy.config.use_cache = False
         # GRPO runs each prompt once for its whole group (batches.completion_logits), except under
         # gradient checkpointing, whose recomputation would write the prompt's cache twice.
-        self.share_prefix = share_prefix and not gradient_checkpointing
-        if gradient_checkpointing:
+        self.share_prefix = spec.share_prefix and not spec.gradient_checkpointing
+        if spec.gradient_checkpointing:
             policy.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
 
         optimizer = torch.optim.AdamW(
-            _param_groups(policy, weight_decay), lr=lr, betas=tuple(betas)
+            _param_groups(policy, spec.weight_decay), lr=spec.lr, betas=spec.betas
         )
         # With ZeRO, DeepSpeed wraps the optimizer and clips and measures gradients itself.
         # Stage 0 hands the torch optimizer the all-reduced gradients
         # without reporting their norm, so there we clip in a hook run just before its step.
-        self._unwrapped = zero_stage == 0
-        self._grad_clip = grad_clip
+        self._unwrapped = spec.zero_stage == 0
+        self._grad_clip = spec.grad_clip
         self._hook_norm: float | None = None
         if self._unwrapped:
             optimizer.register_step_pre_hook(self._clip_and_measure)
         config = self._ds_config(
-            zero_stage, micro_batch_size, 0.0 if self._unwrapped else grad_clip, dtype
+            spec.zero_stage, spec.micro_batch_size, 0.0 if self._unwrapped else spec.grad_clip, spec.dtype
         )
         schedule = partial(
-            lr_factor, warmup_steps=warmup_steps, total_steps=total_steps, schedule=lr_schedule
+            lr_factor, warmup_steps=spec.warmup_steps, total_steps=spec.total_steps, schedule=spec.lr_schedule
         )
         self.engine, *_ = deepspeed.initialize(
             model=policy,
@@ -202,12 +156,12 @@ class LearnerWorker(Steps, Checkpoints):
         self.engine.train()
 
         self.reference: Any = None
-        if with_reference:
-            ref = AutoModelForCausalLM.from_pretrained(reference_model or model, dtype=torch_dtype)
+        if spec.with_reference:
+            ref = AutoModelForCausalLM.from_pretrained(spec.reference_model or model, dtype=torch_dtype)
             ref.config.use_cache = False
             ref.requires_grad_(False)
             ref.eval()
-            if zero_stage == 3:
+            if spec.zero_stage == 3:
                 # Partitioned like the policy, gathered layer by layer in forward.
                 ref_config = {k: v for k, v in config.items() if k != "gradient_clipping"}
                 self.reference, *_ = deepspeed.initialize(model=ref, config=ref_config)

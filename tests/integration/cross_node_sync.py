@@ -18,7 +18,7 @@ import ray
 import torch
 from ray.util.placement_group import placement_group, placement_group_table
 
-from spct.learner import LearnerGroup
+from spct.learner import LearnerGroup, LearnerSpec
 from spct.models import load_causal_lm, load_tokenizer
 from spct.recipes.sft import encode_sft, sft_batch
 from spct.rollout import RolloutGroup
@@ -35,7 +35,7 @@ def main(address: str, model: str) -> None:
     nodes = placement_group_table(pg)["bundles_to_node_id"]
     engines = RolloutGroup(model, 1, dict(dtype="float32", max_model_len=256, kv_cache_gib=0.0625, seed=0),
                            placement_group=pg)
-    learner = LearnerGroup(1, dict(model=model, zero_stage=0, lr=3e-2, total_steps=10, dtype="float32",
+    learner = LearnerGroup(1, LearnerSpec(model=model, zero_stage=0, lr=3e-2, total_steps=10, dtype="float32",
                                    micro_batch_size=4), placement_group=pg, bundle_indices=[1])
 
     def greedy() -> list[list[int]]:

@@ -72,12 +72,12 @@ def vocab(tiny_model_dir) -> int:
 
 @pytest.fixture(scope="module")
 def learners(ray_cluster, tiny_model_dir):
-    from spct.learner import LearnerGroup
+    from spct.learner import LearnerGroup, LearnerSpec
 
     def start(setup):
         ranks, stage = setup
-        kwargs = dict(LEARNER_KWARGS, model=str(tiny_model_dir), zero_stage=stage)
-        return LearnerGroup(ranks, kwargs, num_cpus_per_rank=0.5)
+        spec = LearnerSpec(**LEARNER_KWARGS, model=str(tiny_model_dir), zero_stage=stage)
+        return LearnerGroup(ranks, spec, num_cpus_per_rank=0.5)
 
     with ThreadPoolExecutor(len(SETUPS)) as pool:
         groups = dict(zip(SETUPS, pool.map(start, SETUPS.values()), strict=True))

@@ -21,7 +21,7 @@ def _trajectories():
 def test_bce_through_the_learner_and_scoring_by_the_actor(ray_cluster, tiny_model_dir, tmp_path):
     import ray
 
-    from spct.learner import LearnerGroup
+    from spct.learner import LearnerGroup, LearnerSpec
     from spct.meta_rm import encode_trajectory
     from spct.models import load_tokenizer
     from spct.scoring import roc_auc
@@ -29,7 +29,7 @@ def test_bce_through_the_learner_and_scoring_by_the_actor(ray_cluster, tiny_mode
     data = _trajectories()
     tok = load_tokenizer(tiny_model_dir)
     batch = {"input_ids": [encode_trajectory(tok, t, 512) for t in data], "labels": [t["label"] for t in data]}
-    group = LearnerGroup(1, dict(model=str(tiny_model_dir), task="classification", zero_stage=0, lr=3e-3,
+    group = LearnerGroup(1, LearnerSpec(model=str(tiny_model_dir), task="classification", zero_stage=0, lr=3e-3,
                                  total_steps=60, micro_batch_size=8, dtype="float32"))
     try:
         losses = [group.bce_step(batch)["loss"] for _ in range(60)]

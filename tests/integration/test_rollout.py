@@ -248,7 +248,7 @@ def test_bucket_plan_round_trips_mixed_dtypes():
 def test_nccl_sync_from_learner_rank_0_matches_transformers(ray_cluster, tiny_model_dir, tokenizer, hf_model):
     """A learner rank on one GPU broadcasts from its GPU to an engine on another GPU; greedy
     output then equals transformers' on the learner's weights."""
-    from spct.learner import LearnerGroup
+    from spct.learner import LearnerGroup, LearnerSpec
     from spct.rollout import RolloutGroup
     from spct.weight_sync import make_weight_sync
 
@@ -260,7 +260,7 @@ def test_nccl_sync_from_learner_rank_0_matches_transformers(ray_cluster, tiny_mo
         engine_kwargs=dict(dtype="float32", max_model_len=512, gpu_memory_utilization=0.2),
         num_gpus_per_engine=1,
     )
-    learner = LearnerGroup(1, dict(model=str(tiny_model_dir), zero_stage=0, lr=3e-2, total_steps=10,
+    learner = LearnerGroup(1, LearnerSpec(model=str(tiny_model_dir), zero_stage=0, lr=3e-2, total_steps=10,
                                    dtype="float32"), num_gpus_per_rank=1)
     try:
         before = greedy_tokens(group, PROMPTS)
