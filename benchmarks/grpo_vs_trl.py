@@ -92,9 +92,7 @@ def rl_prompts(cfg) -> list[tuple[str, list[float], list[int], int, int]]:
     pipe.data = load_splits(seed=cfg.seed, splits=("train",), **dataclasses.asdict(cfg.data))
     out = []
     for step in range(cfg.rl.steps):
-        items, orders, prompts = phase_prompts(pipe, step)
-        out += [(text, list(item.rewards), order, low, high)
-                for item, order, (text, low, high) in zip(items, orders, prompts, strict=True)]
+        out += [(s.prompt, list(s.item.rewards), s.order, *s.scale) for s in phase_prompts(pipe, step)]
     return out
 
 

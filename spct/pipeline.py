@@ -33,7 +33,8 @@ from typing import Any
 from spct.cluster import init_ray
 from spct.config import Config, ConfigError, engine_kwargs
 from spct.data import Item, load_splits
-from spct.grm import build_prompt, load_template, map_back, parse_scores, random_order
+from spct.grm import build_prompt, load_template, random_order
+from spct.grm.trajectory import Shown, Trajectory, read
 from spct.scaling import judge, wilson_interval
 from spct.tracking import Timings, Tracker
 
@@ -237,11 +238,20 @@ class Pipeline:
                 + f" ({done})")
 
     # ---------------------------------------------------------------- operations for recipes
-    def prompt(self, item: Item, order: list[int], hint: bool = False, training: bool = True):
-        """(prompt text, low, high) with the template the item's size calls for."""
+    def show(self, item: Item, order: list[int], hint: bool = False, training: bool = True) -> Shown:
+        """The GRM prompt of `item` in `order`, with the template the item's size calls for; a
+        hinted one is sent with the hint and recorded (trained on) without it."""
         name = self.cfg.model.single_template if training and item.n == 1 else self.cfg.model.template
         template = load_template(name)
-        return build_prompt(item, order, hint=hint or None, template=template), template.low, template.high
+        prompt = build_prompt(item, order, template=template)
+        sent = build_prompt(item, order, hint=True, template=template) if hint else None
+        return Shown(item, order, prompt, (template.low, template.high), sent)
+
+    def sample(self, shown: list[Shown], key: str, n: int = 1, temperature: float = 1.0,
+               group=None) -> list[list[Trajectory]]:
+        """n GRM samples of each shown prompt, read back (`spct.grm.trajectory.read`)."""
+        results = self.generate([s.text for s in shown], key, n=n, temperature=temperature, group=group)
+        return [read(s, r) for s, r in zip(shown, results, strict=True)]
 
     def generate(self, prompts: list[str], key: str, n: int = 1, temperature: float = 1.0, group=None):
         """Sample from the rollout group (or another engine group, e.g. a teacher pool's).
@@ -384,14 +394,11 @@ class Pipeline:
             log.warning("no %s split to evaluate on", self.cfg.eval.split)
             return {}
         rng = random.Random(f"{self.cfg.seed}:eval")  # the same orders after every phase
-        orders = [random_order(it.n, rng) for it in items]
-        prompts = [self.prompt(it, o, training=False) for it, o in zip(items, orders, strict=True)]
-        results = self.generate([p for p, _, _ in prompts], f"eval:{phase}", n=1, temperature=0.0)
+        shown = [self.show(it, random_order(it.n, rng), training=False) for it in items]
         correct, failures = 0.0, 0
-        for it, order, (_, low, high), res in zip(items, orders, prompts, results, strict=True):
-            scores = parse_scores(res["samples"][0]["text"], it.n, low, high)
-            failures += scores is None
-            correct += judge([map_back(scores, order)], it.rewards, (low, high)).credit()
+        for (t,) in self.sample(shown, f"eval:{phase}", n=1, temperature=0.0):
+            failures += t.scores is None
+            correct += judge([t.scores], t.item.rewards, t.shown.scale).credit()
         lo, hi = wilson_interval(correct, len(items))
         out = {"accuracy": correct / len(items), "ci_low": lo, "ci_high": hi,
                "parse_failure_rate": failures / len(items), "n": len(items)}

@@ -12,8 +12,9 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from spct.data import Item
-from spct.grm import build_prompt, load_template, map_back, parse_scores, random_order, vote
+from spct.grm import build_prompt, load_template, random_order, vote
+from spct.grm.trajectory import Shown, read
+from spct.item import Item
 from spct.rollout import RolloutGroup
 
 
@@ -58,20 +59,18 @@ class GRMRewardPool:
         """
         if k < 1:
             raise ValueError(f"k: expected >= 1, got {k}")
-        jobs = []
+        scale = (self.template.low, self.template.high)
+        shown = []
         for i, item in enumerate(items):
             rng = random.Random(f"{seed}:{stream}:{item.id if item.id is not None else i}")
             for _ in range(k):
                 order = random_order(item.n, rng)
-                jobs.append((i, order, build_prompt(item, order, hint=hint or None, template=self.template)))
+                shown.append(Shown(item, order, build_prompt(item, order, hint=hint or None, template=self.template),
+                                   scale))
         sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens)
-        results = self.group.generate([prompt for _, _, prompt in jobs], sampling, seed=f"{seed}:{stream}")
-        out: list[list[dict[str, Any]]] = [[] for _ in items]
-        for (i, order, prompt), res in zip(jobs, results, strict=True):
-            text = res["samples"][0]["text"]
-            scores = parse_scores(text, items[i].n, self.template.low, self.template.high)
-            out[i].append({"order": order, "prompt": prompt, "text": text, "scores": map_back(scores, order)})
-        return out
+        results = self.group.generate([s.text for s in shown], sampling, seed=f"{seed}:{stream}")
+        records = [t.record() for s, r in zip(shown, results, strict=True) for t in read(s, r)]
+        return [records[i * k : (i + 1) * k] for i in range(len(items))]
 
     def score(
         self,

@@ -13,7 +13,8 @@ do not depend on how the batch is split over ranks and micro-batches:
 - BCE: the mean over the global batch's sequences, weighted like GRPO.
 
 Metrics are reduced over all ranks inside the step (token- or sequence-weighted as the loss
-is), so every rank returns the same global numbers.
+is), so every rank returns the same global numbers. Batches arrive checked: `LearnerGroup`
+validates each global batch once, before sharding it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from spct.learner.batches import (
     completion_logits,
     rollout_micro_batches,
     sequence_micro_batches,
-    validate_batch,
 )
 
 
@@ -59,7 +59,7 @@ class Steps:
     def sft_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
         """One optimizer step of cross-entropy on completion tokens (prompts are context only)."""
         start = time.perf_counter()
-        n = validate_batch(batch, rollout=False, where=f"sft batch (rank {self.rank})")
+        n = len(batch["input_ids"])
         micro = sequence_micro_batches(batch["input_ids"], batch["prompt_lens"],
                                        self.micro_batch_size, self.pad_id, self.device)
         n_global, tokens_global = self._shard_sizes(n, sum(mb.num_tokens for mb in micro))
@@ -98,7 +98,7 @@ class Steps:
         start = time.perf_counter()
         if beta > 0 and self.reference is None:
             raise ValueError("grpo_step: beta > 0 needs a reference model (with_reference=True)")
-        n = validate_batch(batch, rollout=True, where=f"grpo batch (rank {self.rank})")
+        n = len(batch["input_ids"])
         micro = rollout_micro_batches(batch, self.micro_batch_size, self.pad_id, self.device)
         n_global, tokens_global = self._shard_sizes(n, sum(mb.num_tokens for mb in micro))
         gap_max = 0.0

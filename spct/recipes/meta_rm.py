@@ -16,7 +16,7 @@ import random
 
 from tqdm import tqdm
 
-from spct.grm import is_correct, is_neutral, map_back, meta_target, parse_scores, random_order
+from spct.grm import is_neutral, meta_target, random_order
 from spct.meta_rm import encode_trajectory
 from spct.scoring import roc_auc
 
@@ -31,20 +31,12 @@ def trajectory(item_id: str, prompt: str, completion: str, correct: bool, scores
 def grm_trajectories(p, items, k: int, temperature: float, tag: str, neutral_label: float) -> list[dict]:
     """k samples per item from the rollout group, each with its Eq. 10 correctness, whether
     it is neutral, and its training target."""
-    jobs = []
+    shown = []
     for item in items:
         rng = random.Random(f"{p.cfg.seed}:{tag}:{item.id}")
-        for _ in range(k):
-            order = random_order(item.n, rng)
-            jobs.append((item, order, *p.prompt(item, order, training=False)))
-    results = p.generate([j[2] for j in jobs], f"meta_rm:{tag}", n=1, temperature=temperature)
-    out = []
-    for (item, order, prompt, low, high), res in zip(jobs, results, strict=True):
-        text = res["samples"][0]["text"]
-        scores = map_back(parse_scores(text, item.n, low, high), order)
-        out.append(trajectory(item.id, prompt, text, is_correct(scores, item.rewards, (low, high)), scores,
-                              neutral_label))
-    return out
+        shown += [p.show(item, random_order(item.n, rng), training=False) for _ in range(k)]
+    return [trajectory(t.item.id, t.shown.prompt, t.text, t.correct, t.scores, neutral_label)
+            for (t,) in p.sample(shown, f"meta_rm:{tag}", n=1, temperature=temperature)]
 
 
 def run_meta_rm(p) -> dict:

@@ -18,7 +18,7 @@ import random
 
 from tqdm import tqdm
 
-from spct.grm import is_correct, map_back, parse_scores, random_order, rft_accept
+from spct.grm import random_order, rft_accept
 from spct.recipes.sft import encode_sft, sft_batch
 from spct.recipes.warmup import warmup_examples
 
@@ -80,25 +80,18 @@ def _sample(p, items, path) -> None:
     with path.open("a") as out:
         for start in range(done, len(items), chunk):
             batch = items[start : start + chunk]
-            jobs = []  # (item, order, hinted, training prompt, prompt sent, low, high)
+            shown = []  # per item: n_samples plain prompts, then the hinted one
             for item in batch:
                 rng = random.Random(f"{seed}:rft-sample:{item.id}")
-                for k in range(per_item):
-                    hinted = k == c.n_samples
-                    order = random_order(item.n, rng)
-                    prompt, low, high = p.prompt(item, order)
-                    sent = p.prompt(item, order, hint=True)[0] if hinted else prompt
-                    jobs.append((item, order, hinted, prompt, sent, low, high))
-            results = p.generate([j[4] for j in jobs], f"rft:{start}", n=1, temperature=c.temperature, group=teacher)
+                shown += [p.show(item, random_order(item.n, rng), hint=k == c.n_samples) for k in range(per_item)]
+            sampled = p.sample(shown, f"rft:{start}", n=1, temperature=c.temperature, group=teacher)
             with p.timings("reward"):
                 records = []
-                for (item, order, hinted, prompt, _, low, high), res in zip(jobs, results, strict=True):
-                    text = res["samples"][0]["text"]
-                    scores = parse_scores(text, item.n, low, high)
-                    counts["parse_failures"] += scores is None
-                    records.append({"id": item.id, "order": order, "hinted": hinted, "prompt": prompt,
-                                    "completion": text, "scores": map_back(scores, order),
-                                    "correct": is_correct(map_back(scores, order), item.rewards, (low, high))})
+                for (t,) in sampled:
+                    counts["parse_failures"] += t.scores is None
+                    records.append({"id": t.item.id, "order": t.shown.order, "hinted": t.shown.sent is not None,
+                                    "prompt": t.shown.prompt, "completion": t.text, "scores": t.scores,
+                                    "correct": t.correct})
                 for i in range(0, len(records), per_item):
                     group = records[i : i + per_item]
                     plain, hint = group[: c.n_samples], group[c.n_samples :]

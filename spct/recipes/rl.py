@@ -19,16 +19,17 @@ import time
 from tqdm import tqdm
 
 from spct.algos import grpo_batch
-from spct.grm import map_back, parse_scores, random_order, rule_reward
+from spct.grm import random_order
+from spct.grm.trajectory import Shown, read
 
 
-def rl_prompts(p, step: int):
-    """The step's items, response orders and (prompt, low, high), drawn from the step's seed."""
+def rl_prompts(p, step: int) -> list[Shown]:
+    """The step's GRM prompts (items and response orders), drawn from the step's seed."""
     c = p.cfg.rl
     rng = random.Random(f"{p.cfg.seed}:rl:{step}")
     items = rng.sample(p.data["train"], c.prompts_per_step)
     orders = [random_order(it.n, rng) for it in items]
-    return items, orders, [p.prompt(it, o) for it, o in zip(items, orders, strict=True)]
+    return [p.show(it, o) for it, o in zip(items, orders, strict=True)]
 
 
 def run_rl(p) -> None:
@@ -36,27 +37,23 @@ def run_rl(p) -> None:
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=c.beta > 0)
 
     def submit(step):
-        items, orders, prompts = rl_prompts(p, step)
-        return items, orders, prompts, p.submit([text for text, _, _ in prompts], f"rl:{step}", n=c.group_size,
-                                                temperature=c.temperature)
+        shown = rl_prompts(p, step)
+        return shown, p.submit([s.text for s in shown], f"rl:{step}", n=c.group_size, temperature=c.temperature)
 
     bar = tqdm(range(p.state.phase_step, c.steps), desc="rl", initial=p.state.phase_step, total=c.steps)
     ahead = None
     for step in bar:
         start = time.perf_counter()
-        items, orders, prompts, pending = ahead or submit(step)
+        shown, pending = ahead or submit(step)
         with p.timings("generate"):
             results = pending.result()
         ahead = submit(step + 1) if c.async_generation and step + 1 < c.steps else None
 
         with p.timings("reward"):
-            rewards, failures, lengths = [], 0, []
-            for item, order, (_, low, high), res in zip(items, orders, prompts, results, strict=True):
-                for sample in res["samples"]:
-                    scores = parse_scores(sample["text"], item.n, low, high)
-                    failures += scores is None
-                    rewards.append(rule_reward(map_back(scores, order), item.rewards, (low, high)))
-                    lengths.append(len(sample["token_ids"]))
+            trajectories = [t for s, r in zip(shown, results, strict=True) for t in read(s, r)]
+            rewards = [t.reward for t in trajectories]
+            failures = sum(t.scores is None for t in trajectories)
+            lengths = [len(t.token_ids) for t in trajectories]
             batch, skipped = grpo_batch(results, rewards)
 
         metrics = {"skipped_prompts": skipped}
@@ -79,7 +76,7 @@ def run_rl(p) -> None:
             "response_length": sum(lengths) / n,
             "tokens_per_s": sum(lengths) / max(times.get("time/generate", 0.0), 1e-9),
             "weight_version": version,
-            "rollout_version_lag": version - 1 - min(r["version"] for r in results),
+            "rollout_version_lag": version - 1 - min(t.version for t in trajectories),
             **times,
         })
         bar.set_postfix(acc=f"{metrics['accuracy']:.2f}", kl=f"{metrics.get('kl', 0.0):.4f}")

@@ -24,11 +24,11 @@ def warmup_examples(p, rng: random.Random, n: int) -> list[tuple[list[int], int]
     examples = []
     for item in rng.sample(p.data["train"], n):
         order = random_order(item.n, rng)
-        prompt, low, high = p.prompt(item, order)
+        shown = p.show(item, order)
         completion = write_trajectory(
-            item, order, rng, (c.checks_min, c.checks_max), c.noise, low, high, slip
+            item, order, rng, (c.checks_min, c.checks_max), c.noise, *shown.scale, slip
         )
-        examples.append(encode_sft(p.tokenizer, prompt, completion))
+        examples.append(encode_sft(p.tokenizer, shown.prompt, completion))
     return examples
 
 

@@ -1,0 +1,76 @@
+"""One GRM sample, end to end: the prompt shown, the text that came back, and what it means.
+
+Every place that samples the GRM (the RL and RFT phases, the meta RM's data, the per-phase and
+final evaluations, the reward pool behind the server and the policy reward) shows an item's
+responses in some order (`Shown`), generates, and reads each sample back with `read`: scores
+parsed on the template's scale and mapped back to the item's own order, with the weight version
+that produced it. The rules then judge a `Trajectory` (`correct`, `reward`, `neutral`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from spct.grm.parsing import parse_scores
+from spct.grm.rules import is_correct, is_neutral, map_back, rule_reward
+from spct.item import Item
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One GRM prompt: `item` with its responses shown in `order` (position p shows response
+    order[p]), on the template scale (low, high)."""
+
+    item: Item
+    order: list[int]
+    prompt: str  # the text trained on and recorded
+    scale: tuple[float, float]
+    sent: str | None = None  # the text sent to the engine when it differs (a hinted RFT prompt)
+
+    @property
+    def text(self) -> str:
+        return self.prompt if self.sent is None else self.sent
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A GRM sample read back: scores in the item's order (None when the sample did not parse)."""
+
+    shown: Shown
+    text: str
+    scores: list[float] | None
+    token_ids: list[int]
+    logprobs: list[float] | None
+    version: int  # the weights that produced it (0: as loaded)
+
+    @property
+    def item(self) -> Item:
+        return self.shown.item
+
+    @property
+    def correct(self) -> bool:
+        """Eq. 10 on the item's scale (a single response is judged on the template's)."""
+        return is_correct(self.scores, self.item.rewards, self.shown.scale)
+
+    @property
+    def reward(self) -> float:
+        """Eq. 11: +1 correct, -1 otherwise (a parse failure included)."""
+        return rule_reward(self.scores, self.item.rewards, self.shown.scale)
+
+    @property
+    def neutral(self) -> bool:
+        return is_neutral(self.scores)
+
+    def record(self) -> dict[str, Any]:
+        """The plain form kept in generations files and returned by the reward pool."""
+        return {"order": self.shown.order, "prompt": self.shown.prompt, "text": self.text, "scores": self.scores}
+
+
+def read(shown: Shown, result: Mapping[str, Any]) -> list[Trajectory]:
+    """The samples of one engine result (the generation of `shown.text`) as trajectories."""
+    low, high = shown.scale
+    return [Trajectory(shown, s["text"], map_back(parse_scores(s["text"], shown.item.n, low, high), shown.order),
+                       list(s.get("token_ids", [])), s.get("logprobs"), int(result.get("version", 0)))
+            for s in result["samples"]]
