@@ -1,10 +1,9 @@
 """The training pipeline: set-up, the phases in order, checkpoints, a summary.
 
-`Pipeline` owns the components (rollout group, learner group, weight sync, tracker,
-checkpoints) and exposes the few operations the phase recipes (spct/recipes/) are written in:
-`prompt`, `generate`, `new_learner`, `sync_weights`, `log`, `checkpoint`, `evaluate`, and for
-other actor groups `engines` and `grm_pool`. Classes below it never read the config: the
-builders here turn config sections into flat arguments.
+`Pipeline` owns the components (rollout group, learner group, weight sync, tracker, the run's
+state and its checkpoints in a `spct.run_state.RunStore`) and implements the recipes' context
+(`spct.recipes.context.Context`, all a phase recipe may use). Classes below it never read the
+config: the builders here turn config sections into flat arguments.
 
 Features: phases run in the order the config lists; each starts from the previous phase's
 Hugging Face checkpoint; a rerun with the same output_dir resumes from the latest checkpoint
@@ -12,8 +11,8 @@ Hugging Face checkpoint; a rerun with the same output_dir resumes from the lates
 checkpoint falls back to the newest whole one) and the GRM's engines start with the restored
 weights; held-out greedy accuracy after each GRM phase.
 
-Raises ConfigError (spct.config) for an invalid configuration, CheckpointError when no
-checkpoint to resume from is whole, and VersionMismatch (spct.versions) when an actor finds
+Raises ConfigError (spct.config) for an invalid configuration, CheckpointError
+(spct.run_state) when no checkpoint to resume from is whole, and VersionMismatch (spct.versions) when an actor finds
 the wrong stack.
 """
 
@@ -23,9 +22,7 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ from spct.config import Config, ConfigError, engine_kwargs
 from spct.data import Item, load_splits
 from spct.grm import build_prompt, load_template, random_order
 from spct.grm.trajectory import Shown, Trajectory, read
+from spct.run_state import RunState, RunStore
 from spct.scaling import judge, wilson_interval
 from spct.tracking import Timings, Tracker
 
@@ -46,38 +44,17 @@ GRM_PHASES = ("warmup", "rft", "rl")
 POLICY_PHASES = ("policy_sft", "policy_rl")
 
 
-@dataclasses.dataclass
-class RunState:
-    """What a checkpoint records besides the weights, enough to resume the run."""
-
-    completed: list[str] = dataclasses.field(default_factory=list)
-    phase: str | None = None
-    phase_step: int = 0
-    global_step: int = 0
-    weight_version: int = 0
-    model: str | None = None  # HF folder of the latest weights
-    learner_state: str | None = None  # DeepSpeed checkpoint of an unfinished phase
-    meta_rm: str | None = None  # HF folder of the trained meta RM
-    policy: str | None = None  # HF folder of the latest policy weights (policy phases)
-    policy_version: int = 0
-    phase_start: str | None = None  # HF folder the running phase's learner started from: its KL reference
-    wandb_run_id: str | None = None
-    results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-    timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
 class Pipeline:
     def __init__(self, config: Config):
         self.cfg = config
         self.out = Path(config.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.timings = Timings()
+        self.store = RunStore(self.ckpt_dir)
         self.state = RunState()
         self._rollout = None
         self._sync = None
         self.learner = None
-        self.teacher = None
         self.tracker: Tracker | None = None
         self._owned: list[Any] = []  # other actor groups a phase started (policy engines, GRM pool)
         self.layout = None  # where the engines and learner ranks go (spct.placement)
@@ -87,7 +64,9 @@ class Pipeline:
     def setup(self) -> None:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        resumed = self._load_state()
+        loaded = self.store.load()
+        resumed = loaded is not None
+        self.state = loaded or self.state
         trains_grm = set(cfg.phases + self.state.completed) & set(GRM_PHASES)
         if "policy_rl" in cfg.phases and cfg.policy.reward.kind == "grm" and not cfg.policy.grm and not trains_grm:
             raise ConfigError("invalid configuration:\n  policy.grm: expected the GRM that rewards the policy "
@@ -192,8 +171,7 @@ class Pipeline:
                 self._rollout.shutdown()  # its training engines give way to the policy's and the pool's
                 self._rollout = self._sync = None
             if self.state.phase != phase:
-                self.state.phase, self.state.phase_step, self.state.learner_state = phase, 0, None
-                self.state.phase_start, self.state.extra = None, {}
+                self.state.start_phase(phase)
             result = RECIPES[phase](self)
             if phase in GRM_PHASES:  # the GRM changed: held-out greedy accuracy
                 result = self.evaluate(phase)
@@ -202,13 +180,13 @@ class Pipeline:
             self.state.completed.append(phase)
             self.state.phase, self.state.phase_step, self.state.learner_state = None, 0, None
             self.state.phase_start = None
-            self._write_state()
+            self.store.write(self.state)
         return self.state
 
     def cleanup(self) -> None:
         """Stop every actor the run started and close the tracker; one that fails to stop (it
         may be dead already) does not keep the others running."""
-        closers = [g.shutdown for g in (self.learner, self._rollout, self.teacher) if g is not None]
+        closers = [g.shutdown for g in (self.learner, self._rollout) if g is not None]
         closers += reversed(self._owned)
         if self.placement is not None:
             from ray.util.placement_group import remove_placement_group
@@ -221,7 +199,7 @@ class Pipeline:
                 close()
             except Exception as e:  # noqa: BLE001 - report and go on stopping the rest
                 log.warning("cleanup: %s failed: %s", getattr(close, "__qualname__", close), e)
-        self.learner = self._rollout = self._sync = self.teacher = None
+        self.learner = self._rollout = self._sync = None
         self._owned, self.tracker, self.placement = [], None, None
 
     def resume_point(self) -> str:
@@ -233,7 +211,7 @@ class Pipeline:
         done = f"phases done: {', '.join(st['completed']) or 'none'}"
         if not st.get("phase"):
             return f"the next phase ({done})"
-        sampled = st.get("extra", {}).get("items_done")
+        sampled = (st.get("rft") or st.get("extra") or {}).get("items_done")
         return (f"{st['phase']} step {st['phase_step']}" + (f", {sampled} items sampled" if sampled else "")
                 + f" ({done})")
 
@@ -267,26 +245,25 @@ class Pipeline:
         sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
         return (group or self.rollout).submit(prompts, sampling, seed=f"{self.cfg.seed}:{key}")
 
-    def teacher_pool(self, model: str):
-        """A GRM reward pool serving a frozen teacher, started on first use."""
-        if self.teacher is None:
-            self.teacher = self.grm_pool(model, self.cfg.model.template)
-        return self.teacher
-
-    def grm_pool(self, model: str, template: str, num_engines: int | None = None):
-        """A GRM reward pool serving the frozen GRM `model` with the run's engine settings."""
+    def grm_pool(self, model: str, template: str, num_engines: int | None = None, owned: bool = False):
+        """A GRM reward pool serving the frozen GRM `model` with the run's engine settings;
+        an `owned` one is shut down with the run."""
         from spct.reward_pool import GRMRewardPool
 
         r = self.cfg.rollout
-        return GRMRewardPool(
+        pool = GRMRewardPool(
             model, num_engines or r.num_engines, engine_kwargs(self.cfg.model, r, self.cfg.seed), template=template,
             max_new_tokens=self.cfg.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
             num_gpus_per_engine=self.cfg.cluster.gpus(r.tensor_parallel_size))
+        if owned:
+            self.own(pool.shutdown)
+        return pool
 
-    def meta_scorer(self, path: str, max_length: int):
+    def meta_scorer(self, path: str, max_length: int, owned: bool = False):
         """A meta-RM actor on `path` with the run's dtype and threads (a GPU of its own on a GPU
-        cluster): (a function scoring trajectories, the actor to kill when done). With no learner
-        running it takes learner rank 0's bundle, else it runs beside the placement group."""
+        cluster): (a function scoring trajectories, the actor to kill when done; an `owned` one
+        is killed with the run). With no learner running it takes learner rank 0's bundle, else
+        it runs beside the placement group."""
         from spct.meta_rm import meta_scorer
 
         options = {}
@@ -295,8 +272,13 @@ class Pipeline:
 
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=self.placement, placement_group_bundle_index=self.layout.rank_indices[0])
-        return meta_scorer(path, self.cfg.model.dtype, max_length, self.cfg.learner.num_threads,
-                           num_gpus=self._gpus(1), **options)
+        score, actor = meta_scorer(path, self.cfg.model.dtype, max_length, self.cfg.learner.num_threads,
+                                   num_gpus=self._gpus(1), **options)
+        if owned:
+            import ray
+
+            self.own(lambda: ray.kill(actor))
+        return score, actor
 
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
                     task: str = "causal_lm", model: str | None = None):
@@ -305,8 +287,7 @@ class Pipeline:
         the phase started from, also when it resumes from a step checkpoint."""
         from spct.learner import LearnerGroup, LearnerSpec
 
-        if self.learner is not None:
-            self.learner.shutdown()
+        self.close_learner()
         lc = self.cfg.learner
         start = model or self.state.model
         if self.state.phase_start is None:
@@ -342,6 +323,12 @@ class Pipeline:
             self.learner.load_state(self.state.learner_state)
         return self.learner
 
+    def close_learner(self) -> None:
+        """Stop the learner group (its devices go back to the placement group)."""
+        if self.learner is not None:
+            self.learner.shutdown()
+            self.learner = None
+
     def sync_weights(self) -> int:
         """Push the learner's weights to every rollout engine; returns the new version."""
         _, sync = self._grm_engines()
@@ -354,32 +341,43 @@ class Pipeline:
         self.state.global_step += 1
         self.tracker.log(metrics, step=self.state.global_step, phase=phase, phase_step=self.state.phase_step)
 
-    def maybe_checkpoint(self, every: int, role: str = "model") -> None:
-        if every and self.state.phase_step % every == 0:
-            self.checkpoint(final=False, role=role)
+    def steps(self, total: int, role: str = "model", resume: bool = True, desc: str | None = None):
+        """The running phase's steps, with a progress bar, from where a resumed run stopped (from
+        0 unless `resume`). Each comes with `done(metrics, **postfix)`, which records the step:
+        the phase step, the bar's postfix, the metrics line and, every `checkpoint.every_steps`
+        (when `resume`), a checkpoint of the learner as the run's latest `role`."""
+        from tqdm import tqdm
+
+        phase, first = self.state.phase, self.state.phase_step if resume else 0
+        bar = tqdm(range(first, total), desc=desc or phase, initial=first, total=total)
+        for step in bar:
+            def done(metrics: dict[str, Any], _step: int = step, **postfix: str) -> None:
+                self.state.phase_step = _step + 1
+                bar.set_postfix(**postfix)
+                self.log(metrics, phase)
+                every = self.cfg.checkpoint.every_steps
+                if resume and every and self.state.phase_step % every == 0:
+                    self.checkpoint(final=False, role=role)
+
+            yield step, done
 
     def checkpoint(self, final: bool, role: str = "model") -> None:
         """Save the learner's weights in HF format (plus optimizer state unless final) as the
-        run's latest `role`: "model" (the GRM) or "policy".
+        run's latest `role`: "model" (the GRM), "policy" or "meta_rm".
 
         Atomic: the folder is written under a temporary name with a snapshot of the run state
         (`run_state.json`, what resuming from it needs), then renamed, and only then does
         state.json point at it; a crash mid-save leaves the previous checkpoint in use."""
         name = f"{self.state.phase}-final" if final else f"{self.state.phase}-step{self.state.phase_step:06d}"
-        folder = self.ckpt_dir / name
-        partial = self.ckpt_dir / f".partial-{name}"
-        shutil.rmtree(partial, ignore_errors=True)
-        self.learner.save(str(partial / "model"))
-        setattr(self.state, role, str(folder / "model"))
-        self.state.learner_state = None
-        if not final:
-            self.learner.save_state(str(partial / "learner"))
-            self.state.learner_state = str(folder / "learner")
-        (partial / "run_state.json").write_text(json.dumps(dataclasses.asdict(self.state), indent=1))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
-        self._write_state()
-        self._prune(keep=self.cfg.checkpoint.keep_last)
+
+        def write_weights(folder: Path, with_optimizer: bool) -> None:
+            self.learner.save(str(folder / "model"))
+            if with_optimizer:
+                self.learner.save_state(str(folder / "learner"))
+
+        self.store.save(name, self.state, write_weights, role, final)
+        self.store.write(self.state)
+        self.store.prune(self.state, keep=self.cfg.checkpoint.keep_last)
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, phase: str) -> dict[str, float]:
@@ -410,63 +408,4 @@ class Pipeline:
     # ---------------------------------------------------------------- state on disk
     def save_progress(self) -> None:
         """Record progress that is not a checkpoint (e.g. RFT samples already on disk)."""
-        self._write_state()
-
-    def _write_state(self) -> None:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.ckpt_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(self.state), indent=1))
-        os.replace(tmp, self.ckpt_dir / "state.json")
-
-    def _load_state(self) -> bool:
-        path = self.ckpt_dir / "state.json"
-        if not path.exists():
-            return False
-        self.state = RunState(**json.loads(path.read_text()))
-        problems = _checkpoint_problems(self.state, self.ckpt_dir)
-        if problems:
-            self._fall_back(problems)
-        return True
-
-    def _fall_back(self, problems: list[str]) -> None:
-        """Resume from the newest checkpoint that is whole, or stop naming what is broken."""
-        snapshots = sorted(self.ckpt_dir.glob("*/run_state.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for snapshot in snapshots:
-            state = RunState(**json.loads(snapshot.read_text()))
-            if not _checkpoint_problems(state, self.ckpt_dir):
-                log.warning("the latest checkpoint is broken (%s); resuming from %s instead", "; ".join(problems),
-                            snapshot.parent)
-                self.state = state
-                self._write_state()
-                return
-        raise CheckpointError(
-            f"{self.ckpt_dir / 'state.json'} points at broken checkpoints and no earlier one is whole:\n  "
-            + "\n  ".join(problems) + f"\nDelete {self.out} (or choose another output_dir) to start over.")
-
-    def _prune(self, keep: int) -> None:
-        """Drop old step checkpoints; phase-final ones and the ones in use stay."""
-        st = self.state
-        in_use = {Path(p).parent for p in (st.model, st.policy, st.learner_state, st.phase_start) if p}
-        steps = sorted(p for p in self.ckpt_dir.glob("*-step*") if p.is_dir() and p not in in_use)
-        for old in steps[: max(0, len(steps) - keep)]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-class CheckpointError(RuntimeError):
-    """A run cannot resume: the checkpoints it points at are broken and none is whole."""
-
-
-def _checkpoint_problems(state: RunState, ckpt_dir: Path) -> list[str]:
-    """What is broken among the checkpoints `state` points at (paths outside `ckpt_dir`, such as
-    a base model or a hub id, are not the run's to check)."""
-    from spct.learner.checkpoints import checkpoint_problem
-
-    found = []
-    for key, kind in (("model", "hf"), ("policy", "hf"), ("meta_rm", "hf"), ("phase_start", "hf"),
-                      ("learner_state", "learner")):
-        path = getattr(state, key)
-        if path and Path(path).resolve().is_relative_to(ckpt_dir.resolve()):
-            problem = checkpoint_problem(path, kind)
-            if problem:
-                found.append(f"{key} {path}: {problem}")
-    return found
+        self.store.write(self.state)

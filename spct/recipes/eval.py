@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 from spct.evaluation import run_benchmarks
+from spct.recipes.context import Context
 from spct.reward_pool import GRMRewardPool
 
 
-def run_eval(p) -> dict:
+def run_eval(p: Context) -> dict:
     c = p.cfg.eval
     items = p.data[c.split][: c.max_items or None]
     pool = GRMRewardPool.from_group(p.rollout, p.cfg.model.template, p.cfg.model.max_new_tokens)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import random
 
-from tqdm import tqdm
-
 from spct.grm import is_neutral, meta_target, random_order
 from spct.meta_rm import encode_trajectory
+from spct.recipes.context import Context
 from spct.scoring import roc_auc
 
 
@@ -28,7 +27,7 @@ def trajectory(item_id: str, prompt: str, completion: str, correct: bool, scores
             "neutral": neutral, "label": meta_target(correct, neutral, neutral_label)}
 
 
-def grm_trajectories(p, items, k: int, temperature: float, tag: str, neutral_label: float) -> list[dict]:
+def grm_trajectories(p: Context, items, k: int, temperature: float, tag: str, neutral_label: float) -> list[dict]:
     """k samples per item from the rollout group, each with its Eq. 10 correctness, whether
     it is neutral, and its training target."""
     shown = []
@@ -39,7 +38,7 @@ def grm_trajectories(p, items, k: int, temperature: float, tag: str, neutral_lab
             for (t,) in p.sample(shown, f"meta_rm:{tag}", n=1, temperature=temperature)]
 
 
-def run_meta_rm(p) -> dict:
+def run_meta_rm(p: Context) -> dict:
     import ray
 
     c, seed = p.cfg.meta_rm, p.cfg.seed
@@ -68,22 +67,15 @@ def run_meta_rm(p) -> dict:
                             model=c.model or p.state.model)
     encoded = [encode_trajectory(p.tokenizer, t, c.max_length) for t in data]
     labels = [t["label"] for t in data]
-    bar = tqdm(range(c.steps), desc="meta_rm")
-    for step in bar:
+    for step, done in p.steps(c.steps, resume=False):
         rng = random.Random(f"{seed}:meta_rm:{step}")
         idx = [rng.randrange(len(data)) for _ in range(c.batch_size)]
         with p.timings("train"):
             metrics = learner.bce_step({"input_ids": [encoded[i] for i in idx], "labels": [labels[i] for i in idx]})
-        p.state.phase_step = step + 1
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        p.log(metrics, "meta_rm")
-    path = str(p.ckpt_dir / "meta_rm-final" / "model")
-    learner.save(path)
-    learner.shutdown()
-    p.learner = None
-    p.state.meta_rm = path
-
-    score, actor = p.meta_scorer(path, c.max_length)
+        done(metrics, loss=f"{metrics['loss']:.3f}")
+    p.checkpoint(final=True, role="meta_rm")
+    p.close_learner()
+    score, actor = p.meta_scorer(p.state.meta_rm, c.max_length)
     scores = score(val) if val else []
     ray.kill(actor)
     result: dict[str, float] = {"train_trajectories": len(data),

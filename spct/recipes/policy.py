@@ -28,8 +28,6 @@ import random
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from spct.algos import grpo_batch
 from spct.data.synthetic import (
     SyntheticConfig,
@@ -39,11 +37,12 @@ from spct.data.synthetic import (
     well_formed,
 )
 from spct.grm.reward import judged_items, rollout_rewards
+from spct.recipes.context import Context
 from spct.recipes.sft import encode_sft, sft_batch
 from spct.scaling import mean_interval
 
 
-def policy_model(p) -> str:
+def policy_model(p: Context) -> str:
     """The policy to start from: the run's latest policy, `policy.model`, or a fresh tiny model."""
     if p.state.policy:
         return p.state.policy
@@ -54,7 +53,7 @@ def policy_model(p) -> str:
     return str(ensure_tiny_model(p.out / "policy_base", preset=p.cfg.policy.tiny_preset, seed=p.cfg.seed + 1))
 
 
-def run_policy_sft(p) -> None:
+def run_policy_sft(p: Context) -> None:
     from spct.models import load_tokenizer
 
     pc, seed = p.cfg.policy, p.cfg.seed
@@ -62,19 +61,14 @@ def run_policy_sft(p) -> None:
     tokenizer = load_tokenizer(model)
     task = SyntheticConfig(**p.cfg.data.task)
     learner = p.new_learner(pc.sft_lr, max(1, pc.sft_steps // 10), pc.sft_steps, with_reference=False, model=model)
-    bar = tqdm(range(p.state.phase_step, pc.sft_steps), desc="policy_sft", initial=p.state.phase_step,
-               total=pc.sft_steps)
-    for step in bar:
+    for step, done in p.steps(pc.sft_steps, role="policy"):
         rng = random.Random(f"{seed}:policy_sft:{step}")
         items = rng.sample(p.data["train"], pc.sft_batch_size)
         examples = [encode_sft(tokenizer, policy_query(it), sample_answer(it, rng, pc.sft_p_right, task))
                     for it in items]
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
-        p.state.phase_step = step + 1
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        p.log(metrics, "policy_sft")
-        p.maybe_checkpoint(p.cfg.checkpoint.every_steps, role="policy")
+        done(metrics, loss=f"{metrics['loss']:.3f}")
     p.checkpoint(final=True, role="policy")
 
 
@@ -82,7 +76,7 @@ class PolicyReward:
     """Rewards of a step's rollouts, from the GRM reward pool (with an optional meta RM) or the
     program checker."""
 
-    def __init__(self, p) -> None:
+    def __init__(self, p: Context) -> None:
         pc, rw = p.cfg.policy, p.cfg.policy.reward
         self.kind, self.mode, self.k, self.seed = rw.kind, rw.mode, rw.k, p.cfg.seed
         self.format_gate = rw.format_gate
@@ -93,13 +87,9 @@ class PolicyReward:
             return
         grm = pc.grm or p.state.model
         template = p.cfg.model.template if rw.mode == "group" else p.cfg.model.single_template
-        self.pool = p.grm_pool(grm, template, pc.grm_engines)
-        p.own(self.pool.shutdown)
+        self.pool = p.grm_pool(grm, template, pc.grm_engines, owned=True)
         if pc.meta_rm:
-            import ray
-
-            self.meta_score, actor = p.meta_scorer(pc.meta_rm, p.cfg.meta_rm.max_length)
-            p.own(lambda: ray.kill(actor))
+            self.meta_score, _ = p.meta_scorer(pc.meta_rm, p.cfg.meta_rm.max_length, owned=True)
             self.k_meta = rw.k_meta or max(1, rw.k // 2)
 
     def __call__(self, items, rollouts: list[list[str]], step: int) -> tuple[list[float], dict[str, float]]:
@@ -160,7 +150,7 @@ def evaluate_policy(rollout, items, pc, path: Path, seed: str) -> dict[str, floa
             "sum_accuracy": sums / len(solved), "n": len(solved)}
 
 
-def run_policy_rl(p) -> dict[str, float]:
+def run_policy_rl(p: Context) -> dict[str, float]:
     pc, seed = p.cfg.policy, p.cfg.seed
     model = policy_model(p)
     rollout = p.engines(model, name="policy_rollout", owned=True)
@@ -184,8 +174,7 @@ def run_policy_rl(p) -> dict[str, float]:
 
     result = evaluate(0) if p.state.phase_step == 0 else {}
     sampling = dict(n=pc.group_size, temperature=pc.temperature, max_tokens=pc.max_new_tokens, logprobs=0)
-    bar = tqdm(range(p.state.phase_step, pc.steps), desc="policy_rl", initial=p.state.phase_step, total=pc.steps)
-    for step in bar:
+    for step, done in p.steps(pc.steps, role="policy"):
         start = time.perf_counter()
         rng = random.Random(f"{seed}:policy_rl:{step}")
         items = rng.sample(p.data["train"], pc.prompts_per_step)
@@ -202,7 +191,6 @@ def run_policy_rl(p) -> dict[str, float]:
         with p.timings("weight_sync"):
             p.state.policy_version += 1
             sync.push_from(learner, p.state.policy_version)
-        p.state.phase_step = step + 1
         times = p.timings.lap()
         times["time/step"] = time.perf_counter() - start
         n = len(rewards)
@@ -219,8 +207,6 @@ def run_policy_rl(p) -> dict[str, float]:
         if pc.eval_every and (step + 1) % pc.eval_every == 0 or step + 1 == pc.steps:
             result = evaluate(step + 1)
             metrics.update({f"eval_{k}": v for k, v in result.items() if k in ("accuracy", "sum_accuracy")})
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{result.get('accuracy', float('nan')):.2f}")
-        p.log(metrics, "policy_rl")
-        p.maybe_checkpoint(p.cfg.checkpoint.every_steps, role="policy")
+        done(metrics, reward=f"{metrics['reward_mean']:.2f}", acc=f"{result.get('accuracy', float('nan')):.2f}")
     p.checkpoint(final=True, role="policy")
     return result

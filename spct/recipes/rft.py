@@ -19,23 +19,26 @@ import random
 from tqdm import tqdm
 
 from spct.grm import random_order, rft_accept
+from spct.recipes.context import Context
 from spct.recipes.sft import encode_sft, sft_batch
 from spct.recipes.warmup import warmup_examples
 
 log = logging.getLogger("spct")
 
 
-def run_rft(p) -> None:
+def run_rft(p: Context) -> None:
     c, seed = p.cfg.rft, p.cfg.seed
     items = list(p.data["train"])
     random.Random(f"{seed}:rft:items").shuffle(items)
     items = items[: c.items or len(items)]
     path = p.out / "rft" / "trajectories.jsonl"
-    if not p.state.extra.get("sampling_done"):
-        _sample(p, items, path)
-    if p.teacher is not None:  # sampling is done: the teacher's engines give way to the learner
-        p.teacher.shutdown()
-        p.teacher = None
+    if not p.state.rft.sampling_done:
+        teacher = p.grm_pool(c.teacher, p.cfg.model.template) if c.teacher else None
+        try:
+            _sample(p, items, path, teacher.group if teacher else None)
+        finally:  # the teacher's engines give way to the learner
+            if teacher is not None:
+                teacher.shutdown()
     kept = [json.loads(line) for line in path.open()]
     kept = [t for t in kept if t["accepted"]]
     if not kept:
@@ -44,13 +47,11 @@ def run_rft(p) -> None:
         return
 
     learner = p.new_learner(c.lr, c.warmup_steps, c.sft_steps, with_reference=False)
-    bar = tqdm(range(p.state.phase_step, c.sft_steps), desc="rft sft", initial=p.state.phase_step,
-               total=c.sft_steps)
     n_general = round(c.batch_size * c.warmup_mix)
     if n_general and p.cfg.data.kind != "synthetic":
         log.warning("rft.warmup_mix=%s ignored: warm-up data exists for data.kind=synthetic only", c.warmup_mix)
         n_general = 0
-    for step in bar:
+    for step, done in p.steps(c.sft_steps, desc="rft sft"):
         rng = random.Random(f"{seed}:rft:{step}")
         batch = [kept[rng.randrange(len(kept))] for _ in range(c.batch_size - n_general)]
         examples = [encode_sft(p.tokenizer, t["prompt"], t["completion"]) for t in batch]
@@ -58,27 +59,22 @@ def run_rft(p) -> None:
             examples += warmup_examples(p, rng, n_general)
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
-        p.state.phase_step = step + 1
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        p.log(metrics, "rft")
-        p.maybe_checkpoint(p.cfg.checkpoint.every_steps)
+        done(metrics, loss=f"{metrics['loss']:.3f}")
     p.checkpoint(final=True)
     p.sync_weights()
 
 
-def _sample(p, items, path) -> None:
+def _sample(p: Context, items, path, teacher) -> None:
     c, seed = p.cfg.rft, p.cfg.seed
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = p.state.extra.get("items_done", 0)
-    counts = p.state.extra.setdefault("counts", {"samples": 0, "kept": 0, "too_easy": 0, "all_wrong": 0,
-                                                  "hinted": 0, "hinted_kept": 0, "parse_failures": 0})
-    _truncate(path, p.state.extra.get("lines", 0))
+    progress = p.state.rft
+    counts = progress.counts
+    _truncate(path, progress.lines)
     per_item = c.n_samples + (1 if c.hinted else 0)
     chunk = max(1, c.generate_batch // per_item)
-    teacher = p.teacher_pool(c.teacher).group if c.teacher else None
-    bar = tqdm(total=len(items), initial=done, desc="rft sampling")
+    bar = tqdm(total=len(items), initial=progress.items_done, desc="rft sampling")
     with path.open("a") as out:
-        for start in range(done, len(items), chunk):
+        for start in range(progress.items_done, len(items), chunk):
             batch = items[start : start + chunk]
             shown = []  # per item: n_samples plain prompts, then the hinted one
             for item in batch:
@@ -108,20 +104,20 @@ def _sample(p, items, path) -> None:
             for r in records:
                 out.write(json.dumps(r) + "\n")
             out.flush()
-            p.state.extra["items_done"] = start + len(batch)
-            p.state.extra["lines"] = p.state.extra.get("lines", 0) + len(records)
+            progress.items_done = start + len(batch)
+            progress.lines += len(records)
             bar.update(len(batch))
-            n_items = p.state.extra["items_done"]
+            n_items = progress.items_done
             p.log({"items": n_items,
                    "accept_rate": counts["kept"] / max(1, counts["samples"]),
                    "hinted_accept_rate": counts["hinted_kept"] / max(1, counts["hinted"]),
                    "too_easy_rate": counts["too_easy"] / n_items,
                    "all_wrong_rate": counts["all_wrong"] / n_items,
-                   "parse_failure_rate": counts["parse_failures"] / max(1, p.state.extra["lines"]),
+                   "parse_failure_rate": counts["parse_failures"] / max(1, progress.lines),
                    **p.timings.lap()}, "rft")
             p.save_progress()  # after the log line: a resume keeps exactly the chunks recorded here
     bar.close()
-    p.state.extra["sampling_done"] = True
+    progress.sampling_done = True
     p.save_progress()
 
 

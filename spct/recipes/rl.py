@@ -16,14 +16,13 @@ from __future__ import annotations
 import random
 import time
 
-from tqdm import tqdm
-
 from spct.algos import grpo_batch
 from spct.grm import random_order
 from spct.grm.trajectory import Shown, read
+from spct.recipes.context import Context
 
 
-def rl_prompts(p, step: int) -> list[Shown]:
+def rl_prompts(p: Context, step: int) -> list[Shown]:
     """The step's GRM prompts (items and response orders), drawn from the step's seed."""
     c = p.cfg.rl
     rng = random.Random(f"{p.cfg.seed}:rl:{step}")
@@ -32,7 +31,7 @@ def rl_prompts(p, step: int) -> list[Shown]:
     return [p.show(it, o) for it, o in zip(items, orders, strict=True)]
 
 
-def run_rl(p) -> None:
+def run_rl(p: Context) -> None:
     c = p.cfg.rl
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=c.beta > 0)
 
@@ -40,9 +39,8 @@ def run_rl(p) -> None:
         shown = rl_prompts(p, step)
         return shown, p.submit([s.text for s in shown], f"rl:{step}", n=c.group_size, temperature=c.temperature)
 
-    bar = tqdm(range(p.state.phase_step, c.steps), desc="rl", initial=p.state.phase_step, total=c.steps)
     ahead = None
-    for step in bar:
+    for step, done in p.steps(c.steps):
         start = time.perf_counter()
         shown, pending = ahead or submit(step)
         with p.timings("generate"):
@@ -64,7 +62,6 @@ def run_rl(p) -> None:
             with p.timings("generate"):
                 ahead[-1].result()
         version = p.sync_weights()
-        p.state.phase_step = step + 1
         times = p.timings.lap()
         times["time/step"] = time.perf_counter() - start
         times["time/idle"] = max(0.0, times["time/step"] - sum(v for k, v in times.items() if k != "time/step"))
@@ -79,7 +76,5 @@ def run_rl(p) -> None:
             "rollout_version_lag": version - 1 - min(t.version for t in trajectories),
             **times,
         })
-        bar.set_postfix(acc=f"{metrics['accuracy']:.2f}", kl=f"{metrics.get('kl', 0.0):.4f}")
-        p.log(metrics, "rl")
-        p.maybe_checkpoint(p.cfg.checkpoint.every_steps)
+        done(metrics, acc=f"{metrics['accuracy']:.2f}", kl=f"{metrics.get('kl', 0.0):.4f}")
     p.checkpoint(final=True)

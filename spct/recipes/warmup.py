@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import random
 
-from tqdm import tqdm
-
 from spct.data.synthetic import write_trajectory
 from spct.grm import random_order
+from spct.recipes.context import Context
 from spct.recipes.sft import encode_sft, sft_batch
 
 
-def warmup_examples(p, rng: random.Random, n: int) -> list[tuple[list[int], int]]:
+def warmup_examples(p: Context, rng: random.Random, n: int) -> list[tuple[list[int], int]]:
     """n encoded (prompt, trajectory) pairs of the flawed programmatic critic on train items."""
     c = p.cfg.warmup
     slip = (c.carry_slip, c.carry_slip if c.carry_slip_max is None else c.carry_slip_max)
@@ -32,17 +31,13 @@ def warmup_examples(p, rng: random.Random, n: int) -> list[tuple[list[int], int]
     return examples
 
 
-def run_warmup(p) -> None:
+def run_warmup(p: Context) -> None:
     c, seed = p.cfg.warmup, p.cfg.seed
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=False)
-    bar = tqdm(range(p.state.phase_step, c.steps), desc="warmup", initial=p.state.phase_step, total=c.steps)
-    for step in bar:
+    for step, done in p.steps(c.steps):
         examples = warmup_examples(p, random.Random(f"{seed}:warmup:{step}"), c.batch_size)
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
-        p.state.phase_step = step + 1
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        p.log(metrics, "warmup")
-        p.maybe_checkpoint(p.cfg.checkpoint.every_steps)
+        done(metrics, loss=f"{metrics['loss']:.3f}")
     p.checkpoint(final=True)
     p.sync_weights()

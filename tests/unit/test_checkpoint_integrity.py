@@ -12,9 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spct.config import Config
 from spct.learner.checkpoints import checkpoint_problem
-from spct.pipeline import CheckpointError, Pipeline, RunState
+from spct.run_state import CheckpointError, RunState, RunStore
 
 
 def hf_folder(path: Path) -> Path:
@@ -56,7 +55,7 @@ def test_a_whole_folder_passes_and_each_damage_is_named(tmp_path):
     assert "no DeepSpeed state" in checkpoint_problem(tmp_path / "good", "learner")
 
 
-def run_with_checkpoints(tmp_path: Path) -> tuple[Pipeline, Path]:
+def run_with_checkpoints(tmp_path: Path) -> tuple[RunStore, Path]:
     """A run dir as `Pipeline.checkpoint` leaves it: rl-step000010 and, newer, rl-step000020."""
     out = tmp_path / "run"
     ckpt = out / "checkpoints"
@@ -68,40 +67,50 @@ def run_with_checkpoints(tmp_path: Path) -> tuple[Pipeline, Path]:
                          weight_version=step, model=str(folder / "model"), learner_state=str(folder / "learner"))
         (folder / "run_state.json").write_text(json.dumps(dataclasses.asdict(state)))
     (ckpt / "state.json").write_text((ckpt / "rl-step000020" / "run_state.json").read_text())
-    return Pipeline(Config(output_dir=str(out))), ckpt
+    return RunStore(ckpt), ckpt
 
 
 def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
-    pipe, ckpt = run_with_checkpoints(tmp_path)
+    store, ckpt = run_with_checkpoints(tmp_path)
     weights = ckpt / "rl-step000020" / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     with caplog.at_level(logging.WARNING, logger="spct"):
-        assert pipe._load_state()
-    assert (pipe.state.phase_step, pipe.state.weight_version) == (10, 10)
-    assert pipe.state.model.endswith("rl-step000010/model")
+        state = store.load()
+    assert (state.phase_step, state.weight_version) == (10, 10)
+    assert state.model.endswith("rl-step000010/model")
     assert "rl-step000020" in caplog.text and "truncated" in caplog.text
     assert json.loads((ckpt / "state.json").read_text())["phase_step"] == 10
 
 
 def test_a_missing_learner_state_falls_back_too(tmp_path):
-    pipe, ckpt = run_with_checkpoints(tmp_path)
+    store, ckpt = run_with_checkpoints(tmp_path)
     import shutil
 
     shutil.rmtree(ckpt / "rl-step000020" / "learner")
-    pipe._load_state()
-    assert pipe.state.learner_state.endswith("rl-step000010/learner")
+    assert store.load().learner_state.endswith("rl-step000010/learner")
 
 
 def test_with_no_whole_checkpoint_the_run_stops_naming_them(tmp_path):
-    pipe, ckpt = run_with_checkpoints(tmp_path)
+    store, ckpt = run_with_checkpoints(tmp_path)
     for step in (10, 20):
         (ckpt / f"rl-step{step:06d}" / "model" / "config.json").write_text("")
     with pytest.raises(CheckpointError) as err:
-        pipe._load_state()
+        store.load()
     assert "rl-step000020/model: config.json unreadable" in str(err.value)
     assert "start over" in str(err.value)
 
 
 def test_a_whole_run_resumes_as_recorded(tmp_path):
-    pipe, _ = run_with_checkpoints(tmp_path)
-    assert pipe._load_state() and pipe.state.phase_step == 20
+    store, _ = run_with_checkpoints(tmp_path)
+    assert store.load().phase_step == 20
+
+
+def test_a_state_file_written_before_rft_progress_was_typed_still_resumes(tmp_path):
+    store, ckpt = run_with_checkpoints(tmp_path)
+    old = json.loads((ckpt / "state.json").read_text())
+    old.pop("rft")
+    old["extra"] = {"items_done": 48, "lines": 144, "counts": {"samples": 96}}
+    (ckpt / "state.json").write_text(json.dumps(old))
+    state = store.load()
+    assert (state.rft.items_done, state.rft.lines, state.rft.counts, state.rft.sampling_done) == (
+        48, 144, {"samples": 96}, False)

@@ -3,12 +3,15 @@ interpreter and the modules it pulled in are checked."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+RECIPES = Path(__file__).resolve().parents[2] / "spct" / "recipes"
 STACK = ("ray", "vllm", "deepspeed", "torch", "transformers")
 
 
@@ -36,3 +39,31 @@ def test_each_layer_imports_only_the_ones_below():
     recipes = loaded("spct.recipes.warmup", "spct.recipes.sft", "spct.recipes.rft", "spct.recipes.rl",
                      "spct.recipes.meta_rm", "spct.recipes.eval", "spct.recipes.policy")
     assert "spct.evaluate" not in recipes  # the command sits on top; the eval phase shares spct.evaluation
+
+
+def _members_used_on_p(source: str) -> set[str]:
+    """The attributes read from `p` (the recipe's context) anywhere in a module."""
+    return {node.attr for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "p"}
+
+
+def test_recipes_use_only_the_context_and_the_pipeline_provides_it():
+    from spct.pipeline import Pipeline
+    from spct.recipes.context import Context
+
+    context = {m for m in vars(Context) if not m.startswith("_")} | set(Context.__annotations__)
+    used = set()
+    for path in RECIPES.glob("*.py"):
+        used |= _members_used_on_p(path.read_text())
+    assert used <= context, f"recipes reach past spct.recipes.context.Context: {sorted(used - context)}"
+    assert len(context - used) == 0, f"Context members no recipe uses: {sorted(context - used)}"
+    pipeline_source = (RECIPES.parent / "pipeline.py").read_text()
+    assigned = {node.attr for node in ast.walk(ast.parse(pipeline_source))
+                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name) and node.value.id == "self"}
+    missing = {m for m in context if not hasattr(Pipeline, m) and m not in assigned}
+    assert not missing, f"the Pipeline lacks {sorted(missing)}"
+
+
+def test_the_context_check_sees_a_recipe_reaching_past_it():
+    assert _members_used_on_p("def run(p):\n    p.learner.shutdown()\n    x = p.cfg.seed\n") == {"learner", "cfg"}

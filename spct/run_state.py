@@ -1,0 +1,140 @@
+"""What a run records to resume, and where: `RunState` and the checkpoint folder it points into.
+
+`RunStore` keeps output_dir/checkpoints/: state.json (the run's state, replaced atomically),
+one folder per checkpoint (weights, optimizer state unless final, and a `run_state.json`
+snapshot of the state that resuming from it needs), the check that what state.json points at
+is whole, the fall-back to the newest whole snapshot, and the pruning of old step checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("spct")
+
+
+def _counts() -> dict[str, int]:
+    return dict.fromkeys(("samples", "kept", "too_easy", "all_wrong", "hinted", "hinted_kept", "parse_failures"), 0)
+
+
+@dataclasses.dataclass
+class RFTProgress:
+    """How far RFT's sampling got: every sample before `lines` is on disk and counted."""
+
+    items_done: int = 0
+    lines: int = 0  # lines of rft/trajectories.jsonl recorded (a crash may leave more)
+    sampling_done: bool = False
+    counts: dict[str, int] = dataclasses.field(default_factory=_counts)
+
+
+@dataclasses.dataclass
+class RunState:
+    """What a checkpoint records besides the weights, enough to resume the run."""
+
+    completed: list[str] = dataclasses.field(default_factory=list)
+    phase: str | None = None
+    phase_step: int = 0
+    global_step: int = 0
+    weight_version: int = 0
+    model: str | None = None  # HF folder of the latest weights
+    learner_state: str | None = None  # DeepSpeed checkpoint of an unfinished phase
+    meta_rm: str | None = None  # HF folder of the trained meta RM
+    policy: str | None = None  # HF folder of the latest policy weights (policy phases)
+    policy_version: int = 0
+    phase_start: str | None = None  # HF folder the running phase's learner started from: its KL reference
+    wandb_run_id: str | None = None
+    results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    rft: RFTProgress = dataclasses.field(default_factory=RFTProgress)
+
+    def start_phase(self, phase: str) -> None:
+        self.phase, self.phase_step, self.learner_state, self.phase_start = phase, 0, None, None
+        self.rft = RFTProgress()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunState:
+        d = dict(d)
+        rft = d.pop("rft", None) or d.pop("extra", None) or {}  # "extra": state files before RFTProgress
+        return cls(**d, rft=RFTProgress(**rft))
+
+
+class CheckpointError(RuntimeError):
+    """A run cannot resume: the checkpoints it points at are broken and none is whole."""
+
+
+class RunStore:
+    def __init__(self, ckpt_dir: Path) -> None:
+        self.dir = ckpt_dir
+        self.path = ckpt_dir / "state.json"
+
+    def write(self, state: RunState) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(state.to_json())
+        os.replace(tmp, self.path)
+
+    def load(self) -> RunState | None:
+        """The recorded state (None for a new run), or the newest whole snapshot when what it
+        points at is broken; CheckpointError when none is whole."""
+        if not self.path.exists():
+            return None
+        state = RunState.from_dict(json.loads(self.path.read_text()))
+        problems = self.problems(state)
+        if not problems:
+            return state
+        snapshots = sorted(self.dir.glob("*/run_state.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for snapshot in snapshots:
+            earlier = RunState.from_dict(json.loads(snapshot.read_text()))
+            if not self.problems(earlier):
+                log.warning("the latest checkpoint is broken (%s); resuming from %s instead", "; ".join(problems),
+                            snapshot.parent)
+                self.write(earlier)
+                return earlier
+        raise CheckpointError(
+            f"{self.path} points at broken checkpoints and no earlier one is whole:\n  " + "\n  ".join(problems)
+            + f"\nDelete {self.dir.parent} (or choose another output_dir) to start over.")
+
+    def save(self, name: str, state: RunState, write_weights, role: str, final: bool) -> None:
+        """Checkpoint `name`: `write_weights(folder, with_optimizer)` fills it, the state points at
+        it as the latest `role` ("model" or "policy"). Atomic: written under a temporary name
+        with its run_state.json, then renamed; state.json is written by the caller after."""
+        folder = self.dir / name
+        partial = self.dir / f".partial-{name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        write_weights(partial, not final)
+        setattr(state, role, str(folder / "model"))
+        state.learner_state = None if final else str(folder / "learner")
+        (partial / "run_state.json").write_text(state.to_json())
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+
+    def problems(self, state: RunState) -> list[str]:
+        """What is broken among the checkpoints `state` points at (paths outside the folder,
+        such as a base model or a hub id, are not the run's to check)."""
+        from spct.learner.checkpoints import checkpoint_problem
+
+        found = []
+        for key, kind in (("model", "hf"), ("policy", "hf"), ("meta_rm", "hf"), ("phase_start", "hf"),
+                          ("learner_state", "learner")):
+            path = getattr(state, key)
+            if path and Path(path).resolve().is_relative_to(self.dir.resolve()):
+                problem = checkpoint_problem(path, kind)
+                if problem:
+                    found.append(f"{key} {path}: {problem}")
+        return found
+
+    def prune(self, state: RunState, keep: int) -> None:
+        """Drop old step checkpoints; phase-final ones and the ones in use stay."""
+        in_use = {Path(p).parent for p in (state.model, state.policy, state.learner_state, state.phase_start) if p}
+        steps = sorted(p for p in self.dir.glob("*-step*") if p.is_dir() and p not in in_use)
+        for old in steps[: max(0, len(steps) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
