@@ -35,14 +35,15 @@ def rl_batch(model: Path, prompts: int, group: int, seed: int) -> dict[str, list
     cfg = compose([f"model.path={model}", f"rl.prompts_per_step={prompts}", "rl.steps=1"])
     tok = load_tokenizer(model)
     rng = random.Random(seed)
-    batch = {"input_ids": [], "prompt_lens": [], "old_logprobs": [], "advantages": []}
-    for text, *_ in rl_prompts(cfg):
+    batch = {"prompt_ids": [], "group": [], "completion_ids": [], "old_logprobs": [], "advantages": []}
+    for j, (text, *_) in enumerate(rl_prompts(cfg)):
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                       tokenize=True, return_dict=True)["input_ids"]
+        batch["prompt_ids"].append(list(ids))
         for _ in range(group):
             completion = [rng.randrange(len(tok)) for _ in range(rng.randrange(30, 61))]
-            batch["input_ids"].append(list(ids) + completion)
-            batch["prompt_lens"].append(len(ids))
+            batch["group"].append(j)
+            batch["completion_ids"].append(completion)
             batch["old_logprobs"].append([-1.0] * len(completion))
             batch["advantages"].append(rng.gauss(0, 1))
     return batch
@@ -66,17 +67,18 @@ class PlainTorch:
 
         from spct.algos import grpo_policy_loss, token_logprobs
 
-        n, total = len(batch["input_ids"]), 0.0
+        prompts = [batch["prompt_ids"][g] for g in batch["group"]]
+        n, total = len(prompts), 0.0
         for lo in range(0, n, self.micro):
             rows = range(lo, min(n, lo + self.micro))
-            seqs = [batch["input_ids"][i] for i in rows]
+            seqs = [prompts[i] + batch["completion_ids"][i] for i in rows]
             width = max(map(len, seqs))
             ids = torch.zeros(len(seqs), width, dtype=torch.long)
             attn = torch.zeros_like(ids)
             mask = torch.zeros(len(seqs), width - 1, dtype=torch.bool)
             old = torch.zeros(len(seqs), width - 1)
             for j, i in enumerate(rows):
-                s, p = batch["input_ids"][i], batch["prompt_lens"][i]
+                s, p = seqs[j], len(prompts[i])
                 ids[j, : len(s)], attn[j, : len(s)] = torch.tensor(s), 1
                 mask[j, p - 1 : len(s) - 1] = True
                 old[j, p - 1 : len(s) - 1] = torch.tensor(batch["old_logprobs"][i])

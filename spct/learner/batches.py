@@ -1,19 +1,28 @@
 """Learner batches: validation, sharding over ranks, padding, micro-batches, completion logits.
 
-Batches arrive over Ray as plain dicts of per-sequence lists:
+Batches arrive over Ray as plain dicts of lists, with no padding.
 
-- `input_ids`: list of token id lists (prompt followed by completion), no padding;
-- `prompt_lens`: number of prompt tokens of each sequence (>= 1, less than its length);
-- GRPO only: `old_logprobs`, one list per sequence with the rollout log-prob of every
-  completion token, and `advantages`, one float per sequence;
-- BCE only: `labels`, a target in [0, 1] per sequence.
+SFT and BCE batches, one entry per sequence:
 
-GRPO batches hold groups: the G rollouts of one prompt are consecutive and share its tokens.
-`rollout_micro_batches` finds those groups, and `completion_logits` runs each group's prompt
-once and its G completions on the prompt's key/value cache, instead of running the prompt G
-times. The result equals a forward pass over every whole sequence (to float rounding), gradient
-included; for a GRM prompt (a query and its responses) that is often longer than the critique,
-it removes most of the learner's work.
+- `input_ids`: token id lists (prompt followed by completion);
+- SFT: `prompt_lens`, the number of prompt tokens of each sequence (>= 1, less than its
+  length); the loss counts the tokens after them;
+- BCE: `labels`, a target in [0, 1] per sequence.
+
+GRPO batches hold the groups the sampler drew, the G rollouts of each prompt, as they came:
+
+- `prompt_ids`: one token id list per prompt;
+- `group`: per rollout, the index of its prompt in `prompt_ids`; a prompt's rollouts are
+  consecutive and prompts come in order (0, 0, 1, 1, 1, 2, ...);
+- `completion_ids`: per rollout, the sampled token ids;
+- `old_logprobs`: per rollout, the rollout log-prob of every completion token;
+- `advantages`: per rollout, one float.
+
+`rollout_micro_batches` cuts micro-batches between groups, and `completion_logits` runs each
+group's prompt once and its G completions on the prompt's key/value cache, instead of running
+the prompt G times. The result equals a forward pass over every whole sequence (to float
+rounding), gradient included; for a GRM prompt (a query and its responses) that is often longer
+than the critique, it removes most of the learner's work.
 
 Only torch and transformers here: no Ray, DeepSpeed or vLLM.
 """
@@ -32,15 +41,16 @@ from spct.algos import completion_labels
 
 IGNORE_INDEX = -100
 SFT_KEYS = ("input_ids", "prompt_lens")
-ROLLOUT_KEYS = (*SFT_KEYS, "old_logprobs", "advantages")
-# Every per-sequence list a step may carry (BCE batches add "labels"); shard_batch splits these.
-SEQUENCE_KEYS = (*ROLLOUT_KEYS, "labels")
+ROLLOUT_KEYS = ("prompt_ids", "group", "completion_ids", "old_logprobs", "advantages")
+# Every per-sequence list a step may carry; shard_batch splits these (and a GRPO batch's prompts
+# along with them).
+SEQUENCE_KEYS = ("input_ids", "prompt_lens", "labels", "group", "completion_ids", "old_logprobs", "advantages")
 
 
 def validate_batch(batch: Mapping[str, Any], rollout: bool, where: str = "batch") -> int:
-    """Check the per-sequence lists of a batch; return the number of sequences.
+    """Check an SFT batch, or with `rollout` a GRPO batch; return the number of sequences.
 
-    `rollout` asks for the GRPO fields too. Errors name the field and the sequence index.
+    Errors name the field and the sequence (or prompt) index.
     """
     if not isinstance(batch, Mapping):
         raise TypeError(
@@ -50,17 +60,22 @@ def validate_batch(batch: Mapping[str, Any], rollout: bool, where: str = "batch"
     missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}; a batch needs {list(keys)}")
-    ids, prompt_lens = batch["input_ids"], batch["prompt_lens"]
-    n = len(ids)
+    first = "completion_ids" if rollout else "input_ids"
+    n = len(batch[first])
     if n == 0:
-        raise ValueError(f"{where}.input_ids: expected at least one sequence, got none")
+        raise ValueError(f"{where}.{first}: expected at least one sequence, got none")
     for key in keys:
-        if len(batch[key]) != n:
+        if key != "prompt_ids" and len(batch[key]) != n:
             raise ValueError(
-                f"{where}.{key}: expected {n} entries (one per sequence, like input_ids), "
+                f"{where}.{key}: expected {n} entries (one per sequence, like {first}), "
                 f"got {len(batch[key])}"
             )
-    for i, (seq, p) in enumerate(zip(ids, prompt_lens, strict=True)):
+    (_check_rollouts if rollout else _check_sequences)(batch, where)
+    return n
+
+
+def _check_sequences(batch: Mapping[str, Any], where: str) -> None:
+    for i, (seq, p) in enumerate(zip(batch["input_ids"], batch["prompt_lens"], strict=True)):
         if isinstance(p, bool) or not isinstance(p, int):
             raise ValueError(f"{where}.prompt_lens[{i}]: expected an int, got {p!r}")
         if not 1 <= p < len(seq):
@@ -68,39 +83,65 @@ def validate_batch(batch: Mapping[str, Any], rollout: bool, where: str = "batch"
                 f"{where}.prompt_lens[{i}]: expected 1..{len(seq) - 1} (at least one prompt and "
                 f"one completion token in a sequence of {len(seq)}), got {p}"
             )
-        if rollout:
-            old = batch["old_logprobs"][i]
-            if len(old) != len(seq) - p:
-                raise ValueError(
-                    f"{where}.old_logprobs[{i}]: expected {len(seq) - p} values (one per "
-                    f"completion token), got {len(old)}"
-                )
-            if not all(math.isfinite(x) for x in old):
-                raise ValueError(f"{where}.old_logprobs[{i}]: expected finite values")
-            if not math.isfinite(batch["advantages"][i]):
-                raise ValueError(
-                    f"{where}.advantages[{i}]: expected a finite float, got {batch['advantages'][i]}"
-                )
-    return n
+
+
+def _check_rollouts(batch: Mapping[str, Any], where: str) -> None:
+    prompts, group = batch["prompt_ids"], batch["group"]
+    for i, g in enumerate(group):
+        allowed = (0,) if i == 0 else (group[i - 1], group[i - 1] + 1)
+        if isinstance(g, bool) or not isinstance(g, int) or g not in allowed:
+            raise ValueError(
+                f"{where}.group[{i}]: expected {' or '.join(map(str, allowed))} (a prompt's rollouts "
+                f"are consecutive and prompts come in order), got {g!r}"
+            )
+    if len(prompts) != group[-1] + 1:
+        raise ValueError(
+            f"{where}.prompt_ids: expected {group[-1] + 1} prompts (one per group), got {len(prompts)}"
+        )
+    for j, prompt in enumerate(prompts):
+        if not len(prompt):
+            raise ValueError(f"{where}.prompt_ids[{j}]: expected at least one token, got none")
+    for i, completion in enumerate(batch["completion_ids"]):
+        if not len(completion):
+            raise ValueError(f"{where}.completion_ids[{i}]: expected at least one token, got none")
+        old = batch["old_logprobs"][i]
+        if len(old) != len(completion):
+            raise ValueError(
+                f"{where}.old_logprobs[{i}]: expected {len(completion)} values (one per "
+                f"completion token), got {len(old)}"
+            )
+        if not all(math.isfinite(x) for x in old):
+            raise ValueError(f"{where}.old_logprobs[{i}]: expected finite values")
+        if not math.isfinite(batch["advantages"][i]):
+            raise ValueError(
+                f"{where}.advantages[{i}]: expected a finite float, got {batch['advantages'][i]}"
+            )
 
 
 def shard_batch(batch: Mapping[str, Sequence[Any]], num_ranks: int) -> list[dict[str, list]]:
-    """Contiguous equal slices of every per-sequence list, one per rank.
+    """Contiguous equal slices of every per-sequence list, one per rank; a GRPO shard carries
+    the prompts of its rollouts (a group cut at a shard boundary sends its prompt to both).
 
     Equal shards are required, not just tidy: every rank must run the same number of
     micro-batches, or the collectives of ZeRO-3's forward pass would wait forever.
     """
-    n = len(batch["input_ids"])
+    rollout = "group" in batch
+    n = len(batch["completion_ids" if rollout else "input_ids"])
     if n % num_ranks:
         raise ValueError(
             f"global batch of {n} sequences does not split evenly across {num_ranks} learner "
             f"ranks; use a multiple of {num_ranks}"
         )
     size = n // num_ranks
-    return [
-        {k: list(v[r * size : (r + 1) * size]) for k, v in batch.items() if k in SEQUENCE_KEYS}
-        for r in range(num_ranks)
-    ]
+    shards = []
+    for r in range(num_ranks):
+        shard = {k: list(v[r * size : (r + 1) * size]) for k, v in batch.items() if k in SEQUENCE_KEYS}
+        if rollout:
+            first, last = shard["group"][0], shard["group"][-1]
+            shard["group"] = [g - first for g in shard["group"]]
+            shard["prompt_ids"] = list(batch["prompt_ids"][first : last + 1])
+        shards.append(shard)
+    return shards
 
 
 def rank_mean(results: list[dict[str, float]]) -> dict[str, float]:
@@ -188,24 +229,23 @@ class RolloutBatch:
         return int(self.mask.sum())
 
 
-def prompt_groups(batch: Mapping[str, Sequence[Any]]) -> list[range]:
-    """Runs of consecutive sequences with identical prompt tokens (the G rollouts of a prompt)."""
-    ids, plens = batch["input_ids"], batch["prompt_lens"]
-    groups, start = [], 0
-    for i in range(1, len(ids) + 1):
-        if i == len(ids) or plens[i] != plens[start] or ids[i][: plens[i]] != ids[start][: plens[start]]:
-            groups.append(range(start, i))
+def prompt_groups(group: Sequence[int]) -> list[range]:
+    """The runs of one prompt's rollouts: consecutive equal entries of a batch's `group`."""
+    runs, start = [], 0
+    for i in range(1, len(group) + 1):
+        if i == len(group) or group[i] != group[start]:
+            runs.append(range(start, i))
             start = i
-    return groups
+    return runs
 
 
 def rollout_micro_batches(
     batch: Mapping[str, Sequence[Any]], size: int, pad_id: int, device: torch.device
 ) -> list[RolloutBatch]:
-    """Micro-batches of at most `size` sequences, cut between groups where a group fits (a
+    """Micro-batches of at most `size` rollouts, cut between groups where a group fits (a
     group larger than `size` is split, and its prompt then runs once per piece)."""
     pieces: list[range] = []
-    for g in prompt_groups(batch):
+    for g in prompt_groups(batch["group"]):
         pieces += [g[i : i + size] for i in range(0, len(g), size)]
     chunks: list[list[range]] = [[]]
     for piece in pieces:
@@ -216,12 +256,10 @@ def rollout_micro_batches(
     out = []
     for chunk in chunks:
         rows = [i for piece in chunk for i in piece]
-        plens = [batch["prompt_lens"][piece[0]] for piece in chunk]
-        prompts = [batch["input_ids"][piece[0]][:p] for piece, p in zip(chunk, plens, strict=True)]
+        prompts = [batch["prompt_ids"][batch["group"][piece[0]]] for piece in chunk]
         group = [j for j, piece in enumerate(chunk) for _ in piece]
-        completions = [batch["input_ids"][i][batch["prompt_lens"][i]:] for i in rows]
         prompt_ids, prompt_mask = pad_rows(prompts, pad_id, left=True)
-        completion_ids, mask = pad_rows(completions, pad_id)
+        completion_ids, mask = pad_rows([batch["completion_ids"][i] for i in rows], pad_id)
         old, _ = pad_rows([batch["old_logprobs"][i] for i in rows], 0.0, torch.float32)
         adv = torch.tensor([float(batch["advantages"][i]) for i in rows], dtype=torch.float32)
         out.append(RolloutBatch(

@@ -98,7 +98,7 @@ class Steps:
         start = time.perf_counter()
         if beta > 0 and self.reference is None:
             raise ValueError("grpo_step: beta > 0 needs a reference model (with_reference=True)")
-        n = len(batch["input_ids"])
+        n = len(batch["completion_ids"])
         micro = rollout_micro_batches(batch, self.micro_batch_size, self.pad_id, self.device)
         n_global, tokens_global = self._shard_sizes(n, sum(mb.num_tokens for mb in micro))
         gap_max = 0.0

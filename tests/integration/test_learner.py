@@ -37,6 +37,13 @@ def random_batch(seed: int, n: int, vocab: int) -> dict[str, list]:
     return {"input_ids": ids, "prompt_lens": [rng.randrange(2, 6) for _ in ids]}
 
 
+def as_rollouts(batch: dict[str, list], old_logprobs: list[list[float]], advantages: list[float]) -> dict[str, list]:
+    """The sequences of an SFT batch as a GRPO batch, each its own group."""
+    pairs = list(zip(batch["input_ids"], batch["prompt_lens"], strict=True))
+    return {"prompt_ids": [ids[:p] for ids, p in pairs], "group": list(range(len(pairs))),
+            "completion_ids": [ids[p:] for ids, p in pairs], "old_logprobs": old_logprobs, "advantages": advantages}
+
+
 @pytest.fixture(scope="module")
 def hf_model(tiny_model_dir):
     from spct.models import load_causal_lm
@@ -89,9 +96,9 @@ def learners(ray_cluster, tiny_model_dir):
 @pytest.fixture(scope="module")
 def first_steps(learners, hf_model, vocab):
     """Initial weights, then one GRPO step (on-policy, beta > 0) and one SFT step on every learner."""
-    grpo_batch = random_batch(seed=1, n=8, vocab=vocab)
-    grpo_batch["old_logprobs"] = completion_logprobs(hf_model, grpo_batch)
-    grpo_batch["advantages"] = [1.0, -1.0, 0.5, -0.5, 1.5, -1.5, 0.0, 0.25]
+    sequences = random_batch(seed=1, n=8, vocab=vocab)
+    grpo_batch = as_rollouts(sequences, completion_logprobs(hf_model, sequences),
+                             [1.0, -1.0, 0.5, -0.5, 1.5, -1.5, 0.0, 0.25])
     sft_batch = random_batch(seed=2, n=8, vocab=vocab)
     out = {}
     for name, group in learners.items():

@@ -566,8 +566,8 @@ def test_grpo_batch_leaves_out_groups_whose_prompt_overflowed():
     results = [result([1, 2], [[3], [4, 5]]), result([9] * 8, [[], []]), result([6], [[7], [8]])]
     batch, dropped = grpo_batch(results, [1.0, 0.0, 0.5, 0.5, 0.0, 1.0], scale=False)
     assert dropped == 1
-    assert batch["input_ids"] == [[1, 2, 3], [1, 2, 4, 5], [6, 7], [6, 8]]
-    assert batch["prompt_lens"] == [2, 2, 1, 1]
+    assert batch["prompt_ids"] == [[1, 2], [6]] and batch["group"] == [0, 0, 1, 1]
+    assert batch["completion_ids"] == [[3], [4, 5], [7], [8]]
     assert batch["old_logprobs"] == [[-0.5], [-0.5, -0.5], [-0.5], [-0.5]]
     assert batch["advantages"] == pytest.approx([0.5, -0.5, -0.5, 0.5])
     assert grpo_batch([results[1]], [0.5, 0.5]) == (None, 1)

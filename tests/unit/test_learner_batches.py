@@ -15,6 +15,8 @@ from spct.learner.batches import (
     prompt_groups,
     rollout_micro_batches,
     sequence_micro_batches,
+    shard_batch,
+    validate_batch,
 )
 
 CPU = torch.device("cpu")
@@ -23,13 +25,13 @@ CPU = torch.device("cpu")
 def grouped_batch(seed: int, group_sizes: list[int], vocab: int) -> dict[str, list]:
     """Prompts of different lengths, each followed by its group of completions of uneven lengths."""
     rng = random.Random(seed)
-    batch = {"input_ids": [], "prompt_lens": [], "old_logprobs": [], "advantages": []}
-    for size in group_sizes:
-        prompt = [rng.randrange(vocab) for _ in range(rng.randrange(3, 12))]
+    batch = {"prompt_ids": [], "group": [], "completion_ids": [], "old_logprobs": [], "advantages": []}
+    for j, size in enumerate(group_sizes):
+        batch["prompt_ids"].append([rng.randrange(vocab) for _ in range(rng.randrange(3, 12))])
         for _ in range(size):
             completion = [rng.randrange(vocab) for _ in range(rng.randrange(1, 9))]
-            batch["input_ids"].append(prompt + completion)
-            batch["prompt_lens"].append(len(prompt))
+            batch["group"].append(j)
+            batch["completion_ids"].append(completion)
             batch["old_logprobs"].append([-1.0] * len(completion))
             batch["advantages"].append(rng.gauss(0, 1))
     return batch
@@ -47,9 +49,10 @@ def model(tiny_model_dir):
 def whole_sequence_logprobs(model, batch) -> list[torch.Tensor]:
     """Reference: each sequence alone, unpadded, the plain way."""
     out = []
-    for ids, p in zip(batch["input_ids"], batch["prompt_lens"], strict=True):
-        logits = model(input_ids=torch.tensor([ids])).logits[0]
-        out.append(gather_logprobs(logits[p - 1 : -1][None], torch.tensor([ids[p:]]))[0])
+    for g, completion in zip(batch["group"], batch["completion_ids"], strict=True):
+        prompt = batch["prompt_ids"][g]
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0]
+        out.append(gather_logprobs(logits[len(prompt) - 1 : -1][None], torch.tensor([completion]))[0])
     return out
 
 
@@ -62,12 +65,9 @@ def test_pad_rows_right_and_left():
     assert vals.dtype == torch.float32 and vals.tolist() == [[0.5, 0.0], [1.5, 2.5]]
 
 
-def test_prompt_groups_are_runs_of_identical_prompts():
+def test_prompt_groups_are_runs_of_one_prompts_rollouts():
     batch = grouped_batch(0, [2, 3, 1], vocab=50)
-    assert [list(g) for g in prompt_groups(batch)] == [[0, 1], [2, 3, 4], [5]]
-    # The same tokens with a different prompt length are another prompt.
-    batch = {"input_ids": [[1, 2, 3], [1, 2, 3]], "prompt_lens": [1, 2]}
-    assert len(prompt_groups(batch)) == 2
+    assert [list(g) for g in prompt_groups(batch["group"])] == [[0, 1], [2, 3, 4], [5]]
 
 
 def test_micro_batches_keep_groups_whole_when_they_fit_and_cover_every_sequence():
@@ -79,7 +79,9 @@ def test_micro_batches_keep_groups_whole_when_they_fit_and_cover_every_sequence(
     micro = rollout_micro_batches(batch, 3, 0, CPU)
     assert sum(mb.size for mb in micro) == 20 and max(mb.size for mb in micro) <= 3
     completions = [row[m].tolist() for mb in micro for row, m in zip(mb.completion_ids, mb.mask, strict=True)]
-    assert completions == [ids[p:] for ids, p in zip(batch["input_ids"], batch["prompt_lens"], strict=True)]
+    assert completions == batch["completion_ids"]
+    prompts = [row[m.bool()].tolist() for mb in micro for row, m in zip(mb.prompt_ids, mb.prompt_mask, strict=True)]
+    assert prompts == [batch["prompt_ids"][g] for g in (0, 0, 1, 1, 2, 2, 3, 4, 4)]  # a group of 4 runs its prompt twice (3 + 1), of 6 too
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
@@ -111,3 +113,46 @@ def test_sequence_micro_batches_label_completions_only():
     assert mb.num_tokens == 3
     (mb,) = sequence_micro_batches([[5, 6]], None, 8, 0, CPU)
     assert mb.num_tokens == 0
+
+
+def _set(field, index, value):
+    def mutate(batch):
+        batch[field][index] = value
+    return mutate
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_set("group", 2, 2), r"group\[2\]: expected 0 or 1 \(a prompt's rollouts are consecutive"),
+    (_set("group", 3, 0), r"group\[3\]: expected 1 or 2"),
+    (_set("group", 0, 1), r"group\[0\]: expected 0 "),
+    (_set("group", 5, 1), r"prompt_ids: expected 2 prompts \(one per group\), got 3"),
+    (lambda b: b["group"].pop(), r"group: expected 6 entries \(one per sequence, like completion_ids\), got 5"),
+    (_set("prompt_ids", 1, []), r"prompt_ids\[1\]: expected at least one token"),
+    (_set("completion_ids", 1, []), r"completion_ids\[1\]: expected at least one token"),
+    (_set("old_logprobs", 3, []), r"old_logprobs\[3\]: expected \d+ values \(one per completion token\), got 0"),
+    (_set("advantages", 3, float("nan")), r"advantages\[3\]: expected a finite float"),
+])
+def test_a_bad_grpo_batch_is_refused_naming_the_field_and_index(mutate, message):
+    batch = grouped_batch(3, [2, 3, 1], vocab=50)
+    assert validate_batch(batch, rollout=True) == 6
+    mutate(batch)
+    with pytest.raises(ValueError, match=message):
+        validate_batch(batch, rollout=True)
+
+
+def test_an_sft_batch_is_not_a_grpo_batch():
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['prompt_ids', 'group', 'completion_ids'"):
+        validate_batch({"input_ids": [[1, 2]], "prompt_lens": [1]}, rollout=True)
+
+
+def test_shards_are_equal_and_carry_the_prompts_of_their_rollouts():
+    batch = grouped_batch(4, [3, 2, 3], vocab=50)  # 8 rollouts over 4 ranks: every group is cut
+    shards = shard_batch(batch, 4)
+    assert [len(s["completion_ids"]) for s in shards] == [2, 2, 2, 2]
+    assert [s["group"] for s in shards] == [[0, 0], [0, 1], [0, 1], [0, 0]]
+    for shard in shards:
+        validate_batch(shard, rollout=True)
+    rebuilt = [(s["prompt_ids"][g], c) for s in shards for g, c in zip(s["group"], s["completion_ids"], strict=True)]
+    assert rebuilt == [(batch["prompt_ids"][g], c) for g, c in zip(batch["group"], batch["completion_ids"], strict=True)]
+    with pytest.raises(ValueError, match="8 sequences does not split evenly across 3"):
+        shard_batch(batch, 3)
