@@ -295,24 +295,6 @@ def model_config(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> PreTrain
     return Qwen2Config(use_sliding_window=False, **common)
 
 
-def build_tiny_model(
-    out_dir: str | os.PathLike[str],
-    preset: str = "test",
-    seed: int = 0,
-    arch: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    corpus: Iterable[str] | None = None,
-) -> Path:
-    """Train the tokenizer, initialise the model from `seed`, save both into `out_dir`.
-
-    The folder is written beside `out_dir` and moved into place, so a reader never sees half
-    a model. `corpus` defaults to `default_corpus(seed)`. Returns the folder.
-    """
-    spec = resolve_spec(preset, arch, overrides)
-    texts, digest = _corpus_digest(default_corpus(seed) if corpus is None else corpus)
-    return _build(Path(out_dir), preset, spec, seed, texts, digest)
-
-
 def ensure_tiny_model(
     out_dir: str | os.PathLike[str],
     preset: str = "test",
@@ -320,15 +302,21 @@ def ensure_tiny_model(
     arch: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     corpus: Iterable[str] | None = None,
+    rebuild: bool = False,
 ) -> Path:
-    """`out_dir` if it already holds the model these arguments describe, else build it there."""
+    """`out_dir` if it already holds the model these arguments describe (unless `rebuild`),
+    else train the tokenizer, initialise the model from `seed` and save both there.
+
+    The folder is written beside `out_dir` and moved into place, so a reader never sees half
+    a model. `corpus` defaults to `default_corpus(seed)`. Returns the folder.
+    """
     spec = resolve_spec(preset, arch, overrides)
     texts, digest = _corpus_digest(default_corpus(seed) if corpus is None else corpus)
     out = Path(out_dir)
     complete = all(
         (out / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")
     )
-    if complete and _manifest(preset, spec, seed, digest) == read_manifest(out):
+    if complete and not rebuild and _manifest(preset, spec, seed, digest) == read_manifest(out):
         return out
     return _build(out, preset, spec, seed, texts, digest)
 

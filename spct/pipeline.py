@@ -80,17 +80,10 @@ class Pipeline:
         if self.state.model is None and set(cfg.phases) - set(POLICY_PHASES):
             self.state.model = self._base_model()
         self.data = load_splits(seed=self.cfg.seed, **dataclasses.asdict(self.cfg.data))
-        self.tracker = Tracker(
-            self.out,
-            kind=cfg.logger.kind,
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            run_name=cfg.logger.run_name or self.out.name,
-            mode=cfg.logger.mode,
-            config=dataclasses.asdict(cfg),
-            run_id=self.state.wandb_run_id,
-            resume_step=self.state.global_step if resumed else None,
-        )
+        lg = cfg.logger
+        self.tracker = Tracker(self.out, kind=lg.kind, project=lg.project, entity=lg.entity,
+                               run_name=lg.run_name or self.out.name, mode=lg.mode, config=dataclasses.asdict(cfg),
+                               run_id=self.state.wandb_run_id, resume_step=self.state.global_step if resumed else None)
         self.state.wandb_run_id = self.tracker.run_id
         if resumed:
             log.info("resuming %s: completed %s, at %s step %d", self.out, self.state.completed,
@@ -178,8 +171,7 @@ class Pipeline:
             self.state.timings[phase] = {**self.timings.pop(), "time/total": time.perf_counter() - start}
             self.state.results[phase] = result or {}
             self.state.completed.append(phase)
-            self.state.phase, self.state.phase_step, self.state.learner_state = None, 0, None
-            self.state.phase_start = None
+            self.state.start_phase(None)
             self.store.write(self.state)
         return self.state
 
@@ -207,13 +199,12 @@ class Pipeline:
         path = self.ckpt_dir / "state.json"
         if not path.exists():
             return "the beginning (no checkpoint yet)"
-        st = json.loads(path.read_text())
-        done = f"phases done: {', '.join(st['completed']) or 'none'}"
-        if not st.get("phase"):
+        st = RunState.from_dict(json.loads(path.read_text()))
+        done = f"phases done: {', '.join(st.completed) or 'none'}"
+        if not st.phase:
             return f"the next phase ({done})"
-        sampled = (st.get("rft") or st.get("extra") or {}).get("items_done")
-        return (f"{st['phase']} step {st['phase_step']}" + (f", {sampled} items sampled" if sampled else "")
-                + f" ({done})")
+        sampled = st.rft.items_done
+        return f"{st.phase} step {st.phase_step}" + (f", {sampled} items sampled" if sampled else "") + f" ({done})"
 
     # ---------------------------------------------------------------- operations for recipes
     def show(self, item: Item, order: list[int], hint: bool = False, training: bool = True) -> Shown:
@@ -227,21 +218,19 @@ class Pipeline:
 
     def sample(self, shown: list[Shown], key: str, n: int = 1, temperature: float = 1.0,
                group=None) -> list[list[Trajectory]]:
-        """n GRM samples of each shown prompt, read back (`spct.grm.trajectory.read`)."""
-        results = self.generate([s.text for s in shown], key, n=n, temperature=temperature, group=group)
-        return [read(s, r) for s, r in zip(shown, results, strict=True)]
-
-    def generate(self, prompts: list[str], key: str, n: int = 1, temperature: float = 1.0, group=None):
-        """Sample from the rollout group (or another engine group, e.g. a teacher pool's).
+        """n GRM samples of each shown prompt from the rollout group (or another engine group,
+        e.g. a teacher pool's), read back (`spct.grm.trajectory.read`).
 
         `key` names the draw (e.g. "rl:3", the step's rollouts): with the run's seed it seeds
         each prompt's sampling, so the same run draws the same samples, also after a resume."""
-        pending = self.submit(prompts, key, n, temperature, group)
+        pending = self.submit([s.text for s in shown], key, n, temperature, group)
         with self.timings("generate"):
-            return pending.result()
+            results = pending.result()
+        return [read(s, r) for s, r in zip(shown, results, strict=True)]
 
     def submit(self, prompts: list[str], key: str, n: int = 1, temperature: float = 1.0, group=None):
-        """`generate` without waiting: returns a handle whose `.result()` waits."""
+        """Sampling without waiting or reading back: a handle whose `.result()` waits for the
+        engine results."""
         sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
         return (group or self.rollout).submit(prompts, sampling, seed=f"{self.cfg.seed}:{key}")
 
@@ -294,26 +283,13 @@ class Pipeline:
             self.state.phase_start = start
         self.learner = LearnerGroup(
             lc.num_ranks,
-            LearnerSpec(
-                model=start,
-                task=task,
-                zero_stage=lc.zero_stage,
-                lr=lr,
-                weight_decay=lc.weight_decay,
-                betas=tuple(lc.betas),
-                warmup_steps=warmup_steps,
-                total_steps=total_steps,
-                lr_schedule=lc.lr_schedule,
-                micro_batch_size=lc.micro_batch_size,
-                grad_clip=lc.grad_clip,
-                dtype=self.cfg.model.dtype,
-                with_reference=with_reference,
-                reference_model=self.state.phase_start if with_reference else None,
-                seed=self.cfg.seed,
-                gradient_checkpointing=lc.gradient_checkpointing,
-                num_threads=lc.num_threads or None,
-                share_prefix=lc.share_prefix,
-            ),
+            LearnerSpec(model=start, task=task, zero_stage=lc.zero_stage, lr=lr, weight_decay=lc.weight_decay,
+                        betas=tuple(lc.betas), warmup_steps=warmup_steps, total_steps=total_steps,
+                        lr_schedule=lc.lr_schedule, micro_batch_size=lc.micro_batch_size, grad_clip=lc.grad_clip,
+                        dtype=self.cfg.model.dtype, with_reference=with_reference,
+                        reference_model=self.state.phase_start if with_reference else None, seed=self.cfg.seed,
+                        gradient_checkpointing=lc.gradient_checkpointing, num_threads=lc.num_threads or None,
+                        share_prefix=lc.share_prefix),
             num_cpus_per_rank=lc.num_cpus_per_rank,
             num_gpus_per_rank=self._gpus(1),
             placement_group=self.placement,

@@ -21,7 +21,6 @@ from typing import Any
 
 log = logging.getLogger("spct")
 
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 Bundle = Mapping[str, float]
 
 
@@ -73,10 +72,6 @@ class Layout:
                       for k, v in {**self.rank_bundle, **self.engine_bundle}.items()}
             return [shared] * self.ranks
         return [dict(self.engine_bundle)] * self.engines + [dict(self.rank_bundle)] * self.ranks
-
-    @property
-    def engine_indices(self) -> list[int]:
-        return list(range(self.engines))
 
     @property
     def rank_indices(self) -> list[int]:

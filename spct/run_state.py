@@ -53,7 +53,8 @@ class RunState:
     timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     rft: RFTProgress = dataclasses.field(default_factory=RFTProgress)
 
-    def start_phase(self, phase: str) -> None:
+    def start_phase(self, phase: str | None) -> None:
+        """At step 0 of `phase` (None: between phases), with nothing of another phase's."""
         self.phase, self.phase_step, self.learner_state, self.phase_start = phase, 0, None, None
         self.rft = RFTProgress()
 

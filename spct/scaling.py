@@ -7,14 +7,13 @@ the votes added, not by the noise of independent runs.
 Each (method, k) gives every item an `Outcome`: correct, wrong, or tie (the best response
 shares the top total with others). Ties are kept rather than resolved at once because
 benchmarks disagree on them: RewardBench credits 0.5, while the paper's rule "shuffle, then
-argmax" credits 1/#tied in expectation. `Outcome.credit` and `resolve_ties` give both.
+argmax" credits 1/#tied in expectation; `Outcome.credit` gives either.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -23,7 +22,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from spct.grm import best_index, pick_best, single_verdict, vote
+from spct.grm import best_index, single_verdict, vote
 from spct.item import Item
 
 CORRECT, WRONG, TIE = "correct", "wrong", "tie"
@@ -74,13 +73,6 @@ class Outcome:
             return None
         return [t / self.counted for t in self.totals]
 
-    def draw(self, rng: random.Random) -> bool:
-        """The paper's "shuffle, then argmax" once: is the right answer picked?"""
-        if self.verdict != TIE:
-            return self.verdict == CORRECT
-        if len(self.totals) == 1:
-            return rng.randrange(self.tied) == 0
-        return pick_best(list(self.totals), rng) == self.best
 
 
 def judge(
@@ -254,18 +246,6 @@ def _all_or_none(sets: Sequence[SampleSet], has: Callable[[SampleSet], bool], wh
     return all(flags)
 
 
-def resolve_ties(outcomes: Sequence[Outcome], seed: int = 0) -> list[Outcome]:
-    """Each tie settled by one seeded "shuffle, then argmax" draw (the paper's rule)."""
-    rng = random.Random(seed)
-    settled = []
-    for o in outcomes:
-        if o.verdict == TIE:
-            won = o.draw(rng)
-            o = Outcome(CORRECT if won else WRONG, o.totals, o.best, o.counted, int(won))
-        settled.append(o)
-    return settled
-
-
 def accuracy(outcomes: Sequence[Outcome], tie: float | None = None) -> float:
     if not outcomes:
         raise ValueError("accuracy: no outcomes")
@@ -317,18 +297,6 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     return mean, mean - half, mean + half
 
 
-def scaling_table(
-    results: ScalingResults, tie: float | None = None, confidence: float = 0.95
-) -> list[Row]:
-    """Accuracy with a Wilson interval per (method, k): Greedy, then Voting, then MetaRM."""
-    rows = []
-    for (method, k), out in sorted(results.outcomes.items(), key=row_order):
-        credit = sum(o.credit(tie) for o in out)
-        low, high = wilson_interval(credit, len(out), confidence)
-        rows.append(Row(method, k, credit / len(out), low, high, len(out)))
-    return rows
-
-
 def row_order(entry: tuple[tuple[str, int], Any]) -> tuple[int, int]:
     method, k = entry[0]
     return (METHODS.index(method) if method in METHODS else len(METHODS), k)
@@ -346,7 +314,7 @@ def write_table_markdown(rows: Sequence[Row], path: str | Path) -> Path:
 
 
 def write_table_csv(rows: Sequence[Row], path: str | Path) -> Path:
-    """Floats written with repr, so `read_table_csv` returns exactly the same rows."""
+    """Floats written with repr: a reader gets exactly the same numbers."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -355,30 +323,6 @@ def write_table_csv(rows: Sequence[Row], path: str | Path) -> Path:
         for r in rows:
             w.writerow([r.method, r.k, repr(r.accuracy), repr(r.ci_low), repr(r.ci_high), r.n])
     return path
-
-
-def read_table_csv(path: str | Path) -> list[Row]:
-    path = Path(path)
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ValueError(f"{path}, line 1: expected columns {','.join(COLUMNS)}")
-        rows = []
-        for line, rec in enumerate(reader, start=2):
-            try:
-                rows.append(
-                    Row(
-                        rec["method"],
-                        int(rec["k"]),
-                        float(rec["accuracy"]),
-                        float(rec["ci_low"]),
-                        float(rec["ci_high"]),
-                        int(rec["n"]),
-                    )
-                )
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{path}, line {line}: {e}") from None
-    return rows
 
 
 def plot_scaling(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:

@@ -24,7 +24,7 @@ def _config(*overrides: str):
 def test_the_default_cpu_run_reserves_one_engine_and_one_rank_beside_the_meta_rm():
     lay = layout(_config())
     assert lay.bundles == [{"CPU": 1.0}, {"CPU": 1.0}]
-    assert (lay.engine_indices, lay.rank_indices, lay.strategy) == ([0], [1], "PACK")
+    assert (lay.rank_indices, lay.strategy) == ([1], "PACK")
     assert shortfall(lay, [CPU_NODE]) == []
 
 
@@ -68,7 +68,7 @@ def test_colocated_engines_share_the_learner_ranks_bundles():
     lay = layout(_config("experiment=grm-qwen2.5-7b", "cluster=gpu_8x", "data.train=/d.jsonl",
                          "phases=[rft,rl]", "rollout.colocate=true", "learner.num_ranks=8", "rollout.num_engines=8"))
     assert lay.bundles == [{"CPU": 4.0, "GPU": 1.0}] * 8  # a rank's 2 CPUs + an engine's 2, one GPU
-    assert lay.engine_indices == lay.rank_indices == list(range(8))
+    assert lay.rank_indices == list(range(8))
     assert shortfall(lay, [GPU_NODE]) == []
     assert [r for r, _ in lay.roles()][0] == "learner rank 0 + rollout engine 0"
 

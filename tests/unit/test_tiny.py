@@ -18,7 +18,6 @@ from spct.models import (
     MANIFEST,
     PRESETS,
     TinySpec,
-    build_tiny_model,
     build_tokenizer,
     default_corpus,
     ensure_tiny_model,
@@ -55,7 +54,7 @@ def trained(corpus) -> dict[str, object]:
 def models(tmp_path_factory, corpus) -> dict[str, object]:
     root = tmp_path_factory.mktemp("tiny")
     return {
-        arch: build_tiny_model(root / arch, "test", seed=0, arch=arch, corpus=corpus)
+        arch: ensure_tiny_model(root / arch, "test", seed=0, arch=arch, corpus=corpus)
         for arch in ARCHS
     }
 
@@ -174,7 +173,7 @@ def test_ensure_is_idempotent_and_rebuilds_on_change(tmp_path, corpus):
 
     ensure_tiny_model(tmp_path / "m", "test", seed=2, overrides={"num_layers": 1}, corpus=small)
     assert load_causal_lm(path).config.num_hidden_layers == 1
-    rebuilt = build_tiny_model(tmp_path / "again", "test", seed=1, corpus=small)
+    rebuilt = ensure_tiny_model(tmp_path / "again", "test", seed=1, corpus=small, rebuild=True)
     same = load_causal_lm(rebuilt).state_dict()
     assert all(torch.equal(first[k], same[k]) for k in first)
 
@@ -209,7 +208,7 @@ def test_presets_suit_vllm_cpu_and_the_task(trained):
 
 
 def test_demo_preset_is_about_0_7_million_parameters(tmp_path, corpus):
-    path = build_tiny_model(tmp_path / "demo", "demo", corpus=corpus[:400])
+    path = ensure_tiny_model(tmp_path / "demo", "demo", corpus=corpus[:400])
     model = load_causal_lm(path)
     n_params = sum(p.numel() for p in model.parameters())
     assert 0.6e6 < n_params < 0.85e6
