@@ -48,9 +48,8 @@ class Pipeline:
     def __init__(self, config: Config):
         self.cfg = config
         self.out = Path(config.output_dir)
-        self.ckpt_dir = self.out / "checkpoints"
         self.timings = Timings()
-        self.store = RunStore(self.ckpt_dir)
+        self.store = RunStore(self.out / "checkpoints")
         self.state = RunState()
         self._rollout = None
         self._sync = None
@@ -196,10 +195,9 @@ class Pipeline:
 
     def resume_point(self) -> str:
         """Where rerunning the same command resumes, read from what is on disk."""
-        path = self.ckpt_dir / "state.json"
-        if not path.exists():
+        st = self.store.read()
+        if st is None:
             return "the beginning (no checkpoint yet)"
-        st = RunState.from_dict(json.loads(path.read_text()))
         done = f"phases done: {', '.join(st.completed) or 'none'}"
         if not st.phase:
             return f"the next phase ({done})"
@@ -339,11 +337,8 @@ class Pipeline:
 
     def checkpoint(self, final: bool, role: str = "model") -> None:
         """Save the learner's weights in HF format (plus optimizer state unless final) as the
-        run's latest `role`: "model" (the GRM), "policy" or "meta_rm".
-
-        Atomic: the folder is written under a temporary name with a snapshot of the run state
-        (`run_state.json`, what resuming from it needs), then renamed, and only then does
-        state.json point at it; a crash mid-save leaves the previous checkpoint in use."""
+        run's latest `role`: "model" (the GRM), "policy" or "meta_rm" (atomic: `RunStore.save`),
+        then drop step checkpoints beyond `checkpoint.keep_last`."""
         name = f"{self.state.phase}-final" if final else f"{self.state.phase}-step{self.state.phase_step:06d}"
 
         def write_weights(folder: Path, with_optimizer: bool) -> None:
@@ -352,7 +347,6 @@ class Pipeline:
                 self.learner.save_state(str(folder / "learner"))
 
         self.store.save(name, self.state, write_weights, role, final)
-        self.store.write(self.state)
         self.store.prune(self.state, keep=self.cfg.checkpoint.keep_last)
 
     # ---------------------------------------------------------------- evaluation

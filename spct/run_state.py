@@ -83,12 +83,16 @@ class RunStore:
         tmp.write_text(state.to_json())
         os.replace(tmp, self.path)
 
+    def read(self) -> RunState | None:
+        """The recorded state as it is (None for a new run), its checkpoints unchecked."""
+        return RunState.from_dict(json.loads(self.path.read_text())) if self.path.exists() else None
+
     def load(self) -> RunState | None:
         """The recorded state (None for a new run), or the newest whole snapshot when what it
         points at is broken; CheckpointError when none is whole."""
-        if not self.path.exists():
+        state = self.read()
+        if state is None:
             return None
-        state = RunState.from_dict(json.loads(self.path.read_text()))
         problems = self.problems(state)
         if not problems:
             return state
@@ -106,8 +110,9 @@ class RunStore:
 
     def save(self, name: str, state: RunState, write_weights, role: str, final: bool) -> None:
         """Checkpoint `name`: `write_weights(folder, with_optimizer)` fills it, the state points at
-        it as the latest `role` ("model" or "policy"). Atomic: written under a temporary name
-        with its run_state.json, then renamed; state.json is written by the caller after."""
+        it as the latest `role` ("model", "policy" or "meta_rm"). Atomic: written under a
+        temporary name with its run_state.json, renamed, and only then named in state.json; a
+        crash mid-save leaves the previous checkpoint in use."""
         folder = self.dir / name
         partial = self.dir / f".partial-{name}"
         shutil.rmtree(partial, ignore_errors=True)
@@ -117,6 +122,7 @@ class RunStore:
         (partial / "run_state.json").write_text(state.to_json())
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)
+        self.write(state)
 
     def problems(self, state: RunState) -> list[str]:
         """What is broken among the checkpoints `state` points at (paths outside the folder,

@@ -74,7 +74,6 @@ class Outcome:
         return [t / self.counted for t in self.totals]
 
 
-
 def judge(
     samples: Sequence[Sequence[float] | None], rewards: Sequence[float], scale: tuple[float, float] | None = None
 ) -> Outcome:

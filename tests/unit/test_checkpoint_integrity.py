@@ -114,3 +114,22 @@ def test_a_state_file_written_before_rft_progress_was_typed_still_resumes(tmp_pa
     state = store.load()
     assert (state.rft.items_done, state.rft.lines, state.rft.counts, state.rft.sampling_done) == (
         48, 144, {"samples": 96}, False)
+
+
+def test_a_saved_checkpoint_is_named_in_state_json_and_resumes(tmp_path):
+    store, ckpt = run_with_checkpoints(tmp_path)
+    state = store.load()
+    state.phase_step = 30
+
+    def write_weights(folder: Path, with_optimizer: bool) -> None:
+        hf_folder(folder / "model")
+        if with_optimizer:
+            learner_folder(folder / "learner")
+
+    store.save("rl-step000030", state, write_weights, "model", final=False)
+    assert not list(ckpt.glob(".partial-*"))
+    again = store.load()
+    assert again.phase_step == 30
+    assert again.model == str(ckpt / "rl-step000030" / "model")
+    assert again.learner_state == str(ckpt / "rl-step000030" / "learner")
+    assert store.read() == again
