@@ -58,6 +58,7 @@ class Pipeline:
         self._owned: list[Any] = []  # other actor groups a phase started (policy engines, GRM pool)
         self.layout = None  # where the engines and learner ranks go (spct.placement)
         self.placement = None  # their placement group, reserved at setup
+        self.bundles = None  # who holds which place of it (spct.placement.Bundles)
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -71,10 +72,11 @@ class Pipeline:
             raise ConfigError("invalid configuration:\n  policy.grm: expected the GRM that rewards the policy "
                               "(a checkpoint folder or hub id); this run trains none")
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
-        from spct.placement import layout, placement_report, reserve
+        from spct.placement import Bundles, layout, placement_report, reserve
 
         self.layout = layout(cfg)
         self.placement = reserve(self.layout)
+        self.bundles = Bundles()
         (self.out / "placement.json").write_text(json.dumps(placement_report(self.layout, self.placement), indent=1))
         if self.state.model is None and set(cfg.phases) - set(POLICY_PHASES):
             self.state.model = self._base_model()
@@ -125,14 +127,26 @@ class Pipeline:
         from spct.rollout import RolloutGroup
 
         r = self.cfg.rollout
-        group = RolloutGroup(model, num_engines=r.num_engines,
-                             engine_kwargs=engine_kwargs(self.cfg.model, r, self.cfg.seed),
-                             num_cpus_per_engine=r.num_cpus_per_engine,
-                             num_gpus_per_engine=self._gpus(r.tensor_parallel_size), name=name,
-                             placement_group=self.placement, colocated=r.colocate)
+        give_back = self._take("engine", range(r.num_engines), f"{name} engines")
+        try:
+            group = RolloutGroup(model, num_engines=r.num_engines,
+                                 engine_kwargs=engine_kwargs(self.cfg.model, r, self.cfg.seed),
+                                 num_cpus_per_engine=r.num_cpus_per_engine,
+                                 num_gpus_per_engine=self._gpus(r.tensor_parallel_size), name=name,
+                                 placement_group=self.placement, colocated=r.colocate, on_shutdown=give_back)
+        except BaseException:
+            give_back()
+            raise
         if owned:
             self.own(group.shutdown)
         return group
+
+    def _take(self, place: str, indices, who: str):
+        """Hold a place in the placement group for `who` (spct.placement.Bundles); returns the
+        function that gives it back (nothing to hold without a placement group)."""
+        if self.bundles is None:
+            return lambda: None
+        return self.bundles.take(place, list(indices), who)
 
     def _gpus(self, n: int) -> float:
         """GPUs an engine or a learner rank of the placement group asks Ray for."""
@@ -165,6 +179,7 @@ class Pipeline:
             if self.state.phase != phase:
                 self.state.start_phase(phase)
             result = RECIPES[phase](self)
+            self.close_learner()  # each phase starts its own; its places go back to the group
             if phase in GRM_PHASES:  # the GRM changed: held-out greedy accuracy
                 result = self.evaluate(phase)
             self.state.timings[phase] = {**self.timings.pop(), "time/total": time.perf_counter() - start}
@@ -191,7 +206,7 @@ class Pipeline:
             except Exception as e:  # noqa: BLE001 - report and go on stopping the rest
                 log.warning("cleanup: %s failed: %s", getattr(close, "__qualname__", close), e)
         self.learner = self._rollout = self._sync = None
-        self._owned, self.tracker, self.placement = [], None, None
+        self._owned, self.tracker, self.placement, self.bundles = [], None, None, None
 
     def resume_point(self) -> str:
         """Where rerunning the same command resumes, read from what is on disk."""
@@ -248,24 +263,37 @@ class Pipeline:
 
     def meta_scorer(self, path: str, max_length: int, owned: bool = False):
         """A meta-RM actor on `path` with the run's dtype and threads (a GPU of its own on a GPU
-        cluster): (a function scoring trajectories, the actor to kill when done; an `owned` one
-        is killed with the run). With no learner running it takes learner rank 0's bundle, else
-        it runs beside the placement group."""
-        from spct.meta_rm import meta_scorer
+        cluster): (a function scoring trajectories, the function that stops the actor; an `owned`
+        one is stopped with the run). Where it runs is the plan's (spct.placement.meta_rm_bundle):
+        learner rank 0's place in the meta_rm and eval phases, beside the group in the policy
+        phases."""
+        import ray
 
-        options = {}
-        if self.learner is None and self.placement is not None:
+        from spct.meta_rm import meta_scorer
+        from spct.placement import meta_rm_bundle
+
+        options, give_back = {}, (lambda: None)
+        bundle = meta_rm_bundle(self.layout, self.state.phase) if self.placement is not None else None
+        if bundle is not None:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+            give_back = self._take("learner", [bundle], "the meta RM")
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=self.placement, placement_group_bundle_index=self.layout.rank_indices[0])
-        score, actor = meta_scorer(path, self.cfg.model.dtype, max_length, self.cfg.learner.num_threads,
-                                   num_gpus=self._gpus(1), **options)
-        if owned:
-            import ray
+                placement_group=self.placement, placement_group_bundle_index=bundle)
+        try:
+            score, actor = meta_scorer(path, self.cfg.model.dtype, max_length, self.cfg.learner.num_threads,
+                                       num_gpus=self._gpus(1), **options)
+        except BaseException:
+            give_back()
+            raise
 
-            self.own(lambda: ray.kill(actor))
-        return score, actor
+        def stop() -> None:
+            ray.kill(actor)
+            give_back()
+
+        if owned:
+            self.own(stop)
+        return score, stop
 
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
                     task: str = "causal_lm", model: str | None = None):
@@ -279,20 +307,22 @@ class Pipeline:
         start = model or self.state.model
         if self.state.phase_start is None:
             self.state.phase_start = start
-        self.learner = LearnerGroup(
-            lc.num_ranks,
-            LearnerSpec(model=start, task=task, zero_stage=lc.zero_stage, lr=lr, weight_decay=lc.weight_decay,
-                        betas=tuple(lc.betas), warmup_steps=warmup_steps, total_steps=total_steps,
-                        lr_schedule=lc.lr_schedule, micro_batch_size=lc.micro_batch_size, grad_clip=lc.grad_clip,
-                        dtype=self.cfg.model.dtype, with_reference=with_reference,
-                        reference_model=self.state.phase_start if with_reference else None, seed=self.cfg.seed,
-                        gradient_checkpointing=lc.gradient_checkpointing, num_threads=lc.num_threads or None,
-                        share_prefix=lc.share_prefix),
-            num_cpus_per_rank=lc.num_cpus_per_rank,
-            num_gpus_per_rank=self._gpus(1),
-            placement_group=self.placement,
-            bundle_indices=self.layout.rank_indices if self.placement is not None else None,
-        )
+        spec = LearnerSpec(model=start, task=task, zero_stage=lc.zero_stage, lr=lr, weight_decay=lc.weight_decay,
+                           betas=tuple(lc.betas), warmup_steps=warmup_steps, total_steps=total_steps,
+                           lr_schedule=lc.lr_schedule, micro_batch_size=lc.micro_batch_size, grad_clip=lc.grad_clip,
+                           dtype=self.cfg.model.dtype, with_reference=with_reference,
+                           reference_model=self.state.phase_start if with_reference else None, seed=self.cfg.seed,
+                           gradient_checkpointing=lc.gradient_checkpointing, num_threads=lc.num_threads or None,
+                           share_prefix=lc.share_prefix)
+        ranks = self.layout.rank_indices if self.placement is not None else None
+        give_back = self._take("learner", ranks or [], "the learner")
+        try:
+            self.learner = LearnerGroup(lc.num_ranks, spec, num_cpus_per_rank=lc.num_cpus_per_rank,
+                                        num_gpus_per_rank=self._gpus(1), placement_group=self.placement,
+                                        bundle_indices=ranks, on_shutdown=give_back)
+        except BaseException:
+            give_back()
+            raise
         if self.state.learner_state and task == "causal_lm":
             self.learner.load_state(self.state.learner_state)
         return self.learner

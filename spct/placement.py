@@ -4,11 +4,16 @@ The group is reserved once, before any actor starts, with the strategy of the cl
 (`cluster.placement_strategy`: PACK fills as few nodes as possible, SPREAD puts bundles on as
 many nodes as it can, STRICT_PACK / STRICT_SPREAD insist). Engine i takes bundle i; learner
 rank r takes bundle `num_engines + r`, and the learner's rendezvous address is rank 0's node.
-The GRM reward pool, an RFT teacher and the meta-RM actor run beside the group, on what the
-cluster has left; before anything starts, the run checks that the whole of it fits the
-cluster's live nodes and names what is missing.
+The GRM reward pool, an RFT teacher and the policy phase's meta RM run beside the group, on
+what the cluster has left; the meta RM of the meta_rm and eval phases, when no learner runs,
+takes learner rank 0's place (`meta_rm_bundle`). Before anything starts, the run checks that
+the whole of it fits the cluster's live nodes and names what is missing.
 
-`Layout` and `shortfall` are plain logic (tested without Ray); `reserve` talks to Ray.
+Every actor of the run that goes into the group takes its place in a `Bundles` ledger first:
+one engine and one learner place per bundle, one holder each. Taking a place another actor of
+the run holds raises at once, so a run can never wait on a bundle one of its own actors holds.
+
+`Layout`, `shortfall` and `Bundles` are plain logic (tested without Ray); `reserve` talks to Ray.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ Bundle = Mapping[str, float]
 
 class ClusterError(RuntimeError):
     """The cluster cannot hold what the run asks for."""
+
+
+class BundleTaken(RuntimeError):
+    """An actor of the run asked for a place in the placement group that another actor of the
+    same run holds: it would wait forever, so the run stops at once, naming both."""
 
 
 class PlacementLost(RuntimeError):
@@ -88,6 +98,45 @@ class Layout:
             group = ([(f"rollout engine {i}", dict(self.engine_bundle)) for i in range(self.engines)]
                      + [(f"learner rank {r}", dict(self.rank_bundle)) for r in range(self.ranks)])
         return group + list(self.extras)
+
+
+# The places of a bundle: a rollout engine's and a learner rank's (both in one bundle when colocated).
+PLACES = ("engine", "learner")
+
+
+class Bundles:
+    """Who holds each place of the run's placement group: `take` before an actor starts there,
+    the returned function when it stops."""
+
+    def __init__(self) -> None:
+        self.holders: dict[tuple[int, str], str] = {}
+
+    def take(self, place: str, indices: Sequence[int], who: str):
+        """Hold `place` ("engine" or "learner") of bundles `indices` for `who`; returns the
+        function that gives them back. Raises BundleTaken, holding nothing, when one is held."""
+        if place not in PLACES:
+            raise ValueError(f"place: expected one of {PLACES}, got {place!r}")
+        keys = [(i, place) for i in indices]
+        held = [f"bundle {i} ({self.holders[(i, place)]})" for i, _ in keys if (i, place) in self.holders]
+        if held:
+            raise BundleTaken(f"{who} needs the {place} place of {', '.join(held)}, which another actor of this run "
+                              f"holds; it would wait for it forever. Stop that actor first.")
+        for key in keys:
+            self.holders[key] = who
+
+        def give_back() -> None:
+            for key in keys:
+                if self.holders.get(key) == who:
+                    del self.holders[key]
+
+        return give_back
+
+
+def meta_rm_bundle(lay: Layout, phase: str | None) -> int | None:
+    """Where the meta RM scores in `phase`: learner rank 0's bundle in the meta_rm and eval phases
+    (no learner runs while it scores), beside the group in the policy phases (the policy's learner
+    trains while it scores; `layout` counts it as an extra)."""
+    return None if phase in ("policy_sft", "policy_rl") else lay.rank_indices[0]
 
 
 def layout(cfg) -> Layout:

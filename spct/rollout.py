@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -77,6 +77,7 @@ class RolloutGroup:
         placement_group=None,
         name: str = "rollout",
         colocated: bool = False,
+        on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         if num_engines < 1:
             raise ValueError(f"{name}.num_engines: expected >= 1, got {num_engines}")
@@ -94,6 +95,7 @@ class RolloutGroup:
                 )
         self.name = name
         self.model = str(model)
+        self._on_shutdown = on_shutdown
         # Colocated with the learner on its GPUs: awake only to generate or load weights.
         self.colocated, self._asleep = colocated, False
         self.workers_per_engine = int(kwargs.get("tensor_parallel_size", 1))
@@ -199,6 +201,9 @@ class RolloutGroup:
         for engine in self.engines:
             ray.kill(engine)
         self.engines = []
+        if self._on_shutdown is not None:  # e.g. give the engines' bundles back (spct.placement.Bundles)
+            self._on_shutdown()
+            self._on_shutdown = None
 
     def _wait_all(self, refs: list[ray.ObjectRef]) -> list[int]:
         versions = ray.get(refs)

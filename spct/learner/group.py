@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
@@ -42,12 +42,14 @@ class LearnerGroup:
         num_gpus_per_rank: float = 0,
         placement_group: Any = None,
         bundle_indices: Sequence[int] | None = None,
+        on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.spec = spec
         self.with_reference = spec.with_reference
+        self._on_shutdown = on_shutdown
 
         if num_ranks < 1:
             raise ValueError(f"num_ranks: expected >= 1, got {num_ranks}")
@@ -186,3 +188,6 @@ class LearnerGroup:
         for w in getattr(self, "workers", []):
             ray.kill(w, no_restart=True)
         self.workers = []
+        if self._on_shutdown is not None:  # e.g. give the ranks' bundles back (spct.placement.Bundles)
+            self._on_shutdown()
+            self._on_shutdown = None

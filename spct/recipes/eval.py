@@ -18,9 +18,9 @@ def run_eval(p: Context) -> dict:
     c = p.cfg.eval
     items = p.data[c.split][: c.max_items or None]
     pool = GRMRewardPool.from_group(p.rollout, p.cfg.model.template, p.cfg.model.max_new_tokens)
-    score_meta = actor = None
+    score_meta = stop_meta = None
     if p.state.meta_rm:
-        score_meta, actor = p.meta_scorer(p.state.meta_rm, p.cfg.meta_rm.max_length)
+        score_meta, stop_meta = p.meta_scorer(p.state.meta_rm, p.cfg.meta_rm.max_length)
     rule = "synthetic" if p.cfg.data.kind == "synthetic" else "generic"
     try:
         with p.timings("generate"):
@@ -30,8 +30,6 @@ def run_eval(p: Context) -> dict:
                                     tracker=p.tracker,
                                     step=p.state.global_step)
     finally:
-        if actor is not None:
-            import ray
-
-            ray.kill(actor)
+        if stop_meta is not None:
+            stop_meta()
     return {"scaling": [dataclasses.asdict(r) for r in tables[c.split]]}

@@ -39,8 +39,6 @@ def grm_trajectories(p: Context, items, k: int, temperature: float, tag: str, ne
 
 
 def run_meta_rm(p: Context) -> dict:
-    import ray
-
     c, seed = p.cfg.meta_rm, p.cfg.seed
     folder = p.out / "meta_rm"
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,9 +73,11 @@ def run_meta_rm(p: Context) -> dict:
         done(metrics, loss=f"{metrics['loss']:.3f}")
     p.checkpoint(final=True, role="meta_rm")
     p.close_learner()
-    score, actor = p.meta_scorer(p.state.meta_rm, c.max_length)
-    scores = score(val) if val else []
-    ray.kill(actor)
+    score, stop = p.meta_scorer(p.state.meta_rm, c.max_length)
+    try:
+        scores = score(val) if val else []
+    finally:
+        stop()
     result: dict[str, float] = {"train_trajectories": len(data),
                                 "train_positive_rate": sum(t["correct"] for t in data) / len(data),
                                 "train_neutral_rate": sum(t["neutral"] for t in data) / len(data),

@@ -81,3 +81,32 @@ def test_colocation_needs_gpus_and_one_engine_per_learner_gpu():
     with pytest.raises(ConfigError, match="rl.async_generation: expected false with rollout.colocate"):
         _config("rollout.colocate=true", "cluster=gpu_8x", "rl.async_generation=true", "learner.num_ranks=4",
                 "rollout.num_engines=4")
+
+
+def test_a_held_place_is_refused_at_once_naming_its_holder_and_freed_when_given_back():
+    from spct.placement import BundleTaken, Bundles
+
+    bundles = Bundles()
+    give_back = bundles.take("learner", [1], "the meta RM")
+    engines = bundles.take("engine", [0, 1], "rollout engines")  # another place of the same bundles
+    with pytest.raises(BundleTaken, match=r"the learner needs the learner place of bundle 1 \(the meta RM\)"):
+        bundles.take("learner", [1, 2], "the learner")
+    assert (2, "learner") not in bundles.holders  # a refused take holds nothing
+    give_back()
+    learner = bundles.take("learner", [1, 2], "the learner")
+    give_back()  # giving back twice does not free what another holds now
+    with pytest.raises(BundleTaken):
+        bundles.take("learner", [2], "the meta RM")
+    learner()
+    engines()
+    assert bundles.holders == {}
+
+
+def test_the_meta_rm_takes_rank_0s_place_only_where_no_learner_trains_beside_it():
+    from spct.placement import meta_rm_bundle
+
+    lay = layout(_config())
+    assert meta_rm_bundle(lay, "meta_rm") == meta_rm_bundle(lay, "eval") == lay.rank_indices[0]
+    assert meta_rm_bundle(lay, "policy_rl") is None
+    policy = layout(_config("experiment=policy", "policy.grm=/g", "policy.meta_rm=/m"))
+    assert ("policy meta RM", {"CPU": 1.0}) in policy.extras  # counted beside the group
