@@ -1,36 +1,80 @@
 """Typed configuration: every default lives here, once; conf/ only says what differs.
 
 Hydra composes the YAML files in conf/ over these dataclasses (registered as the schema), so a
-misspelt key or a wrong type fails at start-up naming the key. `validate` then checks the
-relations between fields before any actor starts. Defaults are the paper's settings for real
-models; the embedded default (conf/config.yaml) overrides them for a tiny model on CPU.
+misspelt key or a wrong type fails at start-up naming the key. `validate` then checks every
+value and the relations between fields before Ray or any actor starts. Defaults are the paper's
+settings for real models; the embedded default (conf/config.yaml) overrides them for a tiny
+model on CPU.
+
+The three commands share one schema family: `spct.train` (Config), `spct.evaluate`
+(EvaluateConfig, spct/evaluate.py) and `spct.serve` (ServeConfig, spct/serve/config.py) are
+built from the same sections (ModelConfig, RolloutConfig, ClusterConfig, LoggerConfig) and
+checked by the same section checks (`check_model`, `check_rollout`, ...).
+
+A GRM's settings (`ModelConfig.template`, `single_template`, `dtype`, `max_model_len`,
+`max_new_tokens`) left null come from the checkpoint's card (spct/card.py: every model spct saves
+records them), else from GRM_DEFAULTS; a value set anywhere in the configuration wins, with a
+warning when the card disagrees.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("spct")
 
 PHASES = ("warmup", "rft", "rl", "meta_rm", "eval", "policy_sft", "policy_rl")
+# Phases that change the GRM's weights; each is followed by a held-out greedy evaluation.
+GRM_PHASES = ("warmup", "rft", "rl")
+# Phases that train a policy with a frozen GRM.
+POLICY_PHASES = ("policy_sft", "policy_rl")
+# What vLLM serves; the learner trains float32 or bfloat16 only (spct.learner.spec.DTYPES).
+DTYPES = ("float32", "bfloat16", "float16")
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass
 class ModelConfig:
+    """The GRM: where its weights are, and how it is prompted and run.
+
+    The settings below it left null take what the checkpoint's card records (spct.json, written
+    beside every model spct saves), else GRM_DEFAULTS."""
+
     # A local folder or a hub id; or null with `tiny_preset` to build a tiny model from scratch.
     path: str | None = None
     tiny_preset: str | None = None
-    dtype: str = "bfloat16"
-    max_model_len: int = 4096
-    max_new_tokens: int = 1024
-    # GRM prompt templates: a built-in name (spct/grm/templates) or a path to a .j2 file.
-    template: str = "default"
-    single_template: str = "single"
+    dtype: str | None = None
+    max_model_len: int | None = None  # context (prompt + critique) in tokens
+    max_new_tokens: int | None = None  # critique length
+    # GRM prompt templates: a built-in name (spct/grm/templates) or a path to a .j2 file; the
+    # single one for items with one response in training (its 0/1 verdict).
+    template: str | None = None
+    single_template: str | None = None
+
+
+# A GRM's settings where neither the configuration nor its checkpoint's card gives them.
+GRM_DEFAULTS: dict[str, Any] = {"template": "default", "single_template": "single", "dtype": "bfloat16",
+                                "max_model_len": 4096, "max_new_tokens": 1024}
+
+
+@dataclass
+class MetaRMRef:
+    """A trained meta RM to score with (spct.evaluate, spct.serve): null settings take its card's,
+    else the defaults (max_length 4096, the GRM's dtype)."""
+
+    path: str | None = None
+    max_length: int | None = None
+    dtype: str | None = None
 
 
 @dataclass
@@ -253,6 +297,7 @@ class LoggerConfig:
     project: str = "spct"
     entity: str | None = None
     run_name: str | None = None
+    group: str | None = None  # null: the sweep's folder name for the jobs of a sweep (-m), else none
     mode: str = "auto"  # auto (offline without an API key) | online | offline
 
 
@@ -261,6 +306,10 @@ class CheckpointConfig:
     every_steps: int = 0  # 0 = only at the end of each phase
     keep_last: int = 2
     max_restarts: int = 0  # an actor or node fault resumes from the last checkpoint this many times
+    # A rerun in an output_dir that holds a run: auto = resume it if its saved config.yaml agrees
+    # (outside the keys that do not change results), else refuse naming the keys that differ;
+    # force = resume it anyway; fresh = move it aside (to <output_dir>.old-<time>) and start over.
+    resume: str = "auto"
 
 
 @dataclass
@@ -279,8 +328,13 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     phases: list[str] = field(default_factory=lambda: ["rft", "rl"])
-    output_dir: str = MISSING
+    # null: outputs/<experiment> (outputs/spct-default without one); the jobs of a sweep (-m) each
+    # get a subfolder named by their swept overrides.
+    output_dir: str | None = None
     seed: int = 0
+    # Check the command (composition, every value, paths, the resume) and print the plan: what
+    # would run where, with which settings; start nothing.
+    dry_run: bool = False
 
 
 class ConfigError(ValueError):
@@ -296,75 +350,128 @@ def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, seed: int) -> dict
                 num_threads=rollout.num_threads, block_size=rollout.block_size)
 
 
+def default_output_dir() -> str:
+    """outputs/<experiment> for a command that chose an experiment preset, else
+    outputs/spct-default: the `spct_default_output_dir` resolver of conf/config.yaml, so a preset
+    that names no output_dir still gets a folder of its own."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        experiment = HydraConfig.get().runtime.choices.get("experiment")
+        if experiment:
+            return f"outputs/{experiment}"
+    return "outputs/spct-default"
+
+
 def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="spct_schema", node=Config)
+    if not OmegaConf.has_resolver("spct_default_output_dir"):
+        OmegaConf.register_new_resolver("spct_default_output_dir", default_output_dir)
+
+
+def structured(schema: type, cfg: DictConfig | Mapping[str, Any]) -> Any:
+    """A composed config (or a plain dict) merged onto a schema dataclass: a misspelt key or a
+    wrong type fails naming the key. A plain container is merged, so that keys added with
+    Hydra's `+key=value` are checked too."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))
+
+
+def load_config(cfg: DictConfig | dict) -> tuple[Config, dict[str, str]]:
+    """Merge onto the schema, take the GRM's settings from its checkpoint's card where the
+    config leaves them null, then validate every value and the relations between them.
+    Returns the config and where each GRM setting came from (spct.card.resolve)."""
+    config: Config = structured(Config, cfg)
+    setting_sources = resolve_model(config.model)
+    validate(config)
+    return config, setting_sources
 
 
 def to_config(cfg: DictConfig | dict) -> Config:
-    """Merge onto the schema (type and key checks), then validate the relations between fields."""
-    # Merge a plain container, so keys added with Hydra's `+key=value` are checked too.
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
-    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    validate(config)
-    return config
+    """`load_config`'s config."""
+    return load_config(cfg)[0]
 
 
-def is_local_path(value: str) -> bool:
-    """True when `value` can only name a local file or folder, not a hub id: an absolute or
-    ./-relative path, more than one '/', or a data file suffix. A hub id is `name` or
-    `org/name`."""
-    return (value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
-            or value.lower().endswith((".jsonl", ".json", ".parquet")))
+def path_shorthand(argv: list[str], keys: tuple[str, ...] = ("model", "meta_rm")) -> list[str]:
+    """`model=PATH` and `meta_rm=PATH` on the command line mean `model.path=PATH` and
+    `meta_rm.path=PATH` (spct.evaluate, spct.serve)."""
+    return [f"{a.split('=', 1)[0]}.path={a.split('=', 1)[1]}" if a.split("=", 1)[0] in keys and "=" in a else a
+            for a in argv]
 
 
-def check_paths(c: Config) -> None:
-    """Every local path the run reads must exist; checked at start, before Ray or vLLM.
-
-    Separate from `validate` so that a configuration can be composed and checked on a machine
-    that does not hold its data (a laptop preparing a cluster run)."""
-    paths = {"model.path": c.model.path, "rft.teacher": c.rft.teacher, "meta_rm.model": c.meta_rm.model,
-             "policy.model": c.policy.model, "policy.grm": c.policy.grm, "policy.meta_rm": c.policy.meta_rm}
-    if c.data.kind == "files":
-        paths |= {f"data.{s}": getattr(c.data, s) for s in ("train", "validation", "test")}
-    missing = [f"{key}: expected an existing file or folder, got {value!r} (not found)"
-               for key, value in paths.items()
-               if value and is_local_path(value) and not os.path.exists(os.path.expanduser(value))]
-    if missing:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(missing))
+# ------------------------------------------------------------------------ settings from cards
+def _local(path: str | None) -> str | None:
+    """`path` expanded when it names an existing local file or folder, else None (a hub id)."""
+    if not path:
+        return None
+    expanded = os.path.expanduser(path)
+    return expanded if os.path.exists(expanded) else None
 
 
-def _validate_policy(c: Config, need) -> None:
-    pc, rw = c.policy, c.policy.reward
-    if "policy_sft" in c.phases:
-        need(c.data.kind == "synthetic", "phases", "'policy_sft' only with data.kind=synthetic (it writes answers)")
-        need(pc.model is None, "policy.model", "null with 'policy_sft' (it teaches a fresh tiny policy)")
-    need(rw.kind in ("grm", "oracle"), "policy.reward.kind", "'grm' or 'oracle'")
-    need(rw.kind != "oracle" or c.data.kind == "synthetic", "policy.reward.kind",
-         "'grm' unless data.kind=synthetic (the oracle is the synthetic task's checker)")
-    need(rw.mode in ("group", "single"), "policy.reward.mode", "'group' or 'single'")
-    need(rw.k_meta is None or 1 <= rw.k_meta <= rw.k, "policy.reward.k_meta", f"null or in [1, k = {rw.k}]")
-    need(rw.k_meta is None or pc.meta_rm is not None, "policy.reward.k_meta", "policy.meta_rm to be set")
-    need(pc.group_size >= 2, "policy.group_size", ">= 2 (a group of one has no baseline)")
-    need(pc.kl_kind in ("k1", "k2", "k3"), "policy.kl_kind", "k1, k2 or k3")
-    need(pc.eval_split in ("train", "validation", "test"), "policy.eval_split", "train, validation or test")
+def resolve_model(m: ModelConfig, prefix: str = "model.") -> dict[str, str]:
+    """Fill `m`'s null GRM settings from its checkpoint's card, else GRM_DEFAULTS; a set value
+    the card disagrees with is kept, with a warning. Returns where each setting came from
+    ("set", "checkpoint" or "default")."""
+    from spct.card import CardError, resolve
+
+    try:
+        values, sources, warnings = resolve({k: getattr(m, k) for k in GRM_DEFAULTS}, _local(m.path), GRM_DEFAULTS,
+                                            prefix)
+    except CardError as e:
+        raise ConfigError(f"invalid configuration:\n  {prefix}path: {e}") from None
+    for key, value in values.items():
+        setattr(m, key, value)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return sources
 
 
-# Numbers that must be > 0; every other number in the config must be >= 0 (and finite).
-POSITIVE = frozenset("""
-    model.max_model_len model.max_new_tokens rollout.num_engines rollout.tensor_parallel_size
-    rollout.gpu_memory_utilization rollout.kv_cache_gib rollout.block_size learner.num_ranks
-    learner.micro_batch_size warmup.steps warmup.batch_size warmup.lr warmup.checks_min
-    rft.n_samples rft.sft_steps rft.batch_size rft.lr rft.generate_batch
-    rl.steps rl.prompts_per_step rl.lr rl.clip_eps
-    meta_rm.samples_per_item meta_rm.steps meta_rm.batch_size meta_rm.lr meta_rm.max_length
-    eval.k_max eval.bootstrap eval.k_meta_ratio
-    policy.grm_engines policy.reward.k policy.reward.k_meta policy.sft_steps policy.sft_batch_size
-    policy.sft_lr policy.steps policy.prompts_per_step policy.lr policy.clip_eps policy.max_new_tokens
-    policy.eval_samples checkpoint.keep_last cluster.nodes
-""".split())
+def grm_settings(path: str, base: ModelConfig) -> ModelConfig:
+    """How to serve the frozen GRM at `path` (an RFT teacher, a policy's reward GRM): what its
+    card records, else `base`'s settings (the run's own GRM)."""
+    from spct.card import card_settings, read_card
+
+    out = dataclasses.replace(base, path=path, tiny_preset=None)
+    local = _local(path)
+    record = read_card(local)
+    if record and record["role"] == "grm":
+        card = card_settings(record, local)
+        for key in GRM_DEFAULTS:
+            if card.get(key) is not None:
+                setattr(out, key, card[key])
+    return out
+
+
+def resolve_meta_rm(ref: MetaRMRef, dtype: str, max_length: int = 4096, prefix: str = "meta_rm.") -> None:
+    """Fill a meta RM's null settings from its card, else `max_length` and the GRM's `dtype`."""
+    from spct.card import CardError, resolve
+
+    try:
+        values, _, warnings = resolve({"max_length": ref.max_length, "dtype": ref.dtype}, _local(ref.path),
+                                      {"max_length": max_length, "dtype": dtype}, prefix)
+    except CardError as e:
+        raise ConfigError(f"invalid configuration:\n  {prefix}path: {e}") from None
+    ref.max_length, ref.dtype = values["max_length"], values["dtype"]
+    for warning in warnings:
+        log.warning("%s", warning)
+
+
+# ------------------------------------------------------------------------------ checks
+class Checks:
+    """Collects every problem of a configuration, to report them all at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def need(self, ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            self.errors.append(f"{key}: expected {expected}")
+
+    def done(self, what: str = "configuration") -> None:
+        if self.errors:
+            raise ConfigError(f"invalid {what}:\n  " + "\n  ".join(self.errors))
 
 
 def numbers(node: Any, prefix: str = "") -> Iterator[tuple[str, int | float]]:
@@ -380,21 +487,139 @@ def numbers(node: Any, prefix: str = "") -> Iterator[tuple[str, int | float]]:
                         if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
-def validate(c: Config) -> None:
-    errors = []
-
-    def need(ok: bool, key: str, expected: str) -> None:
-        if not ok:
-            errors.append(f"{key}: expected {expected}")
-
-    for key, value in numbers(c):
+def check_numbers(ch: Checks, node: Any, positive: frozenset[str], prefix: str = "") -> None:
+    """Every number finite and >= 0; those named in `positive` > 0."""
+    for key, value in numbers(node, prefix):
         if not math.isfinite(value):
-            need(False, key, f"a finite number, got {value}")
-        elif key in POSITIVE:
-            need(value > 0, key, f"> 0, got {value}")
+            ch.need(False, key, f"a finite number, got {value}")
+        elif key in positive:
+            ch.need(value > 0, key, f"> 0, got {value}")
         else:
-            need(value >= 0, key, f">= 0, got {value}")
-    need(c.rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "a share in (0, 1]")
+            ch.need(value >= 0, key, f">= 0, got {value}")
+
+
+def one_of(ch: Checks, value: Any, allowed: tuple, key: str) -> None:
+    ch.need(value in allowed, key, f"one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def model_positions(path: str | None) -> int | None:
+    """max_position_embeddings of a local HF model folder's config.json (None when unknown)."""
+    local = _local(path)
+    config = Path(local) / "config.json" if local else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    data = data.get("text_config", data)  # multimodal configs nest the language model's
+    value = data.get("max_position_embeddings")
+    return value if isinstance(value, int) else None
+
+
+def check_model(ch: Checks, m: ModelConfig, prefix: str = "model.", trains: bool = False, gpus: int = 0) -> None:
+    """A GRM's settings (after `resolve_model`): closed sets, its templates, its context against
+    the critique length and against the positions the model has."""
+    from spct.grm import load_template
+
+    ch.need(m.path is not None or m.tiny_preset is not None, f"{prefix}path",
+            "a local folder or hub id" + (" (or model.tiny_preset)" if prefix == "model." else ""))
+    one_of(ch, m.dtype, DTYPES, f"{prefix}dtype")
+    if m.dtype == "float16" and trains:
+        ch.need(False, f"{prefix}dtype", "float32 or bfloat16 to train (the learner keeps no float16 loss "
+                "scaling); float16 only serves a GRM (spct.evaluate, spct.serve) on GPUs")
+    elif m.dtype == "float16" and not gpus:
+        ch.need(False, f"{prefix}dtype", "float32 or bfloat16 on CPU (float16 needs GPUs: cluster.num_gpus > 0)")
+    for key in ("template", "single_template"):
+        try:
+            load_template(getattr(m, key))
+        except (OSError, ValueError) as e:
+            ch.errors.append(f"{prefix}{key}: {e}")
+    if m.max_new_tokens and m.max_model_len:
+        ch.need(m.max_new_tokens < m.max_model_len, f"{prefix}max_new_tokens",
+                f"below {prefix}max_model_len ({m.max_model_len}) to leave room for the prompt, got {m.max_new_tokens}")
+    positions = model_positions(m.path)
+    if positions and m.max_model_len:
+        ch.need(m.max_model_len <= positions, f"{prefix}max_model_len",
+                f"at most {positions} (max_position_embeddings in {m.path}/config.json), got {m.max_model_len}")
+
+
+def check_rollout(ch: Checks, r: RolloutConfig, gpus: int, learner_ranks: int | None = None) -> None:
+    ch.need(r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "a share in (0, 1]")
+    if not gpus:
+        ch.need(r.tensor_parallel_size == 1, "rollout.tensor_parallel_size",
+                f"1 on CPU (tensor parallelism needs GPUs: cluster.num_gpus > 0), got {r.tensor_parallel_size}")
+    if r.colocate:
+        ch.need(gpus > 0, "rollout.colocate", "a GPU cluster (cluster.num_gpus > 0)")
+        if learner_ranks is not None:
+            ch.need(r.num_engines <= learner_ranks and r.tensor_parallel_size == 1, "rollout.colocate",
+                    "num_engines <= learner.num_ranks and tensor_parallel_size 1 (one engine per learner GPU)")
+
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+LOGGERS, LOGGER_MODES = ("wandb", "none"), ("auto", "online", "offline")
+RESUME = ("auto", "force", "fresh")
+
+
+def check_cluster(ch: Checks, c: ClusterConfig) -> None:
+    one_of(ch, c.placement_strategy, PLACEMENT_STRATEGIES, "cluster.placement_strategy")
+
+
+def check_logger(ch: Checks, lg: LoggerConfig) -> None:
+    one_of(ch, lg.kind, LOGGERS, "logger.kind")
+    one_of(ch, lg.mode, LOGGER_MODES, "logger.mode")
+
+
+def _validate_policy(c: Config, ch: Checks) -> None:
+    need = ch.need
+    pc, rw = c.policy, c.policy.reward
+    if "policy_sft" in c.phases:
+        need(c.data.kind == "synthetic", "phases", "'policy_sft' only with data.kind=synthetic (it writes answers)")
+        need(pc.model is None, "policy.model", "null with 'policy_sft' (it teaches a fresh tiny policy)")
+    one_of(ch, rw.kind, ("grm", "oracle"), "policy.reward.kind")
+    need(rw.kind != "oracle" or c.data.kind == "synthetic", "policy.reward.kind",
+         "'grm' unless data.kind=synthetic (the oracle is the synthetic task's checker)")
+    one_of(ch, rw.mode, ("group", "single"), "policy.reward.mode")
+    need(rw.k_meta is None or 1 <= rw.k_meta <= rw.k, "policy.reward.k_meta", f"null or in [1, k = {rw.k}]")
+    need(rw.k_meta is None or pc.meta_rm is not None, "policy.reward.k_meta", "policy.meta_rm to be set")
+    need(pc.group_size >= 2, "policy.group_size", ">= 2 (a group of one has no baseline)")
+    one_of(ch, pc.kl_kind, KL_KINDS, "policy.kl_kind")
+    one_of(ch, pc.eval_split, SPLITS, "policy.eval_split")
+    if "policy_rl" in c.phases and c.model.max_model_len:
+        need(pc.max_new_tokens < c.model.max_model_len, "policy.max_new_tokens",
+             f"below model.max_model_len ({c.model.max_model_len}, the policy engines' context), got {pc.max_new_tokens}")
+
+
+KL_KINDS = ("k1", "k2", "k3")
+
+# Numbers that must be > 0; every other number in the config must be >= 0 (and finite).
+POSITIVE = frozenset("""
+    model.max_model_len model.max_new_tokens rollout.num_engines rollout.tensor_parallel_size
+    rollout.gpu_memory_utilization rollout.kv_cache_gib rollout.block_size learner.num_ranks
+    learner.micro_batch_size warmup.steps warmup.batch_size warmup.lr warmup.checks_min
+    rft.n_samples rft.sft_steps rft.batch_size rft.lr rft.generate_batch
+    rl.steps rl.prompts_per_step rl.lr rl.clip_eps
+    meta_rm.samples_per_item meta_rm.steps meta_rm.batch_size meta_rm.lr meta_rm.max_length
+    eval.k_max eval.bootstrap eval.k_meta_ratio
+    policy.grm_engines policy.reward.k policy.reward.k_meta policy.sft_steps policy.sft_batch_size
+    policy.sft_lr policy.steps policy.prompts_per_step policy.lr policy.clip_eps policy.max_new_tokens
+    policy.eval_samples checkpoint.keep_last cluster.nodes cluster.num_cpus
+""".split())
+# Phases that start a learner (and so train in model.dtype).
+TRAINING_PHASES = ("warmup", "rft", "rl", "meta_rm", "policy_sft", "policy_rl")
+
+
+def validate(c: Config) -> None:
+    """Every value and every relation between values the run, its learner or its engines would
+    refuse later, named by key. Raises ConfigError listing them all."""
+    from spct.data.loaders import CONVERTERS
+    from spct.data.synthetic import SyntheticConfig
+    from spct.learner.spec import refusals
+
+    ch = Checks()
+    need = ch.need
+    check_numbers(ch, c, POSITIVE)
+    need(bool(c.output_dir), "output_dir", "a folder for the run")
     need(all(b < 1 for b in c.learner.betas) and len(c.learner.betas) == 2, "learner.betas",
          "two values in [0, 1)")
     need(c.policy.sft_p_right <= 1, "policy.sft_p_right", "a probability in [0, 1]")
@@ -402,39 +627,50 @@ def validate(c: Config) -> None:
     for p in c.phases:
         need(p in PHASES, "phases", f"names from {list(PHASES)}, got {p!r}")
     need(len(set(c.phases)) == len(c.phases), "phases", "each phase once")
-    need(c.model.path is not None or c.model.tiny_preset is not None,
-         "model.path", "a local folder or hub id (or model.tiny_preset)")
+    need(bool(c.phases), "phases", "at least one phase")
+    trains = bool(set(c.phases) & set(TRAINING_PHASES))
+    check_model(ch, c.model, trains=trains, gpus=c.cluster.num_gpus)
+    check_rollout(ch, c.rollout, c.cluster.num_gpus, c.learner.num_ranks)
+    check_cluster(ch, c.cluster)
+    check_logger(ch, c.logger)
+    one_of(ch, c.checkpoint.resume, RESUME, "checkpoint.resume")
+    if trains:
+        keys = {"zero_stage": "learner.zero_stage", "dtype": "model.dtype", "lr_schedule": "learner.lr_schedule"}
+        for name, expected in refusals(c.learner.zero_stage, c.model.dtype, c.learner.lr_schedule):
+            if not (name == "dtype" and c.model.dtype not in DTYPES):  # reported above
+                need(False, keys[name], expected)
+
+    one_of(ch, c.data.kind, ("synthetic", "files"), "data.kind")
+    need(c.data.format is None or c.data.format in CONVERTERS, "data.format",
+         f"null (detected from the keys) or one of {', '.join(CONVERTERS)}, got {c.data.format!r}")
+    task_fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    for key in sorted(set(c.data.task) - task_fields):
+        need(False, f"data.task.{key}", f"a field of the synthetic task ({', '.join(sorted(task_fields))})")
     need("warmup" not in c.phases or c.data.kind == "synthetic",
          "phases", "'warmup' only with data.kind=synthetic (it writes synthetic trajectories)")
-    need(c.data.kind in ("synthetic", "files"), "data.kind", "'synthetic' or 'files'")
+    one_of(ch, c.eval.split, SPLITS, "eval.split")
     if c.data.kind == "files":
-        need(c.data.train is not None, "data.train", "a dataset path or hub name")
-    need(c.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "float32, bfloat16 or float16")
-    need(c.learner.zero_stage in (0, 1, 2, 3), "learner.zero_stage", "0, 1, 2 or 3")
+        need(c.data.train is not None or not set(c.phases) - {"eval"}, "data.train",
+             "a dataset path or hub name (the training phases draw from it)")
+        if "eval" in c.phases:
+            need(getattr(c.data, c.eval.split) is not None, f"data.{c.eval.split}",
+                 f"a dataset path or hub name: the eval phase scores eval.split={c.eval.split!r}")
     need(c.rl.group_size >= 2, "rl.group_size", ">= 2 (a group of one has no baseline)")
-    need(c.rl.kl_kind in ("k1", "k2", "k3"), "rl.kl_kind", "k1, k2 or k3")
+    one_of(ch, c.rl.kl_kind, KL_KINDS, "rl.kl_kind")
     need(c.rft.warmup_mix < 1, "rft.warmup_mix", "a share in [0, 1)")
     need(c.eval.k_meta_ratio <= 1, "eval.k_meta_ratio", "in (0, 1]")
     need(c.meta_rm.neutral_label <= 1, "meta_rm.neutral_label", "a target in [0, 1]")
     after_eval = c.phases[c.phases.index("eval") + 1:] if "eval" in c.phases else []
-    need(set(after_eval) <= {"policy_sft", "policy_rl"}, "phases", "'eval' after the GRM phases (only policy "
+    need(set(after_eval) <= set(POLICY_PHASES), "phases", "'eval' after the GRM phases (only policy "
          "phases may follow it)")
-    _validate_policy(c, need)
+    _validate_policy(c, ch)
     need(c.warmup.checks_min <= c.warmup.checks_max, "warmup.checks_min", "<= warmup.checks_max")
     for key in ("noise", "carry_slip", "carry_slip_max"):
         value = getattr(c.warmup, key)
         need(value is None or value <= 1, f"warmup.{key}", "a probability in [0, 1]")
     if c.rollout.colocate:
-        need(c.cluster.num_gpus > 0, "rollout.colocate", "a GPU cluster (cluster.num_gpus > 0)")
-        need(c.rollout.num_engines <= c.learner.num_ranks and c.rollout.tensor_parallel_size == 1,
-             "rollout.colocate", "num_engines <= learner.num_ranks and tensor_parallel_size 1 (one engine "
-             "per learner GPU)")
         need(not c.rl.async_generation, "rl.async_generation", "false with rollout.colocate (the engines sleep "
              "while the learner trains)")
-    need(c.cluster.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
-         "cluster.placement_strategy", "PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
-    need(c.logger.kind in ("wandb", "none"), "logger.kind", "'wandb' or 'none'")
-    need(c.logger.mode in ("auto", "online", "offline"), "logger.mode", "auto, online or offline")
     r = c.learner.num_ranks
     for key, size in (("warmup.batch_size", c.warmup.batch_size), ("rft.batch_size", c.rft.batch_size),
                       ("meta_rm.batch_size", c.meta_rm.batch_size),
@@ -442,5 +678,88 @@ def validate(c: Config) -> None:
                       ("policy.sft_batch_size", c.policy.sft_batch_size),
                       ("policy.prompts_per_step * policy.group_size", c.policy.prompts_per_step * c.policy.group_size)):
         need(r < 1 or size % r == 0, key, f"a multiple of learner.num_ranks ({r}), got {size}")
-    if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    # Each rank's share of a GRPO batch holds whole groups, so every rank runs the same number of
+    # micro-batches (ZeRO-3's collectives wait for all of them).
+    for key, prompts, phase in (("rl.prompts_per_step", c.rl.prompts_per_step, "rl"),
+                                ("policy.prompts_per_step", c.policy.prompts_per_step, "policy_rl")):
+        if phase in c.phases and r > 1:
+            need(prompts % r == 0, key, f"a multiple of learner.num_ranks ({r}) so each rank trains on whole "
+                 f"groups, got {prompts}")
+    ch.done()
+
+
+# ----------------------------------------------------------------------------- data and models
+def is_local_path(value: str) -> bool:
+    """True when `value` can only name a local file or folder, not a hub id: an absolute or
+    ./-relative path, more than one '/', or a data file suffix. A hub id is `name` or
+    `org/name`."""
+    return (value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+            or value.lower().endswith((".jsonl", ".json", ".parquet", ".csv", ".j2")))
+
+
+def hub_lookup(name: str, kind: str) -> str:
+    """Whether the Hugging Face hub (or, offline, the local cache) has the `kind` ("model" or
+    "dataset") repository `name`: "found", "missing" or "unreachable"."""
+    import huggingface_hub as hf
+
+    def cached() -> bool:
+        try:
+            hf.snapshot_download(name, repo_type=kind, local_files_only=True)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means: not usable from the cache
+            return False
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "found" if cached() else "missing"
+    try:
+        hf.repo_info(name, repo_type=kind, timeout=10)
+        return "found"
+    except (hf.errors.RepositoryNotFoundError, hf.errors.HFValidationError):
+        return "missing"
+    except hf.errors.GatedRepoError:
+        return "found"
+    except Exception:  # noqa: BLE001 - no answer from the hub (no network, a time-out)
+        return "found" if cached() else "unreachable"
+
+
+def check_sources(named: Mapping[str, tuple[str | None, str]], strict: bool = True, lookup=hub_lookup) -> list[str]:
+    """Every model or dataset a command reads, by key: (value, "model" | "dataset").
+
+    A local path must exist. Anything else is a hub id, looked up on the hub (or in the local
+    cache with HF_HUB_OFFLINE=1): one the hub does not have fails here, not after minutes of
+    retries. When the hub cannot be reached a `strict` check fails too (the run could not load
+    it); otherwise it is a warning (a command checked on a machine without the network).
+    Returns the warnings; raises ConfigError naming every key that fails."""
+    ch, warnings = Checks(), []
+    for key, (value, kind) in named.items():
+        if not value:
+            continue
+        if os.path.exists(os.path.expanduser(value)):
+            continue
+        if is_local_path(value):
+            ch.need(False, key, f"an existing file or folder, got {value!r} (not found)")
+            continue
+        found = lookup(value, kind)
+        where = f"no file or folder {value!r} in {os.getcwd()}"
+        if found == "missing":
+            ch.need(False, key, f"an existing file or folder or a {kind} on the Hugging Face hub: {where}, "
+                    f"and the hub has no {kind} {value!r}")
+        elif found == "unreachable":
+            text = (f"{key}: {value!r} is not a local path ({where}) and the Hugging Face hub cannot be reached "
+                    "to look for it (set HF_HUB_OFFLINE=1 to use the local cache)")
+            if strict:
+                ch.errors.append(text)
+            else:
+                warnings.append(text + "; not checked")
+    ch.done()
+    return warnings
+
+
+def sources(c: Config) -> dict[str, tuple[str | None, str]]:
+    """The models and datasets a training run reads, by key."""
+    named = {"model.path": (c.model.path, "model"), "rft.teacher": (c.rft.teacher, "model"),
+             "meta_rm.model": (c.meta_rm.model, "model"), "policy.model": (c.policy.model, "model"),
+             "policy.grm": (c.policy.grm, "model"), "policy.meta_rm": (c.policy.meta_rm, "model")}
+    if c.data.kind == "files":
+        named |= {f"data.{s}": (getattr(c.data, s), "dataset") for s in SPLITS}
+    return named

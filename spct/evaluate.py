@@ -1,9 +1,14 @@
 """`python -m spct.evaluate`: inference-time scaling of a GRM on reward-model benchmarks.
 
-    python -m spct.evaluate model.path=CKPT                       # the synthetic test split
-    python -m spct.evaluate model.path=CKPT meta_rm=META_CKPT k_max=32 \\
-        benchmarks=[rewardbench,judgebench=/data/judgebench.jsonl,/data/mine.jsonl]
-    python -m spct.evaluate output_dir=DIR rescore=true           # re-score saved generations
+    python -m spct.evaluate model=CKPT                            # the synthetic test split
+    python -m spct.evaluate model=CKPT meta_rm=META_CKPT k_max=32 \\
+        benchmarks=[rewardbench,judgebench:/data/judgebench.jsonl,/data/mine.jsonl]
+    python -m spct.evaluate output_dir=DIR rescore=true           # re-score DIR's saved generations
+    python -m spct.evaluate model=CKPT dry_run=true               # check the command, print the plan
+
+`model=PATH` and `meta_rm=PATH` are short for `model.path=PATH` and `meta_rm.path=PATH`. The
+GRM's settings (template, context, critique length, dtype) and the meta RM's come from their
+checkpoints' cards (spct.card) unless set (`model.template=...`).
 
 For every item: k_max samples at `temperature` and one greedy sample, each showing the
 responses in its own random order (never as given: the loaders put the labelled-best response
@@ -12,10 +17,14 @@ and MetaRM@k (k_meta = k * k_meta_ratio) for k = 1, 2, 4, ..., k_max come from s
 the same samples, and each benchmark is scored by its own rule (spct.scoring). Written per
 benchmark under output_dir/<benchmark>/: generations.jsonl (every sample: item, order, text,
 parsed scores, meta score), table.md, table.csv, scaling.png; and output_dir/summary.md, a
-table of every benchmark's headline per method and k.
+table of every benchmark's headline per method and k; output_dir/evaluate.yaml, the settings.
 
 A benchmark is a name (synthetic, rewardbench, rmb, judgebench, rm-bench, realmistake) with
-its default source, `name=path` for a local copy, or any file spct.data.load_items reads.
+its default source, `name:path` for a local copy (or `"name=path"`, quoted: Hydra reads `=`
+inside a list only in a quoted string), or any file spct.data.load_items reads. `rescore=true`
+reads the benchmarks, items and samples of an earlier evaluation in output_dir (its
+evaluate.yaml and generations) and recomputes the tables, with this command's k_meta_ratio
+and bootstrap; it starts no engine and needs no model.
 """
 
 from __future__ import annotations
@@ -23,18 +32,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from spct.config import (
+    DTYPES,
+    Checks,
     ClusterConfig,
+    ConfigError,
     DataConfig,
     LoggerConfig,
+    MetaRMRef,
     ModelConfig,
     RolloutConfig,
+    check_cluster,
+    check_logger,
+    check_model,
+    check_numbers,
+    check_rollout,
+    check_sources,
     engine_kwargs,
+    resolve_meta_rm,
+    resolve_model,
+    path_shorthand,
+    structured,
 )
 from spct.data import Item, load_items
 from spct.evaluation import run_benchmarks
@@ -52,16 +76,19 @@ DEFAULT_SOURCES = {
 }
 # A file's detected format decides its scoring rule.
 FORMAT_RULES = {"judgebench": "judgebench", "rmbench": "rm-bench", "rmb_pairwise": "rmb", "rmb_bon": "rmb"}
+SAVED = "evaluate.yaml"
+# What the generations depend on: a re-score reads these from the evaluation it re-scores.
+GENERATION_KEYS = ("model", "meta_rm", "data", "benchmarks", "k_max", "temperature", "max_items", "seed")
 
 
 @dataclass
 class EvaluateConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the GRM; null settings: its card's
+    meta_rm: MetaRMRef = field(default_factory=MetaRMRef)  # a trained meta RM; no path = no MetaRM@k
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     data: DataConfig = field(default_factory=DataConfig)  # the synthetic task's shape
-    meta_rm: str | None = None  # a trained meta RM (HF folder); null = no MetaRM@k
     benchmarks: list[str] = field(default_factory=lambda: ["synthetic"])
     k_max: int = 8
     temperature: float = 0.5
@@ -69,30 +96,99 @@ class EvaluateConfig:
     max_items: int = 0  # per benchmark; 0 = all
     rescore: bool = False  # score output_dir's saved generations instead of generating
     bootstrap: int = 1000
-    output_dir: str = MISSING
+    output_dir: str = "outputs/eval"
     seed: int = 0
+    dry_run: bool = False  # check the command and print the plan; start nothing
+
+
+POSITIVE = frozenset("""k_max bootstrap k_meta_ratio model.max_model_len model.max_new_tokens meta_rm.max_length
+    rollout.num_engines rollout.tensor_parallel_size rollout.gpu_memory_utilization rollout.kv_cache_gib
+    rollout.block_size cluster.nodes cluster.num_cpus""".split())
+
+
+def load_config(cfg: DictConfig | dict | EvaluateConfig) -> tuple[EvaluateConfig, dict[str, str]]:
+    """The typed, checked configuration (a re-score's generation settings read from the
+    evaluation it re-scores) and where each GRM setting came from. Raises ConfigError naming
+    every bad key, before Ray or an engine starts."""
+    c = cfg if isinstance(cfg, EvaluateConfig) else structured(EvaluateConfig, cfg)
+    if c.rescore:
+        saved = Path(c.output_dir) / SAVED
+        if not saved.is_file():
+            raise ConfigError(f"invalid evaluate configuration:\n  rescore: expected an earlier evaluation in "
+                              f"output_dir ({saved} not found)")
+        earlier = structured(EvaluateConfig, OmegaConf.to_container(OmegaConf.load(saved)))
+        c = dataclasses.replace(c, **{k: getattr(earlier, k) for k in GENERATION_KEYS})
+    sources = resolve_model(c.model) if c.model.path else {}
+    if c.meta_rm.path:
+        resolve_meta_rm(c.meta_rm, c.model.dtype or "bfloat16")
+    validate(c)
+    return c, sources
+
+
+def validate(c: EvaluateConfig) -> None:
+    ch = Checks()
+    check_numbers(ch, c, POSITIVE)
+    ch.need(c.k_meta_ratio <= 1, "k_meta_ratio", "in (0, 1]")
+    ch.need(bool(c.benchmarks), "benchmarks", "at least one benchmark")
+    for spec in c.benchmarks:
+        problem = benchmark_problem(spec)
+        if problem:
+            ch.errors.append(f"benchmarks: {problem}")
+    if not c.rescore:
+        ch.need(c.model.path is not None, "model.path", "the GRM checkpoint to evaluate (model=PATH: a folder "
+                "or hub id)")
+        ch.need(c.model.tiny_preset is None, "model.tiny_preset", "null (spct.evaluate scores a checkpoint)")
+        if c.model.path:
+            check_model(ch, c.model, gpus=c.cluster.num_gpus)
+        check_rollout(ch, c.rollout, c.cluster.num_gpus)
+        if c.meta_rm.path:
+            ch.need(c.meta_rm.dtype in DTYPES, "meta_rm.dtype", f"one of {', '.join(DTYPES)}, got {c.meta_rm.dtype!r}")
+    check_cluster(ch, c.cluster)
+    check_logger(ch, c.logger)
+    ch.done("evaluate configuration")
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """(name, path) of a benchmark spec: `name:path` (no quoting needed in a Hydra list) or
+    `name=path`; a bare name or file gives path ''."""
+    for sep in ("=", ":"):
+        name, found, path = spec.partition(sep)
+        if found and (sep == "=" or name in BENCHMARKS):
+            return name, path
+    return spec, ""
+
+
+def benchmark_problem(spec: str) -> str | None:
+    """Why a benchmark spec cannot be read, or None: a known name, `name=path` with an existing
+    path, or an existing file."""
+    name, path = split_spec(spec)
+    if path:
+        if name not in BENCHMARKS:
+            return f"{spec!r}: unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}"
+        return None if os.path.exists(os.path.expanduser(path)) else f"{spec!r}: no such file {path!r}"
+    if os.path.exists(os.path.expanduser(spec)):
+        return None
+    if name not in BENCHMARKS:
+        return f"{spec!r}: no such file, and not a benchmark name ({', '.join(BENCHMARKS)})"
+    if name != "synthetic" and name not in DEFAULT_SOURCES:
+        return f"{name!r} has no public default source: give it as {name}:PATH"
+    return None
 
 
 # ---------------------------------------------------------------------------------------- data
 def resolve_benchmark(spec: str, data: DataConfig, seed: int, max_items: int = 0) -> tuple[str, str, list[Item]]:
-    """(label, scoring rule, items) for "name", "name=path" or a file path."""
-    name, _, path = spec.partition("=")
+    """(label, scoring rule, items) for "name", "name=path" or a file path (a spec
+    `benchmark_problem` found nothing wrong with)."""
+    name, path = split_spec(spec)
     if not path and (os.path.exists(spec) or name not in BENCHMARKS):
-        if not os.path.exists(spec):
-            raise FileNotFoundError(
-                f"benchmark {spec!r}: no such file, and not a benchmark name ({', '.join(BENCHMARKS)})")
         items = load_items(spec, limit=max_items or None)
         rule = FORMAT_RULES.get(items.format, "generic")
         return Path(spec).stem, rule, _judged(rule, items)
-    if name not in BENCHMARKS:
-        raise ValueError(f"benchmark {spec!r}: unknown name; expected one of {', '.join(BENCHMARKS)} or a file")
     if name == "synthetic" and not path:
         from spct.data.synthetic import SyntheticConfig, make_items
 
         items = make_items(max_items or data.test_size, seed, "test", SyntheticConfig(**data.task))
         return name, name, items
-    if not path and name not in DEFAULT_SOURCES:
-        raise ValueError(f"benchmark {name!r} has no public default source: give it as {name}=PATH")
     source, split = (path, "train") if path else DEFAULT_SOURCES[name]
     items = load_items(source, format=BENCHMARKS[name].loader_format, split=split, limit=max_items or None)
     return name, name, _judged(name, items)
@@ -104,40 +200,75 @@ def _judged(rule: str, items: list[Item]) -> list[Item]:
 
 
 # ------------------------------------------------------------------------------------ main
+def plan(c: EvaluateConfig, sources: dict[str, str], warnings: list[str]) -> str:
+    """What the command would do, in words (dry_run=true prints it)."""
+    if c.rescore:
+        model = f"none: re-scores the generations in {c.output_dir}"
+    else:
+        model = f"{c.model.path}; " + ", ".join(f"{k} {getattr(c.model, k)} ({src})" for k, src in sources.items())
+    meta = (f"{c.meta_rm.path}; max_length {c.meta_rm.max_length}, dtype {c.meta_rm.dtype}" if c.meta_rm.path
+            else "none (no MetaRM@k)")
+    lines = ["spct.evaluate plan (dry_run: nothing started)", f"  GRM         {model}", f"  meta RM     {meta}",
+             "  benchmarks  " + "\n              ".join(_describe(spec, c) for spec in c.benchmarks),
+             f"  sampling    k_max {c.k_max} at temperature {c.temperature} + greedy; k_meta = k x {c.k_meta_ratio}; "
+             f"max_items {c.max_items or 'all'}",
+             f"  engines     {c.rollout.num_engines} x vLLM on "
+             + (f"{c.cluster.num_gpus} GPU(s)" if c.cluster.num_gpus else "CPU"),
+             f"  output_dir  {c.output_dir}"]
+    return "\n".join(lines + [f"  warning     {w}" for w in warnings])
+
+
+def _describe(spec: str, c: EvaluateConfig) -> str:
+    name, path = split_spec(spec)
+    if path:
+        return f"{name}: {path}"
+    if name == "synthetic" and not os.path.exists(spec):
+        return f"synthetic: {c.max_items or c.data.test_size} generated test items"
+    if name in DEFAULT_SOURCES:
+        return f"{name}: {DEFAULT_SOURCES[name][0]} (split {DEFAULT_SOURCES[name][1]}, from the hub)"
+    return f"{Path(spec).stem}: {spec} (scored by its detected format)"
+
+
 def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
-    if not isinstance(cfg, EvaluateConfig):
-        plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluateConfig), plain))
-    if cfg.model.path is None:
-        raise ValueError("model.path: expected the GRM checkpoint to evaluate (a folder or hub id)")
-    out = Path(cfg.output_dir)
-    benchmarks = [resolve_benchmark(b, cfg.data, cfg.seed, cfg.max_items) for b in cfg.benchmarks]
+    c, sources = load_config(cfg)
+    warnings = [] if c.rescore else check_sources(
+        {"model.path": (c.model.path, "model"), "meta_rm.path": (c.meta_rm.path, "model"),
+         **{f"benchmarks ({b})": (DEFAULT_SOURCES[b][0], "dataset") for b in c.benchmarks if b in DEFAULT_SOURCES}},
+        strict=not c.dry_run)
+    if c.dry_run:
+        print(plan(c, sources, warnings))
+        return {}
+    out = Path(c.output_dir)
+    benchmarks = [resolve_benchmark(b, c.data, c.seed, c.max_items) for b in c.benchmarks]
+    if not c.rescore:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SAVED).write_text(OmegaConf.to_yaml(OmegaConf.structured(c)))
     from spct.tracking import Tracker
 
-    tracker = Tracker(out, kind=cfg.logger.kind, project=cfg.logger.project, entity=cfg.logger.entity,
-                      run_name=cfg.logger.run_name or f"eval-{out.name}", mode=cfg.logger.mode,
-                      config=dataclasses.asdict(cfg))
+    tracker = Tracker(out, kind=c.logger.kind, project=c.logger.project, entity=c.logger.entity,
+                      run_name=c.logger.run_name or f"eval-{out.name}", mode=c.logger.mode,
+                      config=dataclasses.asdict(c), group=c.logger.group)
     pool = actor = None
     score_meta = None
     try:
-        if not cfg.rescore:
+        if not c.rescore:
             from spct.cluster import init_ray
             from spct.reward_pool import GRMRewardPool
 
-            init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
-            r = cfg.rollout
+            init_ray(c.cluster.address, c.cluster.num_cpus, c.cluster.num_gpus)
+            r = c.rollout
             pool = GRMRewardPool(
-                cfg.model.path, r.num_engines,
-                engine_kwargs(cfg.model, r, cfg.seed),
-                template=cfg.model.template, max_new_tokens=cfg.model.max_new_tokens,
+                c.model.path, r.num_engines,
+                engine_kwargs(c.model, r, c.seed),
+                template=c.model.template, max_new_tokens=c.model.max_new_tokens,
                 num_cpus_per_engine=r.num_cpus_per_engine,
-                num_gpus_per_engine=cfg.cluster.gpus(r.tensor_parallel_size))
-            if cfg.meta_rm:
-                score_meta, actor = meta_scorer(cfg.meta_rm, cfg.model.dtype, cfg.model.max_model_len,
-                                                num_gpus=cfg.cluster.gpus(1))
-        tables = run_benchmarks(pool, benchmarks, out, k_max=cfg.k_max, temperature=cfg.temperature,
-                                k_meta_ratio=cfg.k_meta_ratio, meta_score=score_meta, rescore=cfg.rescore,
-                                bootstrap=cfg.bootstrap, seed=cfg.seed, tracker=tracker)
+                num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size))
+            if c.meta_rm.path:
+                score_meta, actor = meta_scorer(c.meta_rm.path, c.meta_rm.dtype, c.meta_rm.max_length,
+                                                num_gpus=c.cluster.gpus(1))
+        tables = run_benchmarks(pool, benchmarks, out, k_max=c.k_max, temperature=c.temperature,
+                                k_meta_ratio=c.k_meta_ratio, meta_score=score_meta, rescore=c.rescore,
+                                bootstrap=c.bootstrap, seed=c.seed, tracker=tracker)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -162,10 +293,15 @@ def _main() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="spct_evaluate_schema", node=EvaluateConfig)
+    sys.argv[1:] = path_shorthand(sys.argv[1:])
 
     @hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
     def main(cfg: DictConfig) -> None:
-        run(cfg)
+        try:
+            run(cfg)
+        except ConfigError as e:
+            log.error("%s", e)
+            sys.exit(1)
 
     main()
 

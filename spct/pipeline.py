@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from spct.cluster import init_ray
-from spct.config import Config, ConfigError, engine_kwargs
+from spct.card import write_card
+from spct.config import GRM_DEFAULTS, GRM_PHASES, POLICY_PHASES, Config, engine_kwargs, grm_settings
 from spct.data import Item, load_splits
 from spct.grm import build_prompt, load_template, random_order
 from spct.grm.trajectory import Shown, Trajectory, read
@@ -38,10 +39,8 @@ from spct.tracking import Timings, Tracker
 
 log = logging.getLogger("spct")
 
-# Phases that change the GRM's weights; each is followed by a held-out greedy evaluation.
-GRM_PHASES = ("warmup", "rft", "rl")
-# Phases that train a policy with a frozen GRM; a run of only these starts no GRM engines.
-POLICY_PHASES = ("policy_sft", "policy_rl")
+# Role of the model each phase saves (what its card says it is).
+ROLES = {"model": "grm", "policy": "policy", "meta_rm": "meta_rm"}
 
 
 class Pipeline:
@@ -67,10 +66,8 @@ class Pipeline:
         loaded = self.store.load()
         resumed = loaded is not None
         self.state = loaded or self.state
-        trains_grm = set(cfg.phases + self.state.completed) & set(GRM_PHASES)
-        if "policy_rl" in cfg.phases and cfg.policy.reward.kind == "grm" and not cfg.policy.grm and not trains_grm:
-            raise ConfigError("invalid configuration:\n  policy.grm: expected the GRM that rewards the policy "
-                              "(a checkpoint folder or hub id); this run trains none")
+        # Bad data fails here, before any actor starts.
+        self.data = load_splits(seed=self.cfg.seed, **dataclasses.asdict(self.cfg.data))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
         from spct.placement import Bundles, layout, placement_report, reserve
 
@@ -80,7 +77,6 @@ class Pipeline:
         (self.out / "placement.json").write_text(json.dumps(placement_report(self.layout, self.placement), indent=1))
         if self.state.model is None and set(cfg.phases) - set(POLICY_PHASES):
             self.state.model = self._base_model()
-        self.data = load_splits(seed=self.cfg.seed, **dataclasses.asdict(self.cfg.data))
         lg = cfg.logger
         self.tracker = Tracker(self.out, kind=lg.kind, project=lg.project, entity=lg.entity,
                                run_name=lg.run_name or self.out.name, mode=lg.mode, config=dataclasses.asdict(cfg),
@@ -247,30 +243,36 @@ class Pipeline:
         sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
         return (group or self.rollout).submit(prompts, sampling, seed=f"{self.cfg.seed}:{key}")
 
-    def grm_pool(self, model: str, template: str, num_engines: int | None = None, owned: bool = False):
-        """A GRM reward pool serving the frozen GRM `model` with the run's engine settings;
-        an `owned` one is shut down with the run."""
+    def grm_pool(self, model: str, single: bool = False, num_engines: int | None = None, owned: bool = False):
+        """A GRM reward pool serving the frozen GRM `model` with the run's engine settings and the
+        GRM's own (what its checkpoint's card records: spct.config.grm_settings), judging with its
+        template (its single-response one if `single`); an `owned` one is shut down with the run."""
         from spct.reward_pool import GRMRewardPool
 
-        r = self.cfg.rollout
+        r, m = self.cfg.rollout, grm_settings(model, self.cfg.model)
         pool = GRMRewardPool(
-            model, num_engines or r.num_engines, engine_kwargs(self.cfg.model, r, self.cfg.seed), template=template,
-            max_new_tokens=self.cfg.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
-            num_gpus_per_engine=self.cfg.cluster.gpus(r.tensor_parallel_size))
+            model, num_engines or r.num_engines, engine_kwargs(m, r, self.cfg.seed),
+            template=m.single_template if single else m.template, max_new_tokens=m.max_new_tokens,
+            num_cpus_per_engine=r.num_cpus_per_engine, num_gpus_per_engine=self.cfg.cluster.gpus(r.tensor_parallel_size))
         if owned:
             self.own(pool.shutdown)
         return pool
 
-    def meta_scorer(self, path: str, max_length: int, owned: bool = False):
-        """A meta-RM actor on `path` with the run's dtype and threads (a GPU of its own on a GPU
-        cluster): (a function scoring trajectories, the function that stops the actor; an `owned`
+    def meta_scorer(self, path: str, owned: bool = False):
+        """A meta-RM actor on `path` with the input length and dtype its card records (else
+        meta_rm.max_length and the run's dtype), the run's threads and a GPU of its own on a GPU
+        cluster: (a function scoring trajectories, the function that stops the actor; an `owned`
         one is stopped with the run). Where it runs is the plan's (spct.placement.meta_rm_bundle):
         learner rank 0's place in the meta_rm and eval phases, beside the group in the policy
         phases."""
         import ray
 
+        from spct.config import MetaRMRef, resolve_meta_rm
         from spct.meta_rm import meta_scorer
         from spct.placement import meta_rm_bundle
+
+        ref = MetaRMRef(path=path)
+        resolve_meta_rm(ref, self.cfg.model.dtype, self.cfg.meta_rm.max_length)
 
         options, give_back = {}, (lambda: None)
         bundle = meta_rm_bundle(self.layout, self.state.phase) if self.placement is not None else None
@@ -281,7 +283,7 @@ class Pipeline:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=self.placement, placement_group_bundle_index=bundle)
         try:
-            score, actor = meta_scorer(path, self.cfg.model.dtype, max_length, self.cfg.learner.num_threads,
+            score, actor = meta_scorer(path, ref.dtype, ref.max_length, self.cfg.learner.num_threads,
                                        num_gpus=self._gpus(1), **options)
         except BaseException:
             give_back()
@@ -373,11 +375,24 @@ class Pipeline:
 
         def write_weights(folder: Path, with_optimizer: bool) -> None:
             self.learner.save(str(folder / "model"))
+            write_card(folder / "model", ROLES[role], self._card_settings(role),
+                       {"run": str(self.out.resolve()), "phase": self.state.phase, "step": self.state.phase_step,
+                        "seed": self.cfg.seed})
             if with_optimizer:
                 self.learner.save_state(str(folder / "learner"))
 
         self.store.save(name, self.state, write_weights, role, final)
         self.store.prune(self.state, keep=self.cfg.checkpoint.keep_last)
+
+    def _card_settings(self, role: str) -> dict[str, Any]:
+        """What using the model a phase saves needs (spct.card): the GRM's prompting, the
+        policy's generation, the meta RM's input."""
+        m = self.cfg.model
+        if role == "model":
+            return {k: getattr(m, k) for k in GRM_DEFAULTS}
+        if role == "policy":
+            return {"dtype": m.dtype, "max_model_len": m.max_model_len, "max_new_tokens": self.cfg.policy.max_new_tokens}
+        return {"dtype": m.dtype, "max_length": self.cfg.meta_rm.max_length}
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, phase: str) -> dict[str, float]:

@@ -43,6 +43,8 @@ class Tracker:
         config: dict[str, Any] | None = None,
         run_id: str | None = None,
         resume_step: int | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,8 @@ class Tracker:
                 project=project,
                 entity=entity,
                 name=run_name,
+                group=group,
+                tags=tags,
                 dir=str(self.output_dir),
                 mode=resolved,
                 id=run_id,

@@ -1,11 +1,13 @@
 """`python -m spct.train`: SPCT training, configured by Hydra (conf/), tracked in W&B.
 
     python -m spct.train                                   # the embedded default on CPU
-    python -m spct.train experiment=quick output_dir=DIR   # the same path in a few minutes
+    python -m spct.train experiment=quick                  # the same path in a few minutes
     python -m spct.train experiment=grm-qwen2.5-7b cluster=gpu_8x data.train=... output_dir=...
-    python -m spct.train -m rl.beta=0.02,0.08              # a Hydra sweep
+    python -m spct.train -m rl.beta=0.02,0.08              # a sweep: one folder per job
+    python -m spct.train experiment=quick dry_run=true     # check the command, print the plan
 
-The phases listed in `phases` run in order; rerunning with the same output_dir resumes.
+The phases listed in `phases` run in order; rerunning with the same output_dir resumes (when
+the configuration agrees with the run's config.yaml: spct.preflight).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from spct.config import check_paths, register_schema, to_config
+from spct.config import check_sources, load_config, register_schema, sources
 
 log = logging.getLogger("spct")
 
@@ -91,9 +93,37 @@ def train(config) -> tuple:
             pipe.cleanup()
 
 
-def run(cfg: DictConfig) -> dict:
-    config = to_config(cfg)
-    check_paths(config)
+def run(cfg: DictConfig, choices: dict | None = None, job=None) -> dict:
+    """Check everything that can be checked before Ray starts (spct.config, spct.preflight),
+    then train, or with dry_run=true print the plan. `choices` are Hydra's group choices and
+    `job` the sweep job (spct.preflight.sweep_job), when the command has them."""
+    from pathlib import Path
+
+    from spct import preflight
+    from spct.run_state import RunStore
+
+    config, setting_sources = load_config(cfg)
+    config = preflight.place_sweep_job(config, job)
+    out = Path(config.output_dir)
+    warnings = preflight.toy_defaults(config, choices or {})
+    for warning in warnings:
+        log.warning("%s", warning)
+    state = RunStore(out / "checkpoints").read()
+    saved = preflight.read_saved_config(out)
+    changes = preflight.check_rerun(config, state, saved)
+    preflight.run_inputs(config, state)
+    warnings += check_sources(sources(config), strict=not config.dry_run)
+    if config.dry_run:
+        print(preflight.train_plan(config, state, setting_sources, warnings,
+                                   preflight.resume_note(config, state, saved, changes)))
+        return {}
+    if state is not None and config.checkpoint.resume == "fresh":
+        preflight.move_aside(out)
+        state = saved = None
+    elif changes:
+        log.warning("checkpoint.resume=force: resuming %s although its configuration differs:\n  %s", out,
+                    "\n  ".join(changes))
+    preflight.save_config(config, out, saved)
     start = time.perf_counter()
     pipe, state = train(config)
     wall = time.perf_counter() - start
@@ -113,9 +143,14 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from spct.config import ConfigError
+    from spct.preflight import sweep_job
+
     try:
-        run(cfg)
-    except RunStopped as e:
+        run(cfg, dict(HydraConfig.get().runtime.choices), sweep_job(sys.argv[1:]))
+    except (ConfigError, RunStopped) as e:
         log.error("%s", e)
         sys.exit(1)
 

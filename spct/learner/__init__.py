@@ -9,16 +9,20 @@ checkpoints in checkpoints.py, and the batch formats, padding and the prompt-sha
 pass in batches.py.
 """
 
-from spct.learner.batches import (
-    ROLLOUT_KEYS,
-    SEQUENCE_KEYS,
-    SFT_KEYS,
-    shard_batch,
-    validate_batch,
-)
-from spct.learner.group import LearnerGroup
-from spct.learner.spec import LearnerSpec
-from spct.learner.worker import LearnerWorker, lr_factor
+import importlib
+
+# Imported on first use (PEP 562), so that the pure spec (spct.learner.spec, which the config
+# checks read) loads without torch and DeepSpeed.
+_HOMES = {"ROLLOUT_KEYS": "batches", "SEQUENCE_KEYS": "batches", "SFT_KEYS": "batches", "shard_batch": "batches",
+          "validate_batch": "batches", "LearnerGroup": "group", "LearnerSpec": "spec", "LearnerWorker": "worker",
+          "lr_factor": "worker"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'spct.learner' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"spct.learner.{_HOMES[name]}"), name)
+
 
 __all__ = [
     "ROLLOUT_KEYS",

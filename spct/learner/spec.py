@@ -10,6 +10,22 @@ DTYPES = ("float32", "bfloat16")
 TASKS = ("causal_lm", "classification")
 
 
+def refusals(zero_stage: int, dtype: str, lr_schedule: str) -> list[tuple[str, str]]:
+    """(field, what is expected) for each setting the learner would refuse; the config checks it
+    before anything starts, the spec again when a learner is built."""
+    out = []
+    if zero_stage not in (0, 1, 2, 3):
+        out.append(("zero_stage", f"0, 1, 2 or 3, got {zero_stage}"))
+    if dtype not in DTYPES:
+        out.append(("dtype", f"one of {', '.join(DTYPES)} to train, got {dtype!r}"))
+    elif dtype == "bfloat16" and zero_stage == 0:
+        out.append(("zero_stage", "1, 2 or 3 with dtype bfloat16: DeepSpeed keeps fp32 master weights only in "
+                    "its ZeRO optimizers; stage 0 would update bf16 weights directly (or use float32)"))
+    if lr_schedule not in LR_SCHEDULES:
+        out.append(("lr_schedule", f"one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}"))
+    return out
+
+
 @dataclass(frozen=True)
 class LearnerSpec:
     model: str  # a local folder or hub id: the weights the learner starts from
@@ -37,17 +53,8 @@ class LearnerSpec:
             raise ValueError(f"task: expected one of {TASKS}, got {self.task!r}")
         if self.task == "classification" and self.with_reference:
             raise ValueError("task classification: a reference model is only for GRPO (with_reference=False)")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage: expected 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {self.dtype!r}")
-        if self.dtype == "bfloat16" and self.zero_stage == 0:
-            raise ValueError(
-                "dtype bfloat16 needs zero_stage >= 1: DeepSpeed keeps fp32 master weights "
-                "only in its ZeRO optimizers; stage 0 would update bf16 weights directly"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        for name, expected in refusals(self.zero_stage, self.dtype, self.lr_schedule):
+            raise ValueError(f"{name}: expected {expected}")
         if self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size: expected >= 1, got {self.micro_batch_size}")
         if self.warmup_steps < 0 or self.total_steps < 1:

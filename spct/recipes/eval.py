@@ -20,7 +20,7 @@ def run_eval(p: Context) -> dict:
     pool = GRMRewardPool.from_group(p.rollout, p.cfg.model.template, p.cfg.model.max_new_tokens)
     score_meta = stop_meta = None
     if p.state.meta_rm:
-        score_meta, stop_meta = p.meta_scorer(p.state.meta_rm, p.cfg.meta_rm.max_length)
+        score_meta, stop_meta = p.meta_scorer(p.state.meta_rm)
     rule = "synthetic" if p.cfg.data.kind == "synthetic" else "generic"
     try:
         with p.timings("generate"):

@@ -85,11 +85,10 @@ class PolicyReward:
         self.k_meta = None
         if rw.kind == "oracle":
             return
-        grm = pc.grm or p.state.model
-        template = p.cfg.model.template if rw.mode == "group" else p.cfg.model.single_template
-        self.pool = p.grm_pool(grm, template, pc.grm_engines, owned=True)
+        self.pool = p.grm_pool(pc.grm or p.state.model, single=rw.mode == "single", num_engines=pc.grm_engines,
+                               owned=True)
         if pc.meta_rm:
-            self.meta_score, _ = p.meta_scorer(pc.meta_rm, p.cfg.meta_rm.max_length, owned=True)
+            self.meta_score, _ = p.meta_scorer(pc.meta_rm, owned=True)
             self.k_meta = rw.k_meta or max(1, rw.k // 2)
 
     def __call__(self, items, rollouts: list[list[str]], step: int) -> tuple[list[float], dict[str, float]]:

@@ -1,4 +1,10 @@
-"""`python -m spct.serve`: start the GRM engines and serve until interrupted."""
+"""`python -m spct.serve`: start the GRM engines and serve until interrupted.
+
+    python -m spct.serve model=PATH [meta_rm=PATH] [port=8000] [host=127.0.0.1] [token=...]
+    python -m spct.serve model=PATH dry_run=true      # check the command, print the plan
+
+`model=PATH` and `meta_rm=PATH` are short for `model.path=PATH` and `meta_rm.path=PATH`.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,23 @@ import ipaddress
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 import hydra
 import uvicorn
 from omegaconf import DictConfig
 
+from spct.config import ConfigError, check_sources, path_shorthand
 from spct.serve.app import _Server, make_app
-from spct.serve.config import TOKEN_ENV, ServeConfig, app_options, to_serve_config
+from spct.serve.config import TOKEN_ENV, ServeConfig, app_options, load_serve_config, plan
 from spct.serve.scorer import build_scorer
 
 log = logging.getLogger("spct.serve")
 
-def serve(c: ServeConfig) -> None:
+
+def serve(c: ServeConfig, token: str | None) -> None:
     """Start the scorer and serve until interrupted."""
-    token = c.token or os.environ.get(TOKEN_ENV) or None
     if token is None and not _is_loopback(c.host):
         log.warning(
             "listening on %s without a token: anyone who reaches it can use the GRM "
@@ -53,11 +61,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-
 @hydra.main(config_path=None, config_name="serve", version_base=None)
 def main(cfg: DictConfig) -> None:
-    serve(to_serve_config(cfg))
+    try:
+        c, sources = load_serve_config(cfg)
+        warnings = check_sources({"model": (c.model.path, "model"), "meta_rm": (c.meta_rm.path, "model")},
+                                 strict=not c.dry_run)
+    except ConfigError as e:
+        log.error("%s", e)
+        sys.exit(1)
+    token = c.token or os.environ.get(TOKEN_ENV) or None
+    if c.dry_run:
+        print(plan(c, sources, warnings, token is not None))
+        return
+    serve(c, token)
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = path_shorthand(sys.argv[1:])
     main()

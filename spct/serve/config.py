@@ -1,18 +1,29 @@
-"""The reward server's settings: `ServeConfig` (every default), its Hydra schema and checks."""
+"""The reward server's settings: `ServeConfig` (every default), its Hydra schema, checks and plan."""
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from spct.config import ConfigError
-from spct.grm import load_template
+from spct.config import (
+    DTYPES,
+    Checks,
+    ClusterConfig,
+    MetaRMRef,
+    ModelConfig,
+    RolloutConfig,
+    check_cluster,
+    check_model,
+    check_numbers,
+    check_rollout,
+    resolve_meta_rm,
+    resolve_model,
+    structured,
+)
 
 TOKEN_ENV = "SPCT_SERVE_TOKEN"
 CONF_FILE = Path(__file__).resolve().parents[2] / "conf" / "serve.yaml"
@@ -33,11 +44,17 @@ END_MARKERS = [
 
 @dataclass
 class ServeConfig:
-    """Every default of the reward server; conf/serve.yaml only composes it."""
+    """Every default of the reward server; conf/serve.yaml only composes it.
 
-    # The GRM: a local folder or a hub id. The meta RM (optional) enables MetaRM@k.
-    model: str = MISSING
-    meta_rm: str | None = None
+    The GRM (`model`, with `model=PATH` short for `model.path=PATH`), its engines (`rollout`),
+    the Ray cluster (`cluster`) and the meta RM (`meta_rm`, `meta_rm=PATH`) are the sections the
+    training and evaluation commands use (spct.config); the GRM's template, context, critique
+    length and dtype come from its checkpoint's card unless set."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    meta_rm: MetaRMRef = field(default_factory=MetaRMRef)  # optional: enables MetaRM@k
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(gpu_memory_utilization=0.9))
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # null address = a fresh local Ray
     # Loopback by default: exposing the server is a decision, made with host=0.0.0.0.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -45,7 +62,6 @@ class ServeConfig:
     token: str | None = None
 
     # Scoring: a request may set k (up to max_k), temperature and meta; these are the defaults.
-    template: str = "default"
     default_k: int = 1
     max_k: int = 32
     temperature: float = 0.5
@@ -62,38 +78,19 @@ class ServeConfig:
     # /openrlhf: judge the responses that share a prompt together (n = group) rather than each
     # alone (n = 1); a request may choose with ?group=true|false.
     openrlhf_group: bool = False
+    dry_run: bool = False  # check the command and print the plan; start nothing
 
-    # GRM engines.
-    num_engines: int = 1
-    dtype: str = "bfloat16"
-    max_model_len: int = 4096
-    max_new_tokens: int = 1024
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    kv_cache_gib: float = 1.0  # CPU engines only
-    enforce_eager: bool = False
-    enable_prefix_caching: bool = True
-    num_cpus_per_engine: float = 1.0
-    # CPU only: torch threads per engine (0 = Ray's default) and KV-cache block (null = vLLM's).
-    num_threads: int = 0
-    block_size: int | None = None
 
-    # Meta RM actor.
-    meta_rm_dtype: str = "bfloat16"
-    meta_rm_max_length: int = 4096
-    meta_rm_num_gpus: float | None = None  # null: one GPU when num_gpus > 0, else CPU
-
-    # Ray: null address = a fresh local cluster; "auto" joins a running one.
-    ray_address: str | None = None
-    num_cpus: int | None = None
-    num_gpus: int = 0
+POSITIVE = frozenset("""max_k default_k k_meta max_body_bytes max_items max_responses max_chars_per_text
+    model.max_model_len model.max_new_tokens meta_rm.max_length rollout.num_engines rollout.tensor_parallel_size
+    rollout.gpu_memory_utilization rollout.kv_cache_gib rollout.block_size cluster.nodes cluster.num_cpus""".split())
 
 
 def register_schema() -> None:
     """Make conf/serve.yaml, merged onto the schema, Hydra's primary config "serve".
 
     It goes through the config store rather than a config path: conf/ also holds the training
-    config groups (model/, data/, ...), and composed from there `model=PATH` would select a
+    config groups (model/, meta_rm/, ...), and composed from there `model=PATH` would select a
     group instead of setting the field.
     """
     from hydra.core.config_store import ConfigStore
@@ -102,65 +99,51 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="serve", node=node)
 
 
-def to_serve_config(cfg: DictConfig | Mapping[str, Any]) -> ServeConfig:
-    """Merge onto the schema (key and type checks), then check values and their relations."""
-    merged = OmegaConf.merge(OmegaConf.structured(ServeConfig), cfg)
-    config: ServeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+def load_serve_config(cfg: DictConfig | Mapping[str, Any]) -> tuple[ServeConfig, dict[str, str]]:
+    """Merge onto the schema (key and type checks), take the GRM's and the meta RM's settings
+    from their cards where left null, then check values and their relations. Returns the
+    config and where each GRM setting came from."""
+    config: ServeConfig = structured(ServeConfig, cfg)
+    sources = resolve_model(config.model) if config.model.path else {}
+    if config.meta_rm.path:
+        resolve_meta_rm(config.meta_rm, config.model.dtype or "bfloat16")
     validate(config)
-    return config
+    return config, sources
+
+
+def to_serve_config(cfg: DictConfig | Mapping[str, Any]) -> ServeConfig:
+    return load_serve_config(cfg)[0]
 
 
 def validate(c: ServeConfig) -> None:
-    errors = []
-
-    def need(ok: bool, key: str, expected: str) -> None:
-        if not ok:
-            errors.append(f"{key}: expected {expected}")
-
-    need(bool(c.model), "model", "a local folder or hub id of a GRM")
-    for key in ("model", "meta_rm"):
-        path = getattr(c, key)
-        if path and _looks_local(path):
-            need(Path(path).expanduser().is_dir(), key, f"an existing folder, got {path!r}")
-    need(0 <= c.port <= 65535, "port", f"0..65535, got {c.port}")
-    need(c.max_k >= 1, "max_k", f">= 1, got {c.max_k}")
-    need(1 <= c.default_k <= c.max_k, "default_k", f"1..max_k ({c.max_k}), got {c.default_k}")
-    need(c.k_meta is None or c.k_meta >= 1, "k_meta", f"null or >= 1, got {c.k_meta}")
-    need(math.isfinite(c.temperature) and c.temperature >= 0, "temperature", ">= 0")
-    for key in (
-        "max_body_bytes",
-        "max_items",
-        "max_responses",
-        "max_chars_per_text",
-        "num_engines",
-        "max_model_len",
-        "max_new_tokens",
-        "tensor_parallel_size",
-    ):
-        need(getattr(c, key) >= 1, key, f">= 1, got {getattr(c, key)}")
-    need(
-        c.max_new_tokens < c.max_model_len,
-        "max_new_tokens",
-        f"below max_model_len ({c.max_model_len}), got {c.max_new_tokens}",
-    )
-    for key in ("dtype", "meta_rm_dtype"):
-        need(
-            getattr(c, key) in ("float32", "bfloat16", "float16"),
-            key,
-            f"float32, bfloat16 or float16, got {getattr(c, key)!r}",
-        )
-    need(c.meta_rm_num_gpus is None or c.meta_rm_num_gpus >= 0, "meta_rm_num_gpus", "null or >= 0")
-    need(c.num_gpus >= 0, "num_gpus", ">= 0")
-    try:
-        load_template(c.template)
-    except (OSError, ValueError) as e:
-        errors.append(f"template: {e}")
-    if errors:
-        raise ConfigError("invalid serve configuration:\n  " + "\n  ".join(errors))
+    ch = Checks()
+    need = ch.need
+    check_numbers(ch, c, POSITIVE)
+    need(c.model.path is not None, "model", "the GRM to serve (model=PATH: a local folder or hub id)")
+    need(c.model.tiny_preset is None, "model.tiny_preset", "null (the server serves a checkpoint)")
+    if c.model.path:
+        check_model(ch, c.model, "model.", gpus=c.cluster.num_gpus)
+    check_rollout(ch, c.rollout, c.cluster.num_gpus)
+    check_cluster(ch, c.cluster)
+    if c.meta_rm.path:
+        need(c.meta_rm.dtype in DTYPES, "meta_rm.dtype", f"one of {', '.join(DTYPES)}, got {c.meta_rm.dtype!r}")
+    need(c.port <= 65535, "port", f"0..65535, got {c.port}")
+    need(c.default_k <= c.max_k, "default_k", f"1..max_k ({c.max_k}), got {c.default_k}")
+    ch.done("serve configuration")
 
 
-def _looks_local(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or os.path.exists(name)
+def plan(c: ServeConfig, sources: Mapping[str, str], warnings: list[str], token: bool) -> str:
+    """What `python -m spct.serve ...` would start, in words (dry_run=true prints it)."""
+    settings = ", ".join(f"{k} {getattr(c.model, k)} ({src})" for k, src in sources.items())
+    meta = (f"{c.meta_rm.path}; max_length {c.meta_rm.max_length}, dtype {c.meta_rm.dtype}" if c.meta_rm.path
+            else "none (no MetaRM@k)")
+    lines = ["spct.serve plan (dry_run: nothing started)", f"  GRM         {c.model.path}; {settings}",
+             f"  meta RM     {meta}",
+             f"  engines     {c.rollout.num_engines} x vLLM on "
+             + (f"GPUs (tensor parallel {c.rollout.tensor_parallel_size})" if c.cluster.num_gpus else "CPU"),
+             f"  listens on  http://{c.host}:{c.port} ({'bearer token required' if token else 'no token'})",
+             f"  scoring     k {c.default_k} by default (up to {c.max_k}), temperature {c.temperature}"]
+    return "\n".join(lines + [f"  warning     {w}" for w in warnings])
 
 
 def app_options(c: ServeConfig) -> dict[str, Any]:

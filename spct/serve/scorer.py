@@ -110,13 +110,6 @@ class GRMScorer:
             ray.kill(self.meta_rm)
 
 
-def meta_rm_gpus(c: ServeConfig) -> float:
-    """GPUs for the meta RM actor: `meta_rm_num_gpus`, or by default one when the server has GPUs."""
-    if c.meta_rm_num_gpus is not None:
-        return c.meta_rm_num_gpus
-    return 1.0 if c.num_gpus else 0.0
-
-
 def build_scorer(c: ServeConfig) -> GRMScorer:
     """Start Ray (unless running), the GRM engines and the meta RM actor."""
     import ray
@@ -124,33 +117,34 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
     from spct.cluster import init_ray
     from spct.reward_pool import GRMRewardPool
 
-    init_ray(c.ray_address, c.num_cpus, c.num_gpus)
+    init_ray(c.cluster.address, c.cluster.num_cpus, c.cluster.num_gpus)
+    m, r = c.model, c.rollout
     pool = GRMRewardPool(
-        c.model,
-        c.num_engines,
-        engine_kwargs(c, c, c.seed),  # ServeConfig carries the model and rollout fields it reads
-        template=c.template,
-        max_new_tokens=c.max_new_tokens,
-        num_cpus_per_engine=c.num_cpus_per_engine,
-        num_gpus_per_engine=c.tensor_parallel_size if c.num_gpus else 0,
+        m.path,
+        r.num_engines,
+        engine_kwargs(m, r, c.seed),
+        template=m.template,
+        max_new_tokens=m.max_new_tokens,
+        num_cpus_per_engine=r.num_cpus_per_engine,
+        num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size),
     )
     meta = None
     try:
-        if c.meta_rm is not None:
+        if c.meta_rm.path is not None:
             from spct.meta_rm import MetaRM
 
             meta = (
                 ray.remote(MetaRM)
-                .options(num_cpus=1, num_gpus=meta_rm_gpus(c))
+                .options(num_cpus=1, num_gpus=c.cluster.gpus(1))
                 .remote(
-                    model=c.meta_rm,
-                    dtype=c.meta_rm_dtype,
-                    max_length=c.meta_rm_max_length,
+                    model=c.meta_rm.path,
+                    dtype=c.meta_rm.dtype,
+                    max_length=c.meta_rm.max_length,
                     seed=c.seed,
                 )
             )
             ray.get(meta.score.remote([]))  # a bad path fails here, not at the first request
-        return GRMScorer(pool, c.model, c.max_model_len, meta_rm=meta, seed=c.seed)
+        return GRMScorer(pool, m.path, m.max_model_len, meta_rm=meta, seed=c.seed)
     except BaseException:
         pool.shutdown()
         raise

@@ -39,12 +39,15 @@ def compose() -> Compose:
 
 
 def runnable(compose: Compose, overrides: Sequence[str]) -> DictConfig:
-    """`overrides` plus what a real-data run must add on the command line: a training set,
-    and no synthetic-only warmup phase."""
+    """`overrides` plus what a real-data run must add on the command line: a training set (and
+    a test set for the eval phase), and no synthetic-only warmup phase."""
     cfg = compose(overrides)
+    if cfg.model.path is not None and cfg.learner.zero_stage == 0 and cfg.model.dtype is None:
+        # A real model trains in bfloat16 by default, which the learner refuses at ZeRO stage 0.
+        overrides, cfg = [*overrides, "learner.zero_stage=1"], compose([*overrides, "learner.zero_stage=1"])
     if cfg.data.kind != "files" or cfg.data.train is not None:
         return cfg
-    extra = ["data.train=/data/train.jsonl"]
+    extra = ["data.train=/data/train.jsonl", "data.test=/data/test.jsonl"]
     if "warmup" in cfg.phases:
         extra.append("phases=[" + ",".join(p for p in cfg.phases if p != "warmup") + "]")
     return compose([*overrides, *extra])
@@ -147,7 +150,8 @@ def test_every_documented_command_composes(compose: Compose, path: Path):
 
 @pytest.mark.parametrize("experiment", ["grm-qwen2.5-7b", "grm-gemma-2-27b"])
 def test_paper_settings_are_the_real_model_defaults(compose: Compose, experiment: str):
-    config = to_config(compose([f"experiment={experiment}", "data.train=/data/train.jsonl"]))
+    config = to_config(compose([f"experiment={experiment}", "data.train=/data/train.jsonl",
+                                "data.test=/data/test.jsonl"]))
     assert config.model.path is not None
     assert config.phases == ["rft", "rl", "meta_rm", "eval"]
     assert config.rft.n_samples == 3
@@ -274,21 +278,38 @@ def test_batch_sizes_that_divide_by_the_ranks_validate(compose: Compose):
     validate(unvalidated(compose(["learner.num_ranks=2"])))
 
 
-def test_missing_local_paths_are_named_together_and_hub_ids_pass(compose: Compose, tmp_path: Path):
-    from spct.config import check_paths
+def test_missing_local_paths_are_named_together_and_hub_ids_are_looked_up(compose: Compose, tmp_path: Path):
+    from spct.config import check_sources, sources
 
     present = tmp_path / "train.jsonl"
     present.write_text("{}\n")
-    check_paths(to_config(compose(["data=files", "phases=[rft]", f"data.train={present}",
-                                   "model.path=Qwen/Qwen2.5-7B-Instruct", "rft.teacher=gpt2"])))
+    hub = {"Qwen/Qwen2.5-7B-Instruct": "found", "gpt2": "found", "data/train": "missing", "org/offline": "unreachable"}
+    asked = []
+
+    def lookup(name, kind):  # the hub's answers (the real lookup asks huggingface_hub)
+        asked.append((name, kind))
+        return hub[name]
+
+    config = to_config(compose(["data=files", "phases=[rft]", f"data.train={present}",
+                                "model.path=Qwen/Qwen2.5-7B-Instruct", "rft.teacher=gpt2"]))
+    assert check_sources(sources(config), lookup=lookup) == []
+    assert asked == [("Qwen/Qwen2.5-7B-Instruct", "model"), ("gpt2", "model")]  # a local file is not looked up
     config = to_config(compose(["data=files", "phases=[rft]", f"data.train={present}",
                                 f"data.test={tmp_path}/missing.jsonl", f"model.path={tmp_path}/no/model",
-                                "meta_rm.model=./nowhere"]))
+                                "meta_rm.model=./nowhere", "data.validation=data/train"]))
     with pytest.raises(ConfigError) as err:
-        check_paths(config)
+        check_sources(sources(config), lookup=lookup)
     for key in ("data.test", "model.path", "meta_rm.model"):
         assert f"{key}: expected an existing file or folder" in str(err.value)
+    # A relative path that does not exist looks like a hub id: the hub says it has none.
+    assert "data.validation: expected an existing file or folder or a dataset on the Hugging Face hub" in str(err.value)
     assert "data.train" not in str(err.value)
+    # The hub cannot be reached: a run fails, a dry run warns.
+    config = to_config(compose(["data=files", "phases=[rft]", "data.train=org/offline"]))
+    with pytest.raises(ConfigError, match="data.train: 'org/offline' is not a local path"):
+        check_sources(sources(config), lookup=lookup)
+    (warning,) = check_sources(sources(config), strict=False, lookup=lookup)
+    assert "HF_HUB_OFFLINE=1" in warning and warning.endswith("not checked")
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "experiment"),

@@ -12,7 +12,7 @@ from spct.learner.spec import LearnerSpec
     ({"task": "classification", "with_reference": True}, "a reference model is only for GRPO"),
     ({"zero_stage": 4}, "zero_stage: expected 0, 1, 2 or 3"),
     ({"dtype": "float16"}, "dtype: expected one of"),
-    ({"dtype": "bfloat16", "zero_stage": 0}, "bfloat16 needs zero_stage >= 1"),
+    ({"dtype": "bfloat16", "zero_stage": 0}, "zero_stage: expected 1, 2 or 3 with dtype bfloat16"),
     ({"lr_schedule": "linear"}, "lr_schedule: expected one of"),
     ({"micro_batch_size": 0}, "micro_batch_size: expected >= 1"),
     ({"total_steps": 0}, "warmup_steps/total_steps"),

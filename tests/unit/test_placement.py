@@ -29,7 +29,7 @@ def test_the_default_cpu_run_reserves_one_engine_and_one_rank_beside_the_meta_rm
 
 
 def test_the_8_gpu_preset_fits_one_8_gpu_node_and_not_less():
-    lay = layout(_config("experiment=grm-qwen2.5-7b", "cluster=gpu_8x", "data.train=/d.jsonl",
+    lay = layout(_config("experiment=grm-qwen2.5-7b", "cluster=gpu_8x", "data.train=/d.jsonl", "data.test=/t.jsonl",
                          "phases=[rft,rl,meta_rm,eval]"))
     assert sum(b.get("GPU", 0) for b in lay.bundles) == 8
     assert shortfall(lay, [GPU_NODE]) == []
