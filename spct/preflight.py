@@ -39,7 +39,8 @@ NEUTRAL = ("output_dir", "dry_run", "logger.", "checkpoint.max_restarts", "check
 # Keys that only the phases named change: they may differ while none of those phases has started.
 PHASE_KEYS = {"warmup.": ("warmup",), "rft.": ("rft",), "rl.": ("rl",), "meta_rm.": ("meta_rm",),
               "eval.split": (*GRM_PHASES, "eval"), "eval.max_items": (*GRM_PHASES, "eval"), "eval.": ("eval",),
-              "policy.": POLICY_PHASES}
+              "policy.sft_": ("policy_sft",), "policy.model": POLICY_PHASES, "policy.tiny_preset": POLICY_PHASES,
+              "policy.": ("policy_rl",)}
 # The group options of the tiny demo a real-model run should not keep unawares.
 TOY_OPTIONS = {"rft": ("tiny", "rft"), "rl": ("tiny", "rl"), "meta_rm": ("tiny", "meta_rm"),
                "learner": ("cpu", None)}

@@ -294,15 +294,20 @@ def test_policy_trained_with_the_runs_grm_as_its_reward(quick_run, tmp_path):
     assert any(not (before[k] == after[k]).all() for k in before)
 
 
-def test_policy_single_mode_needs_no_grm_phase_in_the_run(quick_run, tmp_path):
-    """policy.grm names a GRM from elsewhere; each rollout is judged alone (n = 1)."""
+def test_a_policy_run_resumed_after_policy_sft_scores_with_its_meta_rm_and_does_not_wait_on_itself(quick_run, tmp_path):
+    """The README's policy command with a meta RM, in a folder whose policy_sft is done (a rerun,
+    or benchmarks/policy_reward.py): the meta RM starts before the policy's learner and scores
+    beside the placement group, so the learner gets its bundle (this waited forever before).
+    policy.grm names a GRM from elsewhere (no GRM phase in this run); each rollout is judged
+    alone (n = 1)."""
     src, _ = quick_run
     out = tmp_path / "policy"
-    grm = src / "checkpoints" / "rl-final" / "model"
+    grm, meta_rm = src / "checkpoints" / "rl-final" / "model", src / "checkpoints" / "meta_rm-final" / "model"
+    _finish(_train(out, "experiment=policy", f"output_dir={out}", *POLICY_QUICK, "phases=[policy_sft]"))
     _finish(_train(out, "experiment=policy", f"output_dir={out}", *POLICY_QUICK, f"policy.grm={grm}",
-                   "policy.reward.mode=single"))
+                   "policy.reward.mode=single", "policy.reward.k=2", f"policy.meta_rm={meta_rm}"), timeout=300)
     steps = [r for r in _records(out) if r["phase"] == "policy_rl" and "reward_mean" in r]
-    assert [r["grm_samples"] for r in steps] == [4 * 2, 4 * 2]  # one GRM prompt per rollout
+    assert [r["grm_samples"] for r in steps] == [4 * 2 * 2, 4 * 2 * 2]  # one GRM prompt per rollout, k = 2
     assert not (out / "base_model").exists()  # no GRM engines were started for this run
 
 
