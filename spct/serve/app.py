@@ -141,6 +141,7 @@ def make_app(
             "status": "ok",
             "model": scorer.model,
             "meta_rm": scorer.has_meta,
+            "template": scorer.template,
             "score_range": [scorer.low, scorer.high],
             "default_k": limits.default_k,
         }

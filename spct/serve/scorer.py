@@ -22,6 +22,7 @@ class Scorer(Protocol):
 
     model: str
     has_meta: bool
+    template: str  # the GRM prompt template's name (a built-in) or file
     low: int
     high: int
 
@@ -57,6 +58,7 @@ class GRMScorer:
         self.tokenizer = tokenizer
         self.meta_rm = meta_rm
         self.has_meta = meta_rm is not None
+        self.template = pool.template.name
         self.low, self.high = pool.template.low, pool.template.high
         self.budget = max_model_len - pool.max_new_tokens
         self._max_model_len = max_model_len

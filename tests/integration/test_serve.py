@@ -14,8 +14,9 @@ from dataclasses import replace
 
 import httpx
 import pytest
+from omegaconf import OmegaConf
 
-from spct.config import ConfigError
+from spct.config import ConfigError, ModelConfig, path_shorthand
 from spct.serve import (
     BackgroundServer,
     GRMScorer,
@@ -36,8 +37,7 @@ TOKEN = "correct horse battery staple"
 
 def config(model: str) -> ServeConfig:
     return replace(
-        ServeConfig(model=model),
-        template="compact",
+        ServeConfig(model=ModelConfig(path=model, template="compact")),
         max_body_bytes=64 * 1024,
         max_items=8,
         max_responses=4,
@@ -101,7 +101,7 @@ def error(reply: httpx.Response, status: int, field: str | None) -> str:
 def test_health_names_the_model_and_the_meta_rm(client, tiny_model_dir):
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["model"] == str(tiny_model_dir)
-    assert body["meta_rm"] is True and body["score_range"] == [1, 10]
+    assert body["meta_rm"] is True and body["score_range"] == [1, 10] and body["template"] == "compact"
 
 
 def test_score_returns_one_reward_per_response(client):
@@ -195,7 +195,7 @@ class TableScorer:
     """Fixed per-sample scores and meta scores for each response text: a GRM whose output parses,
     to check the arithmetic the random tiny model cannot exercise."""
 
-    model, has_meta, low, high = "table", True, 1, 10
+    model, has_meta, template, low, high = "table", True, "default", 1, 10
     SAMPLES = {"good": [[10], [1], None, [7]], "bad": [None, None, None, [2]]}
     META = [0.9, 0.1, 0.8, 0.2]
 
@@ -227,7 +227,7 @@ class TableScorer:
     ],
 )
 def test_openrlhf_rescales_the_pointwise_vote_to_0_1(url_options, k_meta, expected):
-    options = {**app_options(ServeConfig(model="table")), "k_meta": k_meta}
+    options = {**app_options(ServeConfig()), "k_meta": k_meta}
     with BackgroundServer(make_app(TableScorer(), **options)) as url:
         body = {"query": ["Q: good</s>", "Q: bad"], "prompts": ["Q: ", "Q: "], "labels": ["", ""]}
         reply = httpx.post(url + "/openrlhf" + url_options, json=body, timeout=30)
@@ -239,7 +239,7 @@ class GroupScorer:
     """Scores each response by a fixed table, judging whatever group it is sent; records the
     groups, to check how /openrlhf forms them."""
 
-    model, has_meta, low, high = "group-table", False, 1, 10
+    model, has_meta, template, low, high = "group-table", False, "default", 1, 10
     SCORES = {"a": 10, "b": 1, "c": 4, "d": 7}
 
     def __init__(self):
@@ -263,7 +263,7 @@ class GroupScorer:
                                                                ("", True, True), ("?group=0", True, False)])
 def test_openrlhf_group_mode_judges_a_prompts_responses_together(url_options, default, grouped):
     scorer = GroupScorer()
-    options = {**app_options(ServeConfig(model="t")), "max_responses": 2, "openrlhf_group": default}
+    options = {**app_options(ServeConfig()), "max_responses": 2, "openrlhf_group": default}
     queries = ["P1 a", "P2 c", "P1 b", "P1 ", "P1 d", "P2 a"]
     prompts = ["P1 ", "P2 ", "P1 ", "P1 ", "P1 ", "P2 "]
     with BackgroundServer(make_app(scorer, **options)) as url:
@@ -295,7 +295,7 @@ def test_openrlhf_group_mode_on_the_engines(client, tiny_model_dir):
 
 
 def test_best_is_null_when_no_counted_sample_parsed():
-    with BackgroundServer(make_app(TableScorer(), **app_options(ServeConfig(model="t")))) as url:
+    with BackgroundServer(make_app(TableScorer(), **app_options(ServeConfig()))) as url:
         reply = httpx.post(
             url + "/score", json={"query": "Q", "responses": ["bad"], "k": 2}, timeout=30
         )
@@ -370,14 +370,17 @@ def test_config_composes_and_is_validated(tmp_path, tiny_model_dir):
 
     with initialize(config_path=None, version_base=None):
         cfg = compose(
-            config_name="serve", overrides=[f"model={tiny_model_dir}", "port=9001", "token=t"]
+            config_name="serve",
+            overrides=path_shorthand([f"model={tiny_model_dir}", "port=9001", "token=t", "model.template=compact",
+                                      "model.max_model_len=512", "model.max_new_tokens=64"]),
         )
     c = to_serve_config(cfg)
-    assert (c.model, c.port, c.token, c.host) == (str(tiny_model_dir), 9001, "t", "127.0.0.1")
-    with pytest.raises(ConfigError, match="model: expected an existing folder"):
-        to_serve_config({**dict(cfg), "model": str(tmp_path / "missing")})
+    assert (c.model.path, c.port, c.token, c.host) == (str(tiny_model_dir), 9001, "t", "127.0.0.1")
+    assert (c.model.single_template, c.model.dtype) == ("single", "bfloat16")  # no card: the defaults
     with pytest.raises(ConfigError, match="default_k"):
-        to_serve_config({**dict(cfg), "default_k": 9, "max_k": 4})
+        to_serve_config(OmegaConf.merge(cfg, {"default_k": 9, "max_k": 4}))
+    with pytest.raises(ConfigError, match=r"model.max_model_len: expected at most \d+ \(max_position_embeddings"):
+        to_serve_config(OmegaConf.merge(cfg, {"model": {"max_model_len": 10**6}}))
 
     run = subprocess.run(
         [sys.executable, "-m", "spct.serve", "port=9001"],
@@ -386,12 +389,7 @@ def test_config_composes_and_is_validated(tmp_path, tiny_model_dir):
         cwd=tmp_path,
         timeout=60,
     )
-    assert run.returncode != 0 and "model" in run.stderr
-
-
-def test_the_meta_rm_gets_a_gpu_when_the_server_has_gpus():
-    from spct.serve.scorer import meta_rm_gpus
-
-    assert meta_rm_gpus(ServeConfig(model="m")) == 0.0
-    assert meta_rm_gpus(ServeConfig(model="m", num_gpus=2)) == 1.0
-    assert meta_rm_gpus(ServeConfig(model="m", num_gpus=2, meta_rm_num_gpus=0.5)) == 0.5
+    assert run.returncode != 0 and "model: expected the GRM to serve" in run.stdout + run.stderr
+    run = subprocess.run([sys.executable, "-m", "spct.serve", f"model={tmp_path / 'missing'}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert run.returncode != 0 and "model: expected an existing file or folder" in run.stdout + run.stderr

@@ -22,7 +22,7 @@ TOKEN = "s3cret"
 class AnyScorer:
     """Scores every response by its length; one sample in three fails to parse."""
 
-    model, has_meta, low, high = "any", True, 1, 10
+    model, has_meta, template, low, high = "any", True, "default", 1, 10
 
     def check(self, item):
         return None
@@ -40,7 +40,7 @@ class AnyScorer:
 
 @pytest.fixture(scope="module")
 def url():
-    options = {**app_options(ServeConfig(model="any")), "max_body_bytes": 4096, "max_items": 8,
+    options = {**app_options(ServeConfig()), "max_body_bytes": 4096, "max_items": 8,
                "max_responses": 4, "max_chars_per_text": 200, "max_k": 4}
     with BackgroundServer(make_app(AnyScorer(), token=TOKEN, **options)) as address:
         yield address
