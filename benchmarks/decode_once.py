@@ -25,9 +25,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--dry-run", action="store_true", help="check the configuration and the model; start nothing")
     a = ap.parse_args()
 
-    from benchmarks.grpo_vs_trl import compose, rl_prompts
+    from benchmarks.grpo_vs_trl import compose, dry_run, rl_prompts
+
+    if a.dry_run:
+        dry_run({"engine": [f"model.path={a.model}", "rl.steps=1"]}, [a.model])
+        return
     from spct.config import engine_kwargs
     from spct.engine import VLLMEngine
 

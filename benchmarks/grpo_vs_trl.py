@@ -81,6 +81,19 @@ def compose(overrides: list[str]):
         return to_config(hydra_compose(config_name="config", overrides=overrides))
 
 
+def dry_run(configs: dict[str, list[str]], reads=()) -> None:
+    """--dry-run: compose and validate every spct configuration the benchmark would run (its
+    Hydra overrides, as `python -m spct.train` would) and check the files it reads; print them
+    and start nothing. A bad setting fails here, naming the key."""
+    missing = [str(p) for p in reads if p is not None and not Path(p).exists()]
+    if missing:
+        sys.exit(f"--dry-run: not found: {', '.join(missing)}")
+    for name, overrides in configs.items():
+        compose(overrides)
+        print(f"{name}: python -m spct.train {' '.join(overrides)}")
+    print("dry run: every configuration composes and validates; nothing was started")
+
+
 def rl_prompts(cfg) -> list[tuple[str, list[float], list[int], int, int]]:
     """The prompts spct's RL phase renders (its own `rl_prompts`), step by step, with what the
     rule reward needs: (text, item rewards, response order, low, high)."""
@@ -240,6 +253,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="hide the two sides' own output")
     ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--dry-run", action="store_true", help="check every configuration it would run; start nothing")
     return ap
 
 
@@ -249,6 +263,14 @@ def main() -> None:
         trl_worker(a)
         return
 
+    if a.dry_run:
+        configs = {}
+        for size in a.sizes.split(","):
+            model = Path(a.model) if a.model else a.out / f"model-{size}"
+            for name, *overrides in [("spct",), *a.variant]:
+                configs[f"{size} {name}"] = [*common_overrides(a, model), *a.spct_args, *overrides]
+        dry_run(configs, [a.model])
+        return
     results = {}
     for size in a.sizes.split(","):
         out = a.out / size

@@ -141,7 +141,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "learner_vs_torch")
+    ap.add_argument("--dry-run", action="store_true", help="check the learner settings; start nothing")
     a = ap.parse_args()
+    if a.dry_run:
+        from benchmarks.grpo_vs_trl import SIZES
+        from spct.learner.spec import LearnerSpec
+
+        unknown = sorted(set(a.sizes.split(",")) - set(SIZES))
+        if unknown:
+            sys.exit(f"--sizes: unknown {unknown}; expected some of {sorted(SIZES)}")
+        LearnerSpec("model", zero_stage=0, lr=a.lr, micro_batch_size=a.micro, dtype="float32", with_reference=True,
+                    num_threads=a.threads, total_steps=max(1, a.steps))
+        print(f"dry run: sizes {a.sizes}, {a.steps} steps of {a.prompts} prompts x {a.group}: the learner settings "
+              "validate; nothing was started")
+        return
     a.out.mkdir(parents=True, exist_ok=True)
 
     from benchmarks.grpo_vs_trl import build_model

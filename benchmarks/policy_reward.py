@@ -22,7 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from spct.scaling import mean_interval
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from spct.scaling import mean_interval  # noqa: E402
 
 KINDS = {  # short name: (label, overrides)
     "greedy": ("GRM greedy (k=1)", ["policy.reward.k=1"]),
@@ -39,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     ap.add_argument("--split", default="test", help="held-out split (tune on validation)")
     ap.add_argument("--out", default="outputs/bench/policy_reward")
+    ap.add_argument("--dry-run", action="store_true", help="check every run's configuration; start nothing")
     ap.add_argument("overrides", nargs="*", help="more spct.train overrides for every run")
     return ap
 
@@ -87,6 +91,21 @@ def main() -> None:
         if not path.exists():
             sys.exit(f"--grm-run: {path} not found (expected a finished `make train` run)")
     out = Path(args.out)
+    if args.dry_run:
+        from benchmarks.grpo_vs_trl import dry_run
+
+        def policy(s: int) -> Path:
+            return out / f"seed{s}" / "sft" / "checkpoints" / "policy_sft-final" / "model"
+
+        configs = {f"seed{s} sft": ["experiment=policy", "phases=[policy_sft]", f"seed={s}", *args.overrides]
+                   for s in args.seeds}
+        configs |= {f"seed{s} {kind}": ["experiment=policy", "phases=[policy_rl]", f"seed={s}",
+                                        f"policy.model={policy(s)}", f"policy.grm={grm}",
+                                        f"policy.eval_split={args.split}",
+                                        *[o.format(meta_rm=meta_rm) for o in KINDS[kind][1]], *args.overrides]
+                    for s in args.seeds for kind in args.kinds}
+        dry_run(configs)
+        return
     wall = 0.0  # the runs' own wall times, also for runs an earlier invocation finished
     runs: dict[str, dict[int, dict]] = {k: {} for k in args.kinds}
     floor: dict[int, list[float]] = {}

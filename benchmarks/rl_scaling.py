@@ -35,11 +35,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "rl_scaling")
     ap.add_argument("--spct-args", nargs="*", default=[])
+    ap.add_argument("--dry-run", action="store_true", help="check every configuration it would run; start nothing")
     a = ap.parse_args()
 
-    from benchmarks.grpo_vs_trl import build_model, run_spct
+    from benchmarks.grpo_vs_trl import build_model, common_overrides, dry_run, run_spct
 
     settings = run_settings(a.steps, a.spct_args)
+    if a.dry_run:
+        configs = {}
+        for size in a.sizes.split(","):
+            for prompts in (int(p) for p in a.prompts.split(",")):
+                settings.prompts = prompts
+                model = Path(a.model) if a.model else REPO / "outputs" / "bench" / f"model-{size}"
+                configs[f"{size} {prompts} prompts"] = [*common_overrides(settings, model), *a.spct_args]
+        dry_run(configs, [a.model])
+        return
     results: dict[str, dict[int, dict]] = {}
     for size in a.sizes.split(","):
         model = Path(a.model) if a.model else build_model(size, REPO / "outputs" / "bench", 0)

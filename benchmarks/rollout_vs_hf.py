@@ -80,7 +80,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "rollout_vs_hf")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--dry-run", action="store_true", help="check every configuration it would run; start nothing")
     a = ap.parse_args()
+    if a.dry_run:
+        from benchmarks.grpo_vs_trl import dry_run
+
+        models = {size: Path(a.model) if a.model else REPO / "outputs" / "bench" / f"model-{size}"
+                  for size in a.sizes.split(",")}
+        dry_run({size: [f"model.path={m}", f"rl.prompts_per_step={a.prompts}", "rl.steps=1"]
+                 for size, m in models.items()}, [a.model])
+        return
     a.out.mkdir(parents=True, exist_ok=True)
     if a.worker:  # one size per process: vLLM's thread settings do not come undone
         size, model = a.worker.split("=", 1)

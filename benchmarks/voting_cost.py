@@ -34,9 +34,14 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--overrides", nargs="*", default=[], help="spct.train overrides, e.g. rollout.block_size=128")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "voting_cost")
+    ap.add_argument("--dry-run", action="store_true", help="check the configuration and the model; start nothing")
     a = ap.parse_args()
 
-    from benchmarks.grpo_vs_trl import compose
+    from benchmarks.grpo_vs_trl import compose, dry_run
+
+    if a.dry_run:
+        dry_run({"pool": [f"model.path={a.model}", f"data.test_size={a.items}", *a.overrides]}, [a.model])
+        return
     from spct.cluster import init_ray
     from spct.config import engine_kwargs
     from spct.data import load_splits
