@@ -36,13 +36,6 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quick") / "run"
-    log = _finish(_train(out, "logger=wandb"))
-    return out, log
-
-
 def test_quick_experiment_runs_every_phase(quick_run):
     out, log = quick_run
     results = json.loads((out / "results.json").read_text())["results"]
