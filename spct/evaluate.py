@@ -62,7 +62,6 @@ from spct.config import (
 )
 from spct.data import Item, load_items
 from spct.evaluation import run_benchmarks
-from spct.meta_rm import meta_scorer
 from spct.scaling import Row
 from spct.scoring import BENCHMARKS, both_orders
 
@@ -264,6 +263,8 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
                 num_cpus_per_engine=r.num_cpus_per_engine,
                 num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size))
             if c.meta_rm.path:
+                from spct.meta_rm import meta_scorer
+
                 score_meta, actor = meta_scorer(c.meta_rm.path, c.meta_rm.dtype, c.meta_rm.max_length,
                                                 num_gpus=c.cluster.gpus(1))
         tables = run_benchmarks(pool, benchmarks, out, k_max=c.k_max, temperature=c.temperature,

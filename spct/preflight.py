@@ -103,11 +103,13 @@ def flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _matches(key: str, name: str) -> bool:
+    """`name` is a key, or a prefix of keys when it ends with '.' or '_'."""
+    return key == name or (name[-1] in "._" and key.startswith(name))
+
+
 def _phases_of(key: str) -> tuple[str, ...] | None:
-    for prefix, phases in PHASE_KEYS.items():
-        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
-            return phases
-    return None
+    return next((phases for name, phases in PHASE_KEYS.items() if _matches(key, name)), None)
 
 
 def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any], started: Sequence[str]) -> list[str]:
@@ -118,7 +120,7 @@ def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any], started: Se
     out = []
     for key in sorted(set(a) | set(b)):
         old, new = a.get(key, "<absent>"), b.get(key, "<absent>")
-        if old == new or any(key == n or (n.endswith(".") and key.startswith(n)) for n in NEUTRAL):
+        if old == new or any(_matches(key, n) for n in NEUTRAL):
             continue
         if key == "phases":
             if list(new[: len(started)]) == list(started):

@@ -323,3 +323,48 @@ def test_an_rl_prompt_longer_than_the_context_is_left_out_not_a_crash(tmp_path):
                    "rl.prompts_per_step=4", "rl.group_size=2"))
     (step,) = [r for r in _records(out) if r["phase"] == "rl" and "skipped_prompts" in r]
     assert step["skipped_prompts"] == 1 and "loss" in step
+
+
+def test_a_sweep_runs_each_job_in_its_own_folder_with_its_own_results(tmp_path):
+    """`-m` over two values: one folder per job, named by its swept override, each with its own
+    results and config, and one W&B group for the sweep."""
+    base = tmp_path / "sweep"
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", "spct.train", "-m", "experiment=quick", f"output_dir={base}",
+                           "phases=[warmup]", "warmup.lr=0.002,0.02"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    jobs = {p.name: p for p in base.iterdir() if p.is_dir()}
+    assert sorted(jobs) == ["warmup.lr=0.002", "warmup.lr=0.02"]
+    losses = {name: [r["loss"] for r in _records(out) if "loss" in r] for name, out in jobs.items()}
+    assert all(len(v) == 20 for v in losses.values())
+    assert losses["warmup.lr=0.002"] != losses["warmup.lr=0.02"]
+    from omegaconf import OmegaConf
+
+    saved = {name: OmegaConf.load(out / "config.yaml") for name, out in jobs.items()}
+    assert {name: c.warmup.lr for name, c in saved.items()} == {"warmup.lr=0.002": 0.002, "warmup.lr=0.02": 0.02}
+    assert {c.logger.group for c in saved.values()} == {"sweep:warmup.lr"}
+    assert {c.logger.run_name for c in saved.values()} == {"sweep/warmup.lr=0.002", "sweep/warmup.lr=0.02"}
+
+
+def test_a_rerun_with_another_config_is_refused_before_ray_naming_the_keys(quick_run, tmp_path):
+    """A finished run rerun with other settings: refused in seconds, naming each key that would
+    change its results (and not the settings of phases it has not run); checkpoint.resume=force
+    resumes it anyway and keeps the earlier config beside the new one."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(quick_run[0], out)
+    start = time.time()
+    log, _ = _train(out, "rl.beta=0.5", "eval.k_max=2", "policy.lr=0.1").communicate(timeout=120)
+    assert time.time() - start < 60
+    assert "holds a run made with another configuration" in log
+    assert "rl.beta: 0.02 -> 0.5" in log and "eval.k_max: 4 -> 2" in log
+    assert "policy.lr" not in log  # the policy phases have not run
+    assert "checkpoint.resume=force" in log and "Ray instance" not in log
+
+    log = _finish(_train(out, "rl.beta=0.5", "checkpoint.resume=force"))
+    assert "already complete" in log
+    assert "beta: 0.5" in (out / "config.yaml").read_text()
+    (before,) = out.glob("config.before-*.yaml")
+    assert "beta: 0.02" in before.read_text()
