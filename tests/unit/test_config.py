@@ -18,7 +18,17 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from spct.config import POSITIVE, Config, ConfigError, numbers, register_schema, to_config, validate
+from spct.config import (
+    GRM_DEFAULTS,
+    POSITIVE,
+    Config,
+    ConfigError,
+    ModelConfig,
+    numbers,
+    register_schema,
+    to_config,
+    validate,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -233,7 +243,8 @@ def test_validate_names_every_field_in_a_bad_combination(
         assert field in str(err.value)
 
 
-NUMBERS = [key for key, _ in numbers(Config(output_dir="out"))]
+# Every number of the schema, the GRM's settings (null there: their card's or the defaults) included.
+NUMBERS = [key for key, _ in numbers(Config(output_dir="out", model=ModelConfig(**GRM_DEFAULTS)))]
 
 
 def _with(config: Config, key: str, value) -> Config:
