@@ -298,6 +298,7 @@ class LoggerConfig:
     entity: str | None = None
     run_name: str | None = None
     group: str | None = None  # null: the sweep's folder name for the jobs of a sweep (-m), else none
+    tags: list[str] = field(default_factory=list)  # a sweep's job gets its swept overrides
     mode: str = "auto"  # auto (offline without an API key) | online | offline
 
 

@@ -246,7 +246,7 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
 
     tracker = Tracker(out, kind=c.logger.kind, project=c.logger.project, entity=c.logger.entity,
                       run_name=c.logger.run_name or f"eval-{out.name}", mode=c.logger.mode,
-                      config=dataclasses.asdict(c), group=c.logger.group)
+                      config=dataclasses.asdict(c), group=c.logger.group, tags=c.logger.tags or None)
     pool = actor = None
     score_meta = None
     try:

@@ -85,7 +85,8 @@ def place_sweep_job(config: Config, job: SweepJob | None) -> Config:
     base = Path(config.output_dir)
     lg = config.logger
     logger = dataclasses.replace(lg, group=lg.group or f"{base.name}:{job.group}",
-                                 run_name=lg.run_name or f"{base.name}/{job.folder}")
+                                 run_name=lg.run_name or f"{base.name}/{job.folder}",
+                                 tags=lg.tags or [o[:64] for o in job.overrides])  # W&B's limit per tag
     return dataclasses.replace(config, output_dir=str(base / job.folder), logger=logger)
 
 

@@ -345,6 +345,7 @@ def test_a_sweep_runs_each_job_in_its_own_folder_with_its_own_results(tmp_path):
     assert {name: c.warmup.lr for name, c in saved.items()} == {"warmup.lr=0.002": 0.002, "warmup.lr=0.02": 0.02}
     assert {c.logger.group for c in saved.values()} == {"sweep:warmup.lr"}
     assert {c.logger.run_name for c in saved.values()} == {"sweep/warmup.lr=0.002", "sweep/warmup.lr=0.02"}
+    assert [c.logger.tags for c in saved.values()] == [[name] for name in jobs]
 
 
 def test_a_rerun_with_another_config_is_refused_before_ray_naming_the_keys(quick_run, tmp_path):

@@ -85,6 +85,7 @@ def test_a_sweep_job_gets_a_folder_a_group_and_a_run_name():
     config = preflight.place_sweep_job(_config("output_dir=outputs/b"), job)
     assert config.output_dir == str(Path("outputs/b/rl.beta=0.02"))
     assert (config.logger.group, config.logger.run_name) == ("b:rl.beta", "b/rl.beta=0.02")
+    assert config.logger.tags == ["rl.beta=0.02"]
     assert preflight.place_sweep_job(_config(), None) == _config()
 
 
