@@ -560,6 +560,7 @@ def check_rollout(ch: Checks, r: RolloutConfig, gpus: int, learner_ranks: int | 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 LOGGERS, LOGGER_MODES = ("wandb", "none"), ("auto", "online", "offline")
 RESUME = ("auto", "force", "fresh")
+KL_KINDS = ("k1", "k2", "k3")
 
 
 def check_cluster(ch: Checks, c: ClusterConfig) -> None:
@@ -590,8 +591,6 @@ def _validate_policy(c: Config, ch: Checks) -> None:
         need(pc.max_new_tokens < c.model.max_model_len, "policy.max_new_tokens",
              f"below model.max_model_len ({c.model.max_model_len}, the policy engines' context), got {pc.max_new_tokens}")
 
-
-KL_KINDS = ("k1", "k2", "k3")
 
 # Numbers that must be > 0; every other number in the config must be >= 0 (and finite).
 POSITIVE = frozenset("""
@@ -681,12 +680,33 @@ def validate(c: Config) -> None:
         need(r < 1 or size % r == 0, key, f"a multiple of learner.num_ranks ({r}), got {size}")
     # Each rank's share of a GRPO batch holds whole groups, so every rank runs the same number of
     # micro-batches (ZeRO-3's collectives wait for all of them).
+    if c.data.kind == "synthetic":
+        ch.errors += data_problems(c, {"train": c.data.train_size, "validation": c.data.validation_size,
+                                       "test": c.data.test_size})
     for key, prompts, phase in (("rl.prompts_per_step", c.rl.prompts_per_step, "rl"),
                                 ("policy.prompts_per_step", c.policy.prompts_per_step, "policy_rl")):
         if phase in c.phases and r > 1:
             need(prompts % r == 0, key, f"a multiple of learner.num_ranks ({r}) so each rank trains on whole "
                  f"groups, got {prompts}")
     ch.done()
+
+
+def data_problems(c: Config, sizes: Mapping[str, int]) -> list[str]:
+    """What the phases would draw from splits of these sizes and cannot: a batch of distinct
+    train items larger than the train split, an evaluation of an empty split."""
+    ch = Checks()
+    train = sizes.get("train", 0)
+    draws = {"warmup": ("warmup.batch_size", c.warmup.batch_size), "rl": ("rl.prompts_per_step", c.rl.prompts_per_step),
+             "policy_sft": ("policy.sft_batch_size", c.policy.sft_batch_size),
+             "policy_rl": ("policy.prompts_per_step", c.policy.prompts_per_step)}
+    for phase, (key, n) in draws.items():
+        if phase in c.phases:
+            ch.need(n <= train, key, f"at most the {train} items of the train split (a batch draws distinct items), "
+                    f"got {n}")
+    if "eval" in c.phases:
+        ch.need(sizes.get(c.eval.split, 0) > 0, f"data.{c.eval.split}",
+                f"items to evaluate on (eval.split={c.eval.split!r} is empty)")
+    return ch.errors
 
 
 # ----------------------------------------------------------------------------- data and models
@@ -754,6 +774,32 @@ def check_sources(named: Mapping[str, tuple[str | None, str]], strict: bool = Tr
                 warnings.append(text + "; not checked")
     ch.done()
     return warnings
+
+
+def visible_gpus() -> int:
+    """The GPUs `nvidia-smi -L` lists on this machine (0 without it)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
+def local_gpu_problem(c: ClusterConfig, gpus=visible_gpus) -> str | None:
+    """A local Ray (no cluster address) asked for more GPUs than this machine has: Ray would
+    grant them and every GPU actor would fail on start."""
+    if c.address or os.environ.get("RAY_ADDRESS") or not c.num_gpus:
+        return None
+    have = gpus()
+    if c.num_gpus <= have:
+        return None
+    return (f"cluster.num_gpus: expected at most {have}, the GPUs this machine has (nvidia-smi), for a local Ray; "
+            f"got {c.num_gpus} (join a cluster with cluster.address, or run on a machine with them)")
 
 
 def sources(c: Config) -> dict[str, tuple[str | None, str]]:

@@ -55,9 +55,10 @@ from spct.config import (
     check_rollout,
     check_sources,
     engine_kwargs,
+    local_gpu_problem,
+    path_shorthand,
     resolve_meta_rm,
     resolve_model,
-    path_shorthand,
     structured,
 )
 from spct.data import Item, load_items
@@ -234,6 +235,10 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
         {"model.path": (c.model.path, "model"), "meta_rm.path": (c.meta_rm.path, "model"),
          **{f"benchmarks ({b})": (DEFAULT_SOURCES[b][0], "dataset") for b in c.benchmarks if b in DEFAULT_SOURCES}},
         strict=not c.dry_run)
+    gpu = None if c.rescore else local_gpu_problem(c.cluster)
+    if gpu and not c.dry_run:
+        raise ConfigError(f"invalid evaluate configuration:\n  {gpu}")
+    warnings += [gpu] if gpu else []
     if c.dry_run:
         print(plan(c, sources, warnings))
         return {}
@@ -289,11 +294,16 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
     return tables
 
 
-def _main() -> None:
-    import hydra
+def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="spct_evaluate_schema", node=EvaluateConfig)
+
+
+def _main() -> None:
+    import hydra
+
+    register_schema()
     sys.argv[1:] = path_shorthand(sys.argv[1:])
 
     @hydra.main(config_path="../conf", config_name="evaluate", version_base=None)

@@ -27,9 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spct.cluster import init_ray
 from spct.card import write_card
-from spct.config import GRM_DEFAULTS, GRM_PHASES, POLICY_PHASES, Config, engine_kwargs, grm_settings
+from spct.cluster import init_ray
+from spct.config import (
+    GRM_DEFAULTS,
+    GRM_PHASES,
+    POLICY_PHASES,
+    Config,
+    ConfigError,
+    data_problems,
+    engine_kwargs,
+    grm_settings,
+)
 from spct.data import Item, load_splits
 from spct.grm import build_prompt, load_template, random_order
 from spct.grm.trajectory import Shown, Trajectory, read
@@ -68,6 +77,9 @@ class Pipeline:
         self.state = loaded or self.state
         # Bad data fails here, before any actor starts.
         self.data = load_splits(seed=self.cfg.seed, **dataclasses.asdict(self.cfg.data))
+        problems = data_problems(cfg, {split: len(items) for split, items in self.data.items()})
+        if problems:
+            raise ConfigError("invalid configuration for this data:\n  " + "\n  ".join(problems))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
         from spct.placement import Bundles, layout, placement_report, reserve
 

@@ -216,6 +216,21 @@ def toy_defaults(config: Config, choices: Mapping[str, str | None]) -> list[str]
             "meta_rm=paper learner=gpu)"]
 
 
+def local_capacity(config: Config) -> list[str]:
+    """What a run on a local Ray (no cluster address) needs that this machine's Ray will not have:
+    its engines, learner ranks and the actors beside them against the CPUs and GPUs it starts
+    with (cluster.num_cpus, else every core; cluster.num_gpus)."""
+    from spct.config import local_gpu_problem
+    from spct.placement import layout, shortfall
+
+    c = config.cluster
+    if c.address or os.environ.get("RAY_ADDRESS"):
+        return []
+    node = {"CPU": float(c.num_cpus or os.cpu_count() or 1), **({"GPU": float(c.num_gpus)} if c.num_gpus else {})}
+    gpu = local_gpu_problem(c)
+    return [f"cluster: {p}" for p in shortfall(layout(config), [node])] + ([gpu] if gpu else [])
+
+
 def run_inputs(config: Config, state) -> None:
     """What a phase needs that the config alone cannot show: the policy's GRM may be one this
     run trained (in this command or in the run being resumed)."""

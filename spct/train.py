@@ -20,7 +20,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from spct.config import check_sources, load_config, register_schema, sources
+from spct.config import ConfigError, check_sources, load_config, register_schema, sources
 
 log = logging.getLogger("spct")
 
@@ -113,6 +113,10 @@ def run(cfg: DictConfig, choices: dict | None = None, job=None) -> dict:
     changes = preflight.check_rerun(config, state, saved)
     preflight.run_inputs(config, state)
     warnings += check_sources(sources(config), strict=not config.dry_run)
+    capacity = preflight.local_capacity(config)
+    if capacity and not config.dry_run:
+        raise ConfigError("invalid configuration: this machine cannot hold the run:\n  " + "\n  ".join(capacity))
+    warnings += capacity
     if config.dry_run:
         print(preflight.train_plan(config, state, setting_sources, warnings,
                                    preflight.resume_note(config, state, saved, changes)))
@@ -145,7 +149,6 @@ def run(cfg: DictConfig, choices: dict | None = None, job=None) -> dict:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from spct.config import ConfigError
     from spct.preflight import sweep_job
 
     try:

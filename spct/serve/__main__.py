@@ -19,7 +19,7 @@ import hydra
 import uvicorn
 from omegaconf import DictConfig
 
-from spct.config import ConfigError, check_sources, path_shorthand
+from spct.config import ConfigError, check_sources, local_gpu_problem, path_shorthand
 from spct.serve.app import _Server, make_app
 from spct.serve.config import TOKEN_ENV, ServeConfig, app_options, load_serve_config, plan
 from spct.serve.scorer import build_scorer
@@ -61,18 +61,28 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def prepare(cfg: DictConfig) -> tuple[ServeConfig, str | None, str | None]:
+    """Every check before anything starts (the config, the model paths, the GPUs); returns the
+    config, the token and, with dry_run=true, the plan to print instead of serving."""
+    c, sources = load_serve_config(cfg)
+    warnings = check_sources({"model": (c.model.path, "model"), "meta_rm": (c.meta_rm.path, "model")},
+                             strict=not c.dry_run)
+    gpu = local_gpu_problem(c.cluster)
+    if gpu and not c.dry_run:
+        raise ConfigError(f"invalid serve configuration:\n  {gpu}")
+    token = c.token or os.environ.get(TOKEN_ENV) or None
+    return c, token, plan(c, sources, warnings + ([gpu] if gpu else []), token is not None) if c.dry_run else None
+
+
 @hydra.main(config_path=None, config_name="serve", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        c, sources = load_serve_config(cfg)
-        warnings = check_sources({"model": (c.model.path, "model"), "meta_rm": (c.meta_rm.path, "model")},
-                                 strict=not c.dry_run)
+        c, token, dry_plan = prepare(cfg)
     except ConfigError as e:
         log.error("%s", e)
         sys.exit(1)
-    token = c.token or os.environ.get(TOKEN_ENV) or None
-    if c.dry_run:
-        print(plan(c, sources, warnings, token is not None))
+    if dry_plan is not None:
+        print(dry_plan)
         return
     serve(c, token)
 

@@ -8,9 +8,9 @@ Each runs in a sandbox folder that holds what the docs assume: the runs they rea
 loaders read), and the repository's launch/ and benchmarks/.
 
 - `python -m spct.evaluate` runs for real on quick sizes (k_max=2, 3 items per benchmark).
-- `python -m spct.serve` starts for real, as written, on a free port: one request is scored over
-  HTTP and the doc's `curl` commands go to it; later serve commands of the same doc are checked
-  with dry_run=true.
+- The first `python -m spct.serve` starts for real, as written, on a free port: one request is
+  scored over HTTP, and the `curl` commands of every doc go to it; later serve commands are
+  checked with dry_run=true.
 - `python -m spct.train` (hours as documented; `experiment=quick` runs for real in
   test_train_quick.py), `make train|evaluate|serve`, and every command marked `# needs: ...`
   (a GPU, a cluster) go through the same composition and checks with dry_run=true;
@@ -131,8 +131,8 @@ class Server:
 
 
 class Runner:
-    """Runs one doc's commands in order in the sandbox; a server it starts serves the doc's
-    later `curl` commands."""
+    """Runs the docs' commands in order in the sandbox; the server it starts serves the later
+    `curl` commands."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -274,13 +274,13 @@ class Runner:
         assert reply.status_code == 200 and len(reply.json()["rewards"]) == 2, reply.text
 
     def curl(self, tokens: list[str], cmd: Command) -> None:
-        assert self.server is not None, f"{cmd}: no server of this doc is running to answer it"
+        assert self.server is not None, f"{cmd}: no documented server is running to answer it"
         argv = [re.sub(r"^http://[^/]+", self.server.url, t) for t in tokens]
         proc = subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         reply = json.loads(proc.stdout)
         assert "rewards" in reply, reply
-        self.checked.append(f"{cmd}: answered by the doc's server")
+        self.checked.append(f"{cmd}: answered by the documented server")
 
     def close(self) -> None:
         if self.server is not None:
@@ -294,12 +294,16 @@ def test_the_docs_have_commands_and_every_one_is_found():
     assert not [c for c in joined if "\\" in c.text.split()], "a continuation line was not joined"
 
 
+@pytest.fixture(scope="module")
+def runner(sandbox: Path):
+    r = Runner(sandbox)
+    yield r
+    r.close()
+
+
 @pytest.mark.parametrize("doc", [d for d in DOCS if documented_commands(d)], ids=lambda d: d.relative_to(REPO).as_posix())
-def test_every_documented_command_works_as_written(doc: Path, sandbox: Path):
-    runner = Runner(sandbox)
-    try:
-        for cmd in documented_commands(doc):
-            runner.check(cmd)
-    finally:
-        runner.close()
+def test_every_documented_command_works_as_written(doc: Path, runner: Runner):
+    runner.checked = []
+    for cmd in documented_commands(doc):
+        runner.check(cmd)
     print("\n".join(runner.checked))

@@ -252,16 +252,18 @@ POLICY_QUICK = ("policy.tiny_preset=test", "policy.sft_steps=4", "policy.sft_bat
 
 
 def test_policy_trained_with_the_runs_grm_as_its_reward(quick_run, tmp_path):
-    """experiment=policy appended to a finished GRM run: the GRM defaults to the run's rl-final,
-    the group of rollouts is judged in one GRM prompt by Voting@2 guided by the run's meta RM."""
+    """Policy phases appended to a finished GRM run: the GRM defaults to the run's rl-final, the
+    group of rollouts is judged in one GRM prompt by Voting@2 guided by the run's meta RM."""
     import shutil
 
     src, _ = quick_run
     out = tmp_path / "run"
     shutil.copytree(src, out)
     meta_rm = out / "checkpoints" / "meta_rm-final" / "model"
-    _finish(_train(out, "experiment=policy", "phases=[warmup,rft,rl,meta_rm,eval,policy_sft,policy_rl]",
-                   f"output_dir={out}", *POLICY_QUICK, "policy.reward.k=2", f"policy.meta_rm={meta_rm}"))
+    # The run's own settings (experiment=quick) with the policy phases appended: the rerun check
+    # lets settings of phases that have not started change.
+    _finish(_train(out, "phases=[warmup,rft,rl,meta_rm,eval,policy_sft,policy_rl]", *POLICY_QUICK,
+                   "policy.lr=2e-4", "policy.max_new_tokens=32", "policy.reward.k=2", f"policy.meta_rm={meta_rm}"))
     results = json.loads((out / "results.json").read_text())["results"]
     assert 0.0 <= results["policy_rl"]["ci_low"] <= results["policy_rl"]["accuracy"] <= 1.0
     assert results["policy_rl"]["n"] == 8
@@ -287,16 +289,14 @@ def test_policy_trained_with_the_runs_grm_as_its_reward(quick_run, tmp_path):
     assert any(not (before[k] == after[k]).all() for k in before)
 
 
-def test_a_policy_run_resumed_after_policy_sft_scores_with_its_meta_rm_and_does_not_wait_on_itself(quick_run, tmp_path):
-    """The README's policy command with a meta RM, in a folder whose policy_sft is done (a rerun,
-    or benchmarks/policy_reward.py): the meta RM starts before the policy's learner and scores
-    beside the placement group, so the learner gets its bundle (this waited forever before).
-    policy.grm names a GRM from elsewhere (no GRM phase in this run); each rollout is judged
-    alone (n = 1)."""
+def test_policy_single_mode_needs_no_grm_phase_in_the_run(quick_run, tmp_path):
+    """policy.grm names a GRM from elsewhere; each rollout is judged alone (n = 1), MetaRM-guided.
+    The meta RM starts before the policy's learner (policy_sft's has stopped with its phase) and
+    scores beside the placement group, so the learner gets its bundle: a run that waited forever
+    when the meta RM took it."""
     src, _ = quick_run
     out = tmp_path / "policy"
     grm, meta_rm = src / "checkpoints" / "rl-final" / "model", src / "checkpoints" / "meta_rm-final" / "model"
-    _finish(_train(out, "experiment=policy", f"output_dir={out}", *POLICY_QUICK, "phases=[policy_sft]"))
     _finish(_train(out, "experiment=policy", f"output_dir={out}", *POLICY_QUICK, f"policy.grm={grm}",
                    "policy.reward.mode=single", "policy.reward.k=2", f"policy.meta_rm={meta_rm}"), timeout=300)
     steps = [r for r in _records(out) if r["phase"] == "policy_rl" and "reward_mean" in r]
@@ -364,8 +364,9 @@ def test_a_rerun_with_another_config_is_refused_before_ray_naming_the_keys(quick
     assert "policy.lr" not in log  # the policy phases have not run
     assert "checkpoint.resume=force" in log and "Ray instance" not in log
 
+    earlier = set(out.glob("config.before-*.yaml"))
     log = _finish(_train(out, "rl.beta=0.5", "checkpoint.resume=force"))
     assert "already complete" in log
     assert "beta: 0.5" in (out / "config.yaml").read_text()
-    (before,) = out.glob("config.before-*.yaml")
+    (before,) = set(out.glob("config.before-*.yaml")) - earlier
     assert "beta: 0.02" in before.read_text()

@@ -1,8 +1,11 @@
 """Bad commands fail in seconds, before Ray starts, naming the key and what was expected.
 
 Each case is a whole command line of `python -m spct.train`, `spct.evaluate` or `spct.serve` as a
-user types it; docs/reliability.md counts them. A real-model run composed without a preset
-runs, but warns which of the tiny demo's settings it kept.
+user types it; docs/reliability.md counts them. Every case is composed by Hydra and checked by
+the command's own code (`spct.train.run`, `spct.evaluate.run`, `spct.serve.__main__.prepare`)
+with dry_run=true, so nothing can start even if a check were missing; a few run as the real
+command, without dry_run, in a fresh process. A real-model run composed without a preset runs,
+but warns which of the tiny demo's settings it kept.
 """
 
 from __future__ import annotations
@@ -55,6 +58,14 @@ TRAIN = [
      "policy.max_new_tokens: expected below model.max_model_len (512"),
     (["experiment=policy", "policy.reward.kind=judge", "policy.reward.k_meta=2"],
      "policy.reward.kind: expected one of grm, oracle"),
+    (["data.train_size=10"], "warmup.batch_size: expected at most the 10 items of the train split"),
+]
+# Checks a dry run reports as warnings (a command checked on a machine other than the one it
+# runs on): only the real command fails on them.
+TRAIN_REAL = [
+    (["cluster.num_cpus=1"], "cluster: CPU: the run needs 2 (learner rank, rollout engine), the cluster has 1"),
+    (["cluster.num_gpus=64"], "cluster.num_gpus: expected at most"),
+    (["learner.lr_schedule=cosin"], "learner.lr_schedule: expected one of constant, cosine, got 'cosin'"),
 ]
 EVALUATE = [
     ([], "model.path: expected the GRM checkpoint to evaluate (model=PATH"),
@@ -81,8 +92,14 @@ SERVE = [
     ([*TINY, "model.template=nope"], "model.template: prompt template not found"),
     ([*TINY, "max_items=0"], "max_items: expected > 0, got 0"),
 ]
+REAL = ([("spct.train", QUICK + a, e) for a, e in TRAIN_REAL]
+        + [("spct.evaluate", [*TINY, "cluster.num_gpus=64"], "cluster.num_gpus: expected at most"),
+           ("spct.evaluate", [*TINY, "k_max=0"], "k_max: expected > 0, got 0"),
+           ("spct.serve", [*TINY, "cluster.num_gpus=64"], "cluster.num_gpus: expected at most"),
+           ("spct.serve", [], "model: expected the GRM to serve (model=PATH")])
 CASES = ([("spct.train", QUICK + a, e) for a, e in TRAIN] + [("spct.evaluate", a, e) for a, e in EVALUATE]
          + [("spct.serve", a, e) for a, e in SERVE])
+CONF = REPO / "conf"
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +121,58 @@ def run(module: str, args: list[str], cwd: Path) -> tuple[int, str, float]:
     return proc.returncode, proc.stdout + proc.stderr, time.time() - start
 
 
+def checked(module: str, args: list[str], cwd: Path) -> str:
+    """Compose `args` as `python -m <module>` does and run the command's checks with dry_run=true
+    in this process; the text of the error they raise (or the plan)."""
+    from hydra import compose, initialize, initialize_config_dir
+
+    from spct.config import path_shorthand
+
+    args = [*path_shorthand(args), "dry_run=true"] if module != "spct.train" else [*args, "dry_run=true"]
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        if module == "spct.serve":
+            from spct.serve.__main__ import prepare
+
+            with initialize(config_path=None, version_base=None):
+                return prepare(compose("serve", overrides=args))[2]
+        name = {"spct.train": "config", "spct.evaluate": "evaluate"}[module]
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            cfg = compose(name, overrides=args)
+        if module == "spct.train":
+            from spct.train import run as train
+
+            return str(train(cfg))
+        from spct.evaluate import run as evaluate
+
+        return str(evaluate(cfg))
+    except Exception as e:  # noqa: BLE001 - the error is what the test reads
+        return f"{type(e).__name__}: {e}"
+    finally:
+        os.chdir(previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def schemas():
+    import spct.serve  # noqa: F401 - registers the "serve" schema
+    from spct.config import register_schema
+    from spct.evaluate import register_schema as register_evaluate
+
+    register_schema()
+    register_evaluate()
+
+
 @pytest.mark.parametrize("module,args,expected", CASES, ids=[f"{m.split('.')[1]}:{' '.join(a)}" for m, a, _ in CASES])
-def test_a_bad_setting_fails_in_seconds_before_ray_naming_the_key(module, args, expected, inputs, tmp_path):
+def test_a_bad_setting_is_refused_naming_the_key(module, args, expected, inputs, tmp_path):
+    out = checked(module, [a.format(**inputs) for a in args], tmp_path)
+    assert expected.format(**inputs) in out, out[-2000:]
+    assert out.startswith(("ConfigError", "ConfigCompositionException")), out[-2000:]
+    assert not any(tmp_path.rglob("metrics.jsonl")) and not any(tmp_path.rglob("config.yaml"))
+
+
+@pytest.mark.parametrize("module,args,expected", REAL, ids=[f"{m.split('.')[1]}:{' '.join(a)}" for m, a, _ in REAL])
+def test_the_real_command_fails_in_seconds_before_ray_naming_the_key(module, args, expected, inputs, tmp_path):
     code, out, wall = run(module, [a.format(**inputs) for a in args], tmp_path)
     assert code != 0, out[-2000:]
     assert expected.format(**inputs) in out, out[-2000:]

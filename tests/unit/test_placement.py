@@ -84,7 +84,7 @@ def test_colocation_needs_gpus_and_one_engine_per_learner_gpu():
 
 
 def test_a_held_place_is_refused_at_once_naming_its_holder_and_freed_when_given_back():
-    from spct.placement import BundleTaken, Bundles
+    from spct.placement import Bundles, BundleTaken
 
     bundles = Bundles()
     give_back = bundles.take("learner", [1], "the meta RM")
