@@ -47,7 +47,7 @@ SPLITS = ("train", "validation", "test")
 class ModelConfig:
     """The GRM: where its weights are, and how it is prompted and run.
 
-    The settings below it left null take what the checkpoint's card records (spct.json, written
+    The settings below, left null, take what the checkpoint's card records (spct.json, written
     beside every model spct saves), else GRM_DEFAULTS."""
 
     # A local folder or a hub id; or null with `tiny_preset` to build a tiny model from scratch.
@@ -424,6 +424,11 @@ def resolve_model(m: ModelConfig, prefix: str = "model.") -> dict[str, str]:
         raise ConfigError(f"invalid configuration:\n  {prefix}path: {e}") from None
     for key, value in values.items():
         setattr(m, key, value)
+    defaulted = [k for k, source in sources.items() if source == "default"]
+    if _local(m.path) and defaulted:  # a local model spct did not save: say what it was given
+        warnings.append(f"{m.path} has no spct.json card (a model spct did not save): "
+                        + ", ".join(f"{prefix}{k}={values[k]}" for k in defaulted)
+                        + " are the defaults; set them if it was trained with others")
     for warning in warnings:
         log.warning("%s", warning)
     return sources

@@ -46,11 +46,14 @@ def test_null_settings_come_from_the_card_and_a_set_one_wins_with_a_warning(grm,
     assert "model.max_model_len=256 differs from what" in caplog.text and "(512)" in caplog.text
 
 
-def test_a_model_without_a_card_takes_the_config_else_the_defaults(tmp_path):
+def test_a_model_without_a_card_takes_the_config_else_the_defaults_and_says_so(tmp_path, caplog):
     m = ModelConfig(path=str(tmp_path), template="compact")
-    sources = resolve_model(m)
+    with caplog.at_level(logging.WARNING, logger="spct"):
+        sources = resolve_model(m)
     assert m.template == "compact" and sources["template"] == "set"
     assert (m.max_model_len, m.single_template) == (GRM_DEFAULTS["max_model_len"], GRM_DEFAULTS["single_template"])
+    assert "has no spct.json card" in caplog.text and "model.max_model_len=4096" in caplog.text
+    assert "model.template" not in caplog.text  # it was set
 
 
 def test_the_card_keeps_the_exact_template_text_it_was_trained_with(tmp_path):
