@@ -154,12 +154,13 @@ def started_phases(state) -> list[str]:
 
 
 def check_rerun(config: Config, state, saved: Mapping[str, Any] | None) -> list[str]:
-    """For a run folder that holds a run (`state`): the changed keys, or [] when it may resume.
-    Raises ConfigError when they differ and checkpoint.resume is auto."""
-    if state is None or saved is None or config.checkpoint.resume != "auto":
+    """For a run folder that holds a run (`state`): the keys that differ from its saved config
+    ([] when it may resume as it is). Raises ConfigError when they differ and
+    checkpoint.resume is auto."""
+    if state is None or saved is None:
         return []
     changes = config_changes(saved, dataclasses.asdict(config), started_phases(state))
-    if changes:
+    if changes and config.checkpoint.resume == "auto":
         raise ConfigError(
             f"invalid configuration:\n  output_dir: {config.output_dir} holds a run made with another configuration; "
             f"these keys differ from its {CONFIG_FILE} (saved -> now):\n    " + "\n    ".join(changes)
@@ -240,6 +241,61 @@ def run_inputs(config: Config, state) -> None:
             and not trains_grm):
         raise ConfigError("invalid configuration:\n  policy.grm: expected the GRM that rewards the policy "
                           "(a checkpoint folder or hub id); this run trains none")
+
+
+# ------------------------------------------------------------------------------- all of it
+@dataclasses.dataclass
+class Preflight:
+    """Everything spct.train checks before Ray starts, for one configured run."""
+
+    config: Config
+    setting_sources: dict[str, str]  # where each GRM setting came from
+    state: Any  # the RunState in output_dir (None for a new run)
+    saved: dict[str, Any] | None  # its config.yaml
+    changes: list[str]  # keys that differ from it
+    warnings: list[str]
+
+    @classmethod
+    def check(cls, config: Config, setting_sources: dict[str, str], choices: Mapping[str, str | None],
+              job: SweepJob | None) -> Preflight:
+        """Place a sweep's job, then check the rerun, the phases' inputs, the models and data it
+        reads and what this machine can hold. Raises ConfigError naming every problem; what a
+        dry run cannot know for sure (the hub out of reach, another machine's resources) are
+        warnings for it."""
+        from spct.config import check_sources, sources
+        from spct.run_state import RunStore
+
+        config = place_sweep_job(config, job)
+        out = Path(config.output_dir)
+        warnings = toy_defaults(config, choices)
+        for warning in warnings:
+            log.warning("%s", warning)
+        state = RunStore(out / "checkpoints").read()
+        saved = read_saved_config(out)
+        changes = check_rerun(config, state, saved)
+        run_inputs(config, state)
+        warnings += check_sources(sources(config), strict=not config.dry_run)
+        capacity = local_capacity(config)
+        if capacity and not config.dry_run:
+            raise ConfigError("invalid configuration: this machine cannot hold the run:\n  " + "\n  ".join(capacity))
+        return cls(config, setting_sources, state, saved, changes, warnings + capacity)
+
+    def plan(self) -> str:
+        return train_plan(self.config, self.state, self.setting_sources, self.warnings,
+                          resume_note(self.config, self.state, self.saved, self.changes))
+
+    def begin(self) -> None:
+        """Before the run starts: a fresh start moves the old run aside, a forced resume says
+        what differs; the configuration is saved as the run's config.yaml."""
+        out = Path(self.config.output_dir)
+        saved = self.saved
+        if self.state is not None and self.config.checkpoint.resume == "fresh":
+            move_aside(out)
+            saved = None
+        elif self.changes:
+            log.warning("checkpoint.resume=force: resuming %s although its configuration differs:\n  %s", out,
+                        "\n  ".join(self.changes))
+        save_config(self.config, out, saved)
 
 
 # ----------------------------------------------------------------------------------- the plan

@@ -20,7 +20,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from spct.config import ConfigError, check_sources, load_config, register_schema, sources
+from spct.config import ConfigError, load_config, register_schema
 
 log = logging.getLogger("spct")
 
@@ -97,37 +97,14 @@ def run(cfg: DictConfig, choices: dict | None = None, job=None) -> dict:
     """Check everything that can be checked before Ray starts (spct.config, spct.preflight),
     then train, or with dry_run=true print the plan. `choices` are Hydra's group choices and
     `job` the sweep job (spct.preflight.sweep_job), when the command has them."""
-    from pathlib import Path
+    from spct.preflight import Preflight
 
-    from spct import preflight
-    from spct.run_state import RunStore
-
-    config, setting_sources = load_config(cfg)
-    config = preflight.place_sweep_job(config, job)
-    out = Path(config.output_dir)
-    warnings = preflight.toy_defaults(config, choices or {})
-    for warning in warnings:
-        log.warning("%s", warning)
-    state = RunStore(out / "checkpoints").read()
-    saved = preflight.read_saved_config(out)
-    changes = preflight.check_rerun(config, state, saved)
-    preflight.run_inputs(config, state)
-    warnings += check_sources(sources(config), strict=not config.dry_run)
-    capacity = preflight.local_capacity(config)
-    if capacity and not config.dry_run:
-        raise ConfigError("invalid configuration: this machine cannot hold the run:\n  " + "\n  ".join(capacity))
-    warnings += capacity
-    if config.dry_run:
-        print(preflight.train_plan(config, state, setting_sources, warnings,
-                                   preflight.resume_note(config, state, saved, changes)))
+    pre = Preflight.check(*load_config(cfg), choices or {}, job)
+    if pre.config.dry_run:
+        print(pre.plan())
         return {}
-    if state is not None and config.checkpoint.resume == "fresh":
-        preflight.move_aside(out)
-        state = saved = None
-    elif changes:
-        log.warning("checkpoint.resume=force: resuming %s although its configuration differs:\n  %s", out,
-                    "\n  ".join(changes))
-    preflight.save_config(config, out, saved)
+    pre.begin()
+    config = pre.config
     start = time.perf_counter()
     pipe, state = train(config)
     wall = time.perf_counter() - start

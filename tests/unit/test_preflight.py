@@ -59,7 +59,10 @@ def test_a_refused_rerun_names_the_keys_and_the_ways_out():
         preflight.check_rerun(_config("rl.lr=1e-3"), state, SAVED)
     assert "rl.lr: 5e-05 -> 0.001" in str(err.value)
     assert "checkpoint.resume=force" in str(err.value) and "checkpoint.resume=fresh" in str(err.value)
-    assert preflight.check_rerun(_config("rl.lr=1e-3", "checkpoint.resume=force"), state, SAVED) == []
+    forced = preflight.check_rerun(_config("rl.lr=1e-3", "checkpoint.resume=force"), state, SAVED)
+    assert forced == ["rl.lr: 5e-05 -> 0.001"]  # resumed anyway, the change said
+    assert "although these keys differ (checkpoint.resume=force): rl.lr" in preflight.resume_note(
+        _config("rl.lr=1e-3", "checkpoint.resume=force"), state, SAVED, forced)
     assert preflight.check_rerun(_config("rl.lr=1e-3"), None, SAVED) == []  # nothing to resume
     assert preflight.check_rerun(_config("rl.lr=1e-3"), state, None) == []  # a run from before config.yaml
 
