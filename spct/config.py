@@ -33,6 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("spct")
 
+# The configuration groups: spct/conf, which links to the repository's conf/ and holds a copy of
+# it in an installed package.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
 PHASES = ("warmup", "rft", "rl", "meta_rm", "eval", "policy_sft", "policy_rl")
 # Phases that change the GRM's weights; each is followed by a held-out greedy evaluation.
 GRM_PHASES = ("warmup", "rft", "rl")

