@@ -2,6 +2,7 @@
 
 An item is a query (a conversation) with n >= 1 candidate responses and one ground-truth
 reward per response whose maximum is unique: the response a reward model must rank first.
+A prompt for the policy phases is an item with no responses and no rewards (n = 0).
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def validate(item: Item, where: str = "<item>") -> Item:
         check_text(turn["role"], where, f"conversation[{i}].role")
         check_text(turn["content"], where, f"conversation[{i}].content")
     resp = item.responses
+    if resp == [] and item.rewards == []:  # a prompt (for the policy phases): nothing to judge
+        _check_optional(item, where)
+        return item
     if not isinstance(resp, list) or not resp:
         raise DataError(where, "responses", "expected a non-empty list of strings")
     for i, r in enumerate(resp):
@@ -133,6 +137,11 @@ def validate(item: Item, where: str = "<item>") -> Item:
     top = max(rew)
     if sum(1 for r in rew if r == top) != 1:
         raise DataError(where, "rewards", f"expected one unique maximum, got {rew}")
+    _check_optional(item, where)
+    return item
+
+
+def _check_optional(item: Item, where: str) -> None:
     for name in ("id", "source", "subset"):
         value = getattr(item, name)
         if value is not None:
@@ -142,7 +151,6 @@ def validate(item: Item, where: str = "<item>") -> Item:
     if not isinstance(item.meta, dict):
         raise DataError(where, "meta", f"expected an object, got {type(item.meta).__name__}")
     _check_strings(item.meta, where, "meta")
-    return item
 
 
 def _finite(x: int | float) -> bool:

@@ -1,30 +1,36 @@
-"""Read reward-model benchmarks in their original formats into the one item schema.
+"""Read datasets in their original formats into the one item schema.
 
 Every record is converted (or rejected with a DataError naming the file, the line or record
-and the field) so that a scoring run never silently evaluates on less data than it claims.
-Local JSON Lines, JSON lists and Parquet files are read directly; any other name is treated
-as a Hugging Face hub dataset, so the same call works on a laptop with an export and on a
-networked machine with the hub copy.
+and the field) so that a run never silently trains or evaluates on less data than it claims.
+A source is a local file (JSON Lines, JSON, Parquet, CSV), a folder saved by `datasets`
+(`save_to_disk`) or holding data files, or any Hugging Face hub dataset, with its split,
+subset (config), data_dir, revision and data_files, and a column mapping for files whose keys
+differ from the format's (`Source`). The formats are in spct.data.formats; docs/data.md shows
+each layout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spct.data.formats import CONVERTERS, FORMATS, GROUPED, HUB_SPLITS, Record, Skip, detect_format
 from spct.item import DataError, Item, validate
 
 logger = logging.getLogger("spct.data")
 
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
 class Items(list):
-    """The loaded items, plus how many records were skipped and why (with skip_invalid=True)."""
+    """The loaded items, plus the records left out: `skipped` invalid ones (skip_invalid=True,
+    their messages in `errors`) and `dropped`, per reason, those the format itself leaves out
+    (ties, another split's rows)."""
 
     def __init__(
         self, items: Iterable[Item] = (), skipped: int = 0, errors: list[str] | None = None
@@ -32,260 +38,73 @@ class Items(list):
         super().__init__(items)
         self.skipped = skipped
         self.errors: list[str] = errors if errors is not None else []
+        self.dropped: dict[str, int] = {}
         self.format: str | None = None  # the format given or detected
 
-
-@dataclass
-class _Record:
-    """One raw record with its location (for errors) and the fallback id used when it has none."""
-
-    data: Any
-    where: str
-    key: str
-    source: str
+    @property
+    def prompts_only(self) -> int:
+        """How many items are prompts (no responses): the policy phases' data, nothing to judge."""
+        return sum(1 for item in self if not item.responses)
 
 
-# --- field helpers: each names the field of the original format in its error -------------------
+@dataclass(frozen=True)
+class Source:
+    """Where a split's records come from and how to read them.
+
+    `path`: a local file or folder, or a hub dataset id. For a hub dataset or a folder:
+    `split` (default: what the format's set calls this split, else spct's split name; a slice
+    such as "train[:95%]" works), `subset` (the config name), `data_dir`, `revision`,
+    `data_files`. `format`: one of spct.data.formats.FORMATS, or null to detect it from the
+    first record's keys. `columns`: {the format's key: the key in your records}."""
+
+    path: str
+    split: str | None = None
+    subset: str | None = None
+    data_dir: str | None = None
+    revision: str | None = None
+    data_files: Any = None
+    format: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+
+    def hub_split(self, split: str) -> str:
+        return self.split or HUB_SPLITS.get(self.format or "", {}).get(split, split)
+
+    def describe(self) -> str:
+        extra = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)[1:]
+                 if getattr(self, f.name) not in (None, {})]
+        return f"{self.path}" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def _field(rec: _Record, name: str) -> Any:
-    if name not in rec.data or rec.data[name] is None:
-        raise DataError(rec.where, name, "missing")
-    return rec.data[name]
+SOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Source))
 
 
-def _text(value: Any, name: str, where: str, what: str = "response") -> str:
-    if not isinstance(value, str):
-        raise DataError(where, name, f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(where, name, f"empty {what}")
-    return value
-
-
-def _messages(value: Any, name: str, where: str) -> list[dict[str, str]]:
-    """A list of {role, content} turns; extra keys (e.g. RMB's 'language') are dropped."""
-    if not isinstance(value, list) or not value:
-        raise DataError(where, name, "expected a non-empty list of {role, content} messages")
-    turns = []
-    for i, turn in enumerate(value):
-        if not isinstance(turn, dict):
-            raise DataError(where, f"{name}[{i}]", "expected a {role, content} object")
-        if not isinstance(turn.get("role"), str):
-            raise DataError(where, f"{name}[{i}].role", "expected a string")
-        if not isinstance(turn.get("content"), str):
-            raise DataError(where, f"{name}[{i}].content", "expected a string")
-        turns.append({"role": turn["role"], "content": turn["content"]})
-    return turns
-
-
-def _answer(value: Any, name: str, where: str) -> str:
-    if not isinstance(value, dict) or "answer" not in value:
-        raise DataError(where, f"{name}.answer", "missing (expected {llm_name, answer})")
-    return _text(value["answer"], f"{name}.answer", where)
-
-
-def _id(rec: _Record, *names: str) -> str:
-    for name in names or ("id",):
-        value = rec.data.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise DataError(rec.where, name, f"expected a string or an integer, got {type(value).__name__}")
-        return str(value)
-    return rec.key
-
-
-def _source(rec: _Record) -> str:
-    own = rec.data.get("source")
-    if own is not None and not isinstance(own, str):
-        raise DataError(rec.where, "source", f"expected a string, got {type(own).__name__}")
-    return own or rec.source
-
-
-def _user(prompt: Any, where: str, name: str = "prompt") -> list[dict[str, str]]:
-    return [{"role": "user", "content": _text(prompt, name, where, "prompt")}]
-
-
-# --- converters: one original-format record -> items --------------------------------------------
-
-
-def _from_items(rec: _Record) -> list[Item]:
-    item = Item.from_dict(rec.data, rec.where)
-    item.id = item.id if item.id is not None else rec.key
-    item.source = item.source or rec.source
-    return [item]
-
-
-def _split_last(value: Any, name: str, where: str) -> tuple[list[dict[str, str]], str]:
-    """A message list ending in the assistant's response -> (conversation before it, response)."""
-    turns = _messages(value, name, where)
-    last = len(turns) - 1
-    if turns[last]["role"] != "assistant":
-        raise DataError(
-            where,
-            f"{name}[{last}].role",
-            f"expected 'assistant' (the response), got {turns[last]['role']!r}",
-        )
-    return turns[:last], _text(turns[last]["content"], f"{name}[{last}].content", where)
-
-
-def _from_pairwise(rec: _Record) -> list[Item]:
-    """RewardBench (strings), UltraFeedback-binarized and Skywork (message lists)."""
-    chosen, rejected = _field(rec, "chosen"), _field(rec, "rejected")
-    if isinstance(chosen, str) and isinstance(rejected, str):
-        conversation = _user(_field(rec, "prompt"), rec.where)
-        responses = [_text(chosen, "chosen", rec.where), _text(rejected, "rejected", rec.where)]
-    else:
-        before_c, best = _split_last(chosen, "chosen", rec.where)
-        before_r, worst = _split_last(rejected, "rejected", rec.where)
-        if before_c != before_r:
-            raise DataError(
-                rec.where,
-                "rejected",
-                "expected the same conversation as 'chosen' before the last assistant turn",
-            )
-        conversation = before_c or _user(_field(rec, "prompt"), rec.where)
-        responses = [best, worst]
-    subset = rec.data.get("subset")
-    item = Item(
-        conversation, responses, [1.0, 0.0], _id(rec, "id", "prompt_id"), _source(rec), subset
-    )
-    return [validate(item, rec.where)]
-
-
-def _from_judgebench(rec: _Record) -> list[Item]:
-    label = _field(rec, "label")
-    rewards = {"A>B": [1.0, 0.0], "B>A": [0.0, 1.0]}.get(label) if isinstance(label, str) else None
-    if rewards is None:
-        raise DataError(rec.where, "label", f'expected "A>B" or "B>A", got {label!r}')
-    responses = [
-        _text(_field(rec, "response_A"), "response_A", rec.where),
-        _text(_field(rec, "response_B"), "response_B", rec.where),
-    ]
-    source = _source(rec)
-    meta = {
-        "original_id": rec.data.get("original_id"),
-        "response_model": rec.data.get("response_model"),
-    }
-    item = Item(
-        _user(_field(rec, "question"), rec.where, "question"),
-        responses,
-        rewards,
-        _id(rec, "pair_id"),
-        source,
-        source,
-        meta,
-    )
-    return [validate(item, rec.where)]
-
-
-def _styles(rec: _Record, name: str) -> list[str]:
-    value = _field(rec, name)
-    if not isinstance(value, list) or len(value) != 3:
-        raise DataError(rec.where, name, "expected a list of 3 responses (one per style)")
-    return [_text(v, f"{name}[{i}]", rec.where) for i, v in enumerate(value)]
-
-
-def _from_rmbench(rec: _Record) -> list[Item]:
-    """All 9 (chosen style i, rejected style j) pairs, kept so that RM-Bench's accuracies can be
-    scored later: i < j is its hard set, i == j normal, i > j easy."""
-    conversation = _user(_field(rec, "prompt"), rec.where)
-    chosen, rejected = _styles(rec, "chosen"), _styles(rec, "rejected")
-    group, source, subset = _id(rec), _source(rec), rec.data.get("subset")
-    return [
-        validate(
-            Item(
-                [dict(t) for t in conversation],
-                [chosen[i], rejected[j]],
-                [1.0, 0.0],
-                f"{group}:{i}-{j}",
-                source,
-                subset,
-                {"group": group, "chosen_style": i, "rejected_style": j},
-            ),
-            rec.where,
-        )
-        for i in range(3)
-        for j in range(3)
-    ]
-
-
-def _from_rmb_pairwise(rec: _Record) -> list[Item]:
-    conversation = _messages(_field(rec, "conversation_input"), "conversation_input", rec.where)
-    responses = [
-        _answer(_field(rec, "chosen"), "chosen", rec.where),
-        _answer(_field(rec, "reject"), "reject", rec.where),
-    ]
-    item = Item(
-        conversation,
-        responses,
-        [1.0, 0.0],
-        _id(rec, "pair_uid"),
-        _source(rec),
-        rec.data.get("category_path"),
-    )
-    return [validate(item, rec.where)]
-
-
-def _from_rmb_bon(rec: _Record) -> list[Item]:
-    conversation = _messages(_field(rec, "conversation_input"), "conversation_input", rec.where)
-    losers = _field(rec, "loser_list")
-    if not isinstance(losers, list) or not losers:
-        raise DataError(rec.where, "loser_list", "expected a non-empty list of {llm_name, answer}")
-    responses = [_answer(_field(rec, "bon_best"), "bon_best", rec.where)]
-    responses += [_answer(v, f"loser_list[{i}]", rec.where) for i, v in enumerate(losers)]
-    rewards = [1.0] + [0.0] * len(losers)
-    item = Item(
-        conversation,
-        responses,
-        rewards,
-        _id(rec, "bon_uid"),
-        _source(rec),
-        rec.data.get("category_path"),
-    )
-    return [validate(item, rec.where)]
-
-
-CONVERTERS: dict[str, Callable[[_Record], list[Item]]] = {
-    "items": _from_items,
-    "pairwise": _from_pairwise,
-    "judgebench": _from_judgebench,
-    "rmbench": _from_rmbench,
-    "rmb_pairwise": _from_rmb_pairwise,
-    "rmb_bon": _from_rmb_bon,
-}
-
-# Checked in order; the first whose keys are all present wins (rmbench before pairwise: same keys).
-_SIGNATURES: dict[str, tuple[str, ...]] = {
-    "items": ("conversation", "responses", "rewards"),
-    "judgebench": ("pair_id", "question", "response_A", "response_B", "label"),
-    "rmb_pairwise": ("pair_uid", "conversation_input", "chosen", "reject"),
-    "rmb_bon": ("bon_uid", "conversation_input", "bon_best", "loser_list"),
-    "rmbench": ("prompt", "chosen", "rejected"),
-    "pairwise": ("chosen", "rejected"),
-}
-
-
-def detect_format(record: Any, where: str = "<record>") -> str:
-    """Name the format of a record from its keys (RM-Bench vs pairwise: lists of 3 strings)."""
-    if not isinstance(record, dict):
-        raise DataError(where, None, f"expected a JSON object, got {type(record).__name__}")
-    for name, keys in _SIGNATURES.items():
-        if not all(k in record for k in keys):
-            continue
-        if name == "rmbench" and not _is_string_list(record["chosen"]):
-            continue
-        return name
-    known = "; ".join(f"{name} ({', '.join(keys)})" for name, keys in _SIGNATURES.items())
-    raise DataError(
-        where,
-        None,
-        f"cannot detect the format from the keys {sorted(record)}; known formats: {known}. Pass format=...",
-    )
-
-
-def _is_string_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+def to_source(value: Any, key: str = "source", format: str | None = None,
+              columns: Mapping[str, str] | None = None) -> Source:
+    """A split's data as the config gives it: a path or hub id, or a mapping of Source's
+    fields. `format` and `columns` are the defaults a mapping may override. Errors name `key`."""
+    if isinstance(value, Source):
+        return value
+    if isinstance(value, str | Path):
+        value = {"path": str(value)}
+    if not isinstance(value, Mapping):
+        raise DataError(key, None, f"expected a path, a hub dataset id or a mapping of {', '.join(SOURCE_KEYS)}; "
+                        f"got {type(value).__name__}")
+    unknown = sorted(set(value) - set(SOURCE_KEYS))
+    if unknown:
+        raise DataError(key, unknown[0], f"not a source setting; expected one of {', '.join(SOURCE_KEYS)}")
+    spec = {"format": format, "columns": dict(columns or {}), **{k: v for k, v in value.items() if v is not None}}
+    if not isinstance(spec.get("path"), str) or not spec["path"]:
+        raise DataError(key, "path", "a local file or folder, or a hub dataset id")
+    for name in ("split", "subset", "data_dir", "revision", "format"):
+        if spec.get(name) is not None and not isinstance(spec[name], str):
+            raise DataError(key, name, f"expected a string, got {type(spec[name]).__name__}")
+    if spec["format"] is not None and spec["format"] not in FORMATS:
+        raise DataError(key, "format", f"null (detected from the keys) or one of {', '.join(FORMATS)}, "
+                        f"got {spec['format']!r}")
+    cols = spec["columns"]
+    if not isinstance(cols, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in cols.items()):
+        raise DataError(key, "columns", "expected a mapping {the format's key: your key}, strings both")
+    return Source(**{**spec, "columns": dict(cols)})
 
 
 # --- readers: source -> raw records with their locations ---------------------------------------
@@ -319,7 +138,7 @@ def _decode(raw: bytes, path: Path, lineno: int | None = None) -> str:
         ) from None
 
 
-def _read_jsonl(path: Path, raw: bytes) -> Iterator[_Record | DataError]:
+def _read_jsonl(path: Path, raw: bytes) -> Iterator[Record | DataError]:
     # Lines end at \n only: U+2028, U+2029 and U+0085 are legal inside JSON strings, and
     # str.splitlines would cut a record there.
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
@@ -332,10 +151,10 @@ def _read_jsonl(path: Path, raw: bytes) -> Iterator[_Record | DataError]:
         except DataError as e:
             yield e
             continue
-        yield _Record(data, where, f"{path.stem}:{lineno}", path.name)
+        yield Record(data, where, f"{path.stem}:{lineno}", path.name)
 
 
-def _read_parquet(path: Path) -> Iterator[_Record | DataError]:
+def _read_parquet(path: Path) -> Iterator[Record | DataError]:
     import pyarrow.parquet as pq
 
     try:
@@ -343,13 +162,29 @@ def _read_parquet(path: Path) -> Iterator[_Record | DataError]:
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError and others for a bad file
         raise DataError(str(path), None, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
     for i, data in enumerate(rows):
-        yield _Record(data, f"{path}, row {i}", f"{path.stem}:{i}", path.name)
+        yield Record(data, f"{path}, row {i}", f"{path.stem}:{i}", path.name)
 
 
-def _read_file(path: Path) -> Iterator[_Record | DataError]:
+def _read_csv(path: Path) -> Iterator[Record | DataError]:
+    """CSV with a header row. Every cell is read as text (a response "42" stays a string);
+    the formats read numbers and labels from text, and a cell holding a JSON list (messages)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    except Exception as e:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError and others
+        raise DataError(str(path), None, f"not a readable CSV file ({type(e).__name__}: {e})") from None
+    for i, data in enumerate(frame.to_dict("records")):
+        yield Record(data, f"{path}, row {i + 1} (after the header)", f"{path.stem}:{i}", path.name)
+
+
+def _read_file(path: Path) -> Iterator[Record | DataError]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         yield from _read_parquet(path)
+        return
+    if suffix == ".csv":
+        yield from _read_csv(path)
         return
     if suffix not in (".json", ".jsonl"):
         raise DataError(
@@ -362,86 +197,181 @@ def _read_file(path: Path) -> Iterator[_Record | DataError]:
         return
     records = _parse_json(_decode(raw, path), path)
     for i, data in enumerate(records):
-        yield _Record(data, f"{path}, record {i}", f"{path.stem}:{i}", path.name)
+        yield Record(data, f"{path}, record {i}", f"{path.stem}:{i}", path.name)
 
 
-def _read_hub(name: str, split: str, limit: int | None) -> Iterator[_Record | DataError]:
-    import datasets
-
-    dataset = datasets.load_dataset(name, split=split)
+def _rows(dataset: Any, name: str, split: str, limit: int | None) -> Iterator[Record]:
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     for i, data in enumerate(dataset):
-        yield _Record(dict(data), f"{name} (split {split}), row {i}", f"{name}:{split}:{i}", name)
+        yield Record(dict(data), f"{name} (split {split}), row {i}", f"{name}:{split}:{i}", name)
 
 
-def _records(source: str | Path, split: str, limit: int | None) -> Iterator[_Record | DataError]:
-    path = Path(source)
+def _read_saved(path: Path, split: str) -> Iterator[Record]:
+    """A folder written by Dataset.save_to_disk (one split) or DatasetDict.save_to_disk."""
+    import datasets
+
+    data = datasets.load_from_disk(str(path))
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise DataError(str(path), None, f"no split {split!r} in this saved dataset; it has {', '.join(data)} "
+                            "(name one with split=...)")
+        data = data[split]
+    return _rows(data, str(path), split, None)
+
+
+def _read_hub(src: Source, split: str, limit: int | None) -> Iterator[Record]:
+    """A hub dataset (or a local folder of data files, read the same way)."""
+    import datasets
+
+    kwargs = {k: getattr(src, k) for k in ("data_dir", "revision", "data_files") if getattr(src, k) is not None}
+    try:
+        dataset = datasets.load_dataset(src.path, src.subset, split=split, **kwargs)
+    except (ValueError, FileNotFoundError) as e:  # an unknown split, config or folder: the message says which
+        raise DataError(src.describe(), None, f"cannot read split {split!r}: {type(e).__name__}: {e}") from None
+    return _rows(dataset, src.path, split, limit)
+
+
+def _records(src: Source, split: str, limit: int | None) -> Iterator[Record | DataError]:
+    path = Path(src.path).expanduser()
     if path.is_file():
         return _read_file(path)
-    if path.exists():
-        raise DataError(
-            str(path), None, f"expected a file ({', '.join(FILE_SUFFIXES)}), got a directory"
-        )
-    if isinstance(source, Path) or path.suffix.lower() in FILE_SUFFIXES:
-        raise FileNotFoundError(f"{source}: no such file")
-    return _read_hub(str(source), split, limit)
+    hub_split = src.hub_split(split)
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            return _read_saved(path, hub_split)
+        data = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".gz")
+        if not any(f.suffix.lower() in data for f in path.rglob("*") if f.is_file()):
+            raise DataError(str(path), None, "expected a file, a folder written by datasets' save_to_disk, or a "
+                            f"folder of data files ({', '.join(data)}); this folder has none")
+        return _read_hub(dataclasses.replace(src, path=str(path)), hub_split, limit)
+    if path.suffix.lower() in FILE_SUFFIXES or src.path.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"{src.path}: no such file")
+    return _read_hub(src, hub_split, limit)
+
+
+def _mapped(rec: Record, columns: Mapping[str, str]) -> Record:
+    """The record with its keys renamed to the format's (columns: {format key: record key})."""
+    if not columns or not isinstance(rec.data, dict):
+        return rec
+    data = dict(rec.data)
+    for ours, theirs in columns.items():
+        if theirs not in rec.data:
+            raise DataError(rec.where, theirs, f"missing (columns maps the format's {ours!r} to it)")
+        data[ours] = rec.data[theirs]
+        if theirs != ours and theirs not in columns:
+            del data[theirs]
+    return dataclasses.replace(rec, data=data)
+
+
+def _named(error: DataError, columns: Mapping[str, str]) -> DataError:
+    """An error about a mapped key, named by the record's own key."""
+    if not columns or error.field is None:
+        return error
+    head, sep, rest = error.field.partition(".")
+    root, bracket, tail = head.partition("[")
+    if root not in columns:
+        return error
+    return DataError(error.where, columns[root] + bracket + tail + sep + rest, error.expected)
+
+
+def _grouped(records: Iterator[Record | DataError], key: str) -> Iterator[list[Record] | DataError]:
+    """Consecutive records with the same value of `key`, as lists."""
+    group: list[Record] = []
+    for rec in records:
+        if isinstance(rec, DataError):
+            yield rec
+            continue
+        if group and (not isinstance(rec.data, dict) or rec.data.get(key) != group[0].data.get(key)):
+            yield group
+            group = []
+        group.append(rec)
+    if group:
+        yield group
 
 
 # --- public API ----------------------------------------------------------------------------------
 
 
 def load_items(
-    source: str | Path,
+    source: str | Path | Source | Mapping[str, Any],
     format: str | None = None,
     skip_invalid: bool = False,
     split: str = "train",
     limit: int | None = None,
     allow_empty: bool = False,
+    columns: Mapping[str, str] | None = None,
 ) -> Items:
-    """Load a benchmark file or hub dataset as Items.
+    """Load a file, a folder or a hub dataset as Items.
 
-    `format` is one of CONVERTERS; None detects it from the first record's keys. `limit` bounds
-    the number of source records read, not items, so an RM-Bench record's 9 pairs stay together.
+    `source` is a path or hub id, a `Source`, or a mapping of its fields; `format` and
+    `columns` are defaults a Source's own override. The format is one of
+    spct.data.formats.FORMATS; None detects it from the first record's keys. `split` is spct's
+    split (train, validation, test); `Source.hub_split` names the set's own. `limit` bounds the
+    number of source records read, not items, so an RM-Bench record's 9 pairs stay together.
     With skip_invalid=False the first bad record raises DataError; with True bad records are
     skipped, counted in `.skipped`, their messages kept in `.errors`, and one warning is logged.
     A record whose format cannot be detected always raises: that is a wrong file, not a bad row.
+    Records the format leaves out by its own rule (ties) are counted in `.dropped`.
     No items at all (an empty file, or every record skipped) is a DataError unless allow_empty.
     """
-    if format is not None and format not in CONVERTERS:
-        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(CONVERTERS)}")
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    src = to_source(source, format=format, columns=columns)
+    format = src.format
     out = Items()
-    convert = CONVERTERS[format] if format else None
-    for n, rec in enumerate(_records(source, split, limit)):
+    records = _records(src, split, limit)
+    if format in GROUPED:
+        convert, key = GROUPED[format]
+        records = _grouped(records, key)
+    else:
+        convert = CONVERTERS[format] if format else None
+    for n, rec in enumerate(records):
         if limit is not None and n >= limit:
             break
         try:
             if isinstance(rec, DataError):
                 raise rec
-            if not isinstance(rec.data, dict):
-                raise DataError(rec.where, None, f"expected a JSON object, got {type(rec.data).__name__}")
+            batch = rec if isinstance(rec, list) else [rec]
+            batch = [_mapped(r, src.columns) for r in batch]
+            for r in batch:
+                if not isinstance(r.data, dict):
+                    raise DataError(r.where, None, f"expected a JSON object, got {type(r.data).__name__}")
+                r.split = split
             if convert is None:
-                format = detect_format(rec.data, rec.where)
+                format = detect_format(batch[0].data, batch[0].where)
+                if format in GROUPED:
+                    raise DataError(batch[0].where, None, f"looks like {format!r}, whose items span several "
+                                    f"records: pass format={format}")
                 convert = CONVERTERS[format]
-            out.extend(convert(rec))
+            out.extend(convert(batch if isinstance(rec, list) else batch[0]))
+        except Skip as s:
+            out.dropped[s.reason] = out.dropped.get(s.reason, 0) + 1
         except DataError as e:
             if not skip_invalid or (convert is None and not isinstance(rec, DataError)):
-                raise
+                raise _named(e, src.columns) from None
             out.skipped += 1
-            out.errors.append(str(e))
+            out.errors.append(str(_named(e, src.columns)))
     out.format = format
+    name = src.describe()
     if not out and not allow_empty:
         if out.skipped:
-            raise DataError(str(source), None, f"every record was invalid ({out.skipped} skipped); "
+            raise DataError(name, None, f"every record was invalid ({out.skipped} skipped); "
                             f"first: {out.errors[0]}")
-        raise DataError(str(source), None, "no records (an empty file); pass allow_empty=True if that is expected")
+        if out.dropped:
+            raise DataError(name, None, f"no items: every record was left out ({_counts(out.dropped)})")
+        raise DataError(name, None, "no records (an empty file); pass allow_empty=True if that is expected")
     if out.skipped:
-        logger.warning(
-            "%s: skipped %d invalid record(s); first: %s", source, out.skipped, out.errors[0]
-        )
+        logger.warning("%s: skipped %d invalid record(s); first: %s", name, out.skipped, out.errors[0])
+    if out.dropped:
+        logger.info("%s: left out %s", name, _counts(out.dropped))
     return out
+
+
+def _counts(dropped: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items(), key=lambda kv: -kv[1]))
 
 
 def save_items(items: Iterable[Item], path: str | Path) -> Path:
@@ -456,18 +386,25 @@ def save_items(items: Iterable[Item], path: str | Path) -> Path:
 
 
 def load_splits(kind: str = "synthetic", *, seed: int = 0, splits: Iterable[str] = ("train", "validation", "test"),
-                train: str | None = None, validation: str | None = None, test: str | None = None,
-                format: str | None = None, skip_invalid: bool = False, train_size: int = 0,
-                validation_size: int = 0, test_size: int = 0, task: dict | None = None) -> dict[str, list[Item]]:
+                train: Any = None, validation: Any = None, test: Any = None,
+                format: str | None = None, columns: Mapping[str, str] | None = None, skip_invalid: bool = False,
+                train_size: int = 0, validation_size: int = 0, test_size: int = 0,
+                task: dict | None = None) -> dict[str, list[Item]]:
     """A run's data splits: generated for kind "synthetic" (`<split>_size` items of the task
-    `task`, a dict of SyntheticConfig fields, drawn with `seed`), otherwise read from the file or
-    hub id each split names (a split left null is absent). The arguments are the fields of the
-    `data` config: `load_splits(seed=seed, **dataclasses.asdict(cfg.data))`."""
+    `task`, a dict of SyntheticConfig fields, drawn with `seed`), otherwise read from the source
+    each split names (a path, a hub id or a mapping of Source's fields; a split left null is
+    absent). The arguments are the fields of the `data` config:
+    `load_splits(seed=seed, **dataclasses.asdict(cfg.data))`."""
     if kind == "synthetic":
         from spct.data.synthetic import SyntheticConfig, make_splits
 
         sizes = {"train": train_size, "validation": validation_size, "test": test_size}
         return make_splits(SyntheticConfig(**(task or {})), seed, {s: sizes[s] for s in splits})
-    paths = {"train": train, "validation": validation, "test": test}
-    return {s: load_items(paths[s], format=format, skip_invalid=skip_invalid, split=s)
-            for s in splits if paths[s] is not None}
+    given = {"train": train, "validation": validation, "test": test}
+    out = {}
+    for s in splits:
+        if given[s] is not None:
+            src = to_source(given[s], f"data.{s}", format, columns)
+            out[s] = load_items(src, skip_invalid=skip_invalid, split=s)
+            logger.info("data.%s: %d items from %s (%s)", s, len(out[s]), src.describe(), out[s].format)
+    return out

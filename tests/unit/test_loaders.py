@@ -169,7 +169,7 @@ def test_ultrafeedback_message_lists_take_the_last_assistant_turn():
     path = PAIRWISE / "ultrafeedback_small.jsonl"
     records = raw(path)
     items = load_items(path)
-    assert detect_format(records[0]) == "pairwise"
+    assert detect_format(records[0]) == "ultrafeedback"
     for rec, item in zip(records, items, strict=True):
         assert item.conversation == [{"role": "user", "content": rec["prompt"]}]
         assert item.responses == [rec["chosen"][-1]["content"], rec["rejected"][-1]["content"]]
@@ -260,7 +260,7 @@ def test_hub_name_goes_through_datasets_load_dataset(monkeypatch):
     datasets = pytest.importorskip("datasets")
     calls = []
 
-    def fake_load_dataset(name, split):
+    def fake_load_dataset(name, subset=None, split=None, **kwargs):
         calls.append((name, split))
         return datasets.Dataset.from_list(REWARDBENCH_ROWS)
 
@@ -277,7 +277,7 @@ def test_hub_rows_without_an_id_get_a_stable_one(monkeypatch):
     for r in rows:
         del r["source"]
     monkeypatch.setattr(
-        datasets, "load_dataset", lambda name, split: datasets.Dataset.from_list(rows)
+        datasets, "load_dataset", lambda name, subset=None, split=None: datasets.Dataset.from_list(rows)
     )
     items = load_items("Skywork/Skywork-Reward-Preference-80K-v0.2")
     assert [i.id for i in items] == [
@@ -388,12 +388,13 @@ def test_wrong_format_forced_names_the_missing_field(tmp_path):
 
 
 def test_undetectable_format_lists_keys_and_formats(tmp_path):
-    path = write_jsonl(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"query": "q", "reply": "a"}])
     with pytest.raises(DataError) as err:
         load_items(path, skip_invalid=True)
     msg = str(err.value)
-    assert "odd.jsonl, line 1" in msg and "['answer', 'question']" in msg
-    for name in ("items", "pairwise", "judgebench", "rmbench", "rmb_pairwise", "rmb_bon"):
+    assert "odd.jsonl, line 1" in msg and "['query', 'reply']" in msg and "columns=" in msg
+    for name in ("items", "pairwise", "judgebench", "rmbench", "rmb_pairwise", "rmb_bon", "ultrafeedback",
+                 "helpsteer2", "helpsteer3", "hh_rlhf", "verifiable", "math", "gsm8k", "prompts"):
         assert name in msg
 
 
@@ -402,11 +403,12 @@ def test_bad_arguments_and_paths(tmp_path):
         load_items(PAIRWISE / "items_small.jsonl", format="csv")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_items(str(tmp_path / "missing.jsonl"))
-    (tmp_path / "data.csv").write_text("a,b\n")
+    (tmp_path / "data.txt").write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type"):
-        load_items(tmp_path / "data.csv")
-    with pytest.raises(DataError, match="got a directory"):
-        load_items(tmp_path)
+        load_items(tmp_path / "data.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: expected a file, a folder written by datasets' save_to_disk"):
+        load_items(tmp_path / "empty")
 
 
 # --- skip_invalid --------------------------------------------------------------------------------
