@@ -84,11 +84,14 @@ class MetaRMRef:
 @dataclass
 class DataConfig:
     kind: str = "synthetic"  # synthetic | files
-    # For kind=files: anything spct.data.load_items reads (local file or hub dataset name).
-    train: str | None = None
-    validation: str | None = None
-    test: str | None = None
+    # For kind=files, each split: a local file or folder or a hub dataset id, or a mapping of
+    # spct.data.Source's fields {path, split, subset, data_dir, revision, data_files, format,
+    # columns} (docs/data.md). format and columns here are every split's defaults.
+    train: Any = None
+    validation: Any = None
+    test: Any = None
     format: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # {the format's key: your key}
     skip_invalid: bool = False
     # For kind=synthetic: split sizes and the task's shape (fields of SyntheticConfig).
     train_size: int = 20000
@@ -160,6 +163,9 @@ class RFTConfig:
     n_samples: int = 3  # N_RFT
     temperature: float = 1.0
     hinted: bool = True
+    # Hint only items whose meta.preference_strength (HelpSteer2/3: 1..3) is at least this;
+    # 0 = every item (items without a strength are always hinted).
+    hint_min_strength: int = 0
     sft_steps: int = 900
     batch_size: int = 1024
     lr: float = 5e-6
@@ -584,9 +590,9 @@ def check_logger(ch: Checks, lg: LoggerConfig) -> None:
 def _validate_policy(c: Config, ch: Checks) -> None:
     need = ch.need
     pc, rw = c.policy, c.policy.reward
-    if "policy_sft" in c.phases:
-        need(c.data.kind == "synthetic", "phases", "'policy_sft' only with data.kind=synthetic (it writes answers)")
-        need(pc.model is None, "policy.model", "null with 'policy_sft' (it teaches a fresh tiny policy)")
+    if "policy_sft" in c.phases and c.data.kind == "synthetic":
+        need(pc.model is None, "policy.model", "null with 'policy_sft' on the synthetic task (it teaches a fresh "
+             "tiny policy the task's answer format)")
     one_of(ch, rw.kind, ("grm", "oracle"), "policy.reward.kind")
     need(rw.kind != "oracle" or c.data.kind == "synthetic", "policy.reward.kind",
          "'grm' unless data.kind=synthetic (the oracle is the synthetic task's checker)")
@@ -621,7 +627,7 @@ TRAINING_PHASES = ("warmup", "rft", "rl", "meta_rm", "policy_sft", "policy_rl")
 def validate(c: Config) -> None:
     """Every value and every relation between values the run, its learner or its engines would
     refuse later, named by key. Raises ConfigError listing them all."""
-    from spct.data.loaders import CONVERTERS
+    from spct.data import FORMATS, DataError, to_source
     from spct.data.synthetic import SyntheticConfig
     from spct.learner.spec import refusals
 
@@ -650,8 +656,15 @@ def validate(c: Config) -> None:
                 need(False, keys[name], expected)
 
     one_of(ch, c.data.kind, ("synthetic", "files"), "data.kind")
-    need(c.data.format is None or c.data.format in CONVERTERS, "data.format",
-         f"null (detected from the keys) or one of {', '.join(CONVERTERS)}, got {c.data.format!r}")
+    need(c.data.format is None or c.data.format in FORMATS, "data.format",
+         f"null (detected from the keys) or one of {', '.join(FORMATS)}, got {c.data.format!r}")
+    if c.data.kind == "files":
+        for split in SPLITS:
+            if getattr(c.data, split) is not None:
+                try:
+                    to_source(getattr(c.data, split), f"data.{split}", c.data.format, c.data.columns)
+                except DataError as e:
+                    need(False, f"data.{split}" + (f".{e.field}" if e.field else ""), e.expected)
     task_fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
     for key in sorted(set(c.data.task) - task_fields):
         need(False, f"data.task.{key}", f"a field of the synthetic task ({', '.join(sorted(task_fields))})")
@@ -664,6 +677,7 @@ def validate(c: Config) -> None:
         if "eval" in c.phases:
             need(getattr(c.data, c.eval.split) is not None, f"data.{c.eval.split}",
                  f"a dataset path or hub name: the eval phase scores eval.split={c.eval.split!r}")
+    need(c.rft.hint_min_strength <= 3, "rft.hint_min_strength", "a preference strength in 0..3 (0: hint every item)")
     need(c.rl.group_size >= 2, "rl.group_size", ">= 2 (a group of one has no baseline)")
     one_of(ch, c.rl.kl_kind, KL_KINDS, "rl.kl_kind")
     need(c.rft.warmup_mix < 1, "rft.warmup_mix", "a share in [0, 1)")
@@ -700,10 +714,24 @@ def validate(c: Config) -> None:
     ch.done()
 
 
-def data_problems(c: Config, sizes: Mapping[str, int]) -> list[str]:
+GRM_DATA_PHASES = ("rft", "rl", "meta_rm")
+
+
+def data_problems(c: Config, sizes: Mapping[str, int], prompts: Mapping[str, int] | None = None) -> list[str]:
     """What the phases would draw from splits of these sizes and cannot: a batch of distinct
-    train items larger than the train split, an evaluation of an empty split."""
+    train items larger than the train split, an evaluation of an empty split, responses to
+    judge or imitate where a split holds `prompts` items with none (the policy phases' data)."""
     ch = Checks()
+    prompts = prompts or {}
+    grm = [ph for ph in GRM_DATA_PHASES if ph in c.phases]
+    if prompts.get("train") and (grm or "policy_sft" in c.phases):
+        needs = grm + (["policy_sft"] if "policy_sft" in c.phases else [])
+        ch.need(False, "data.train", f"items with responses ({', '.join(needs)} train on them), but "
+                f"{prompts['train']} of its {sizes.get('train', 0)} items are prompts only (data for policy_rl: "
+                "run the GRM phases on preference data, and policy_rl on the prompts in a run of its own)")
+    if "eval" in c.phases and prompts.get(c.eval.split):
+        ch.need(False, f"data.{c.eval.split}", f"items with responses to judge (the eval phase scores them), but "
+                f"{prompts[c.eval.split]} are prompts only")
     train = sizes.get("train", 0)
     draws = {"warmup": ("warmup.batch_size", c.warmup.batch_size), "rl": ("rl.prompts_per_step", c.rl.prompts_per_step),
              "policy_sft": ("policy.sft_batch_size", c.policy.sft_batch_size),
@@ -817,5 +845,8 @@ def sources(c: Config) -> dict[str, tuple[str | None, str]]:
              "meta_rm.model": (c.meta_rm.model, "model"), "policy.model": (c.policy.model, "model"),
              "policy.grm": (c.policy.grm, "model"), "policy.meta_rm": (c.policy.meta_rm, "model")}
     if c.data.kind == "files":
-        named |= {f"data.{s}": (getattr(c.data, s), "dataset") for s in SPLITS}
+        for s in SPLITS:
+            value = getattr(c.data, s)
+            named[f"data.{s}" + (".path" if isinstance(value, Mapping) else "")] = (
+                value.get("path") if isinstance(value, Mapping) else value, "dataset")
     return named

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from spct.item import chat_messages
 from spct.versions import check_versions
 
 log = logging.getLogger(__name__)
@@ -223,16 +224,14 @@ class VLLMEngine:
     def version(self) -> int:
         return self._version
 
-    def chat_prompt_ids(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
+    def chat_prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return [int(t) for t in ids]
 
     def generate(
-        self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True,
+        self, prompts: Sequence[str | list[dict[str, str]]], sampling: dict[str, Any], chat: bool = True,
         seeds: Sequence[int] | None = None,
     ) -> list[dict[str, Any]]:
         """Sample completions; one dict per prompt, in order (see the module docstring).
@@ -242,8 +241,10 @@ class VLLMEngine:
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"seeds: expected one per prompt ({len(prompts)}), got {len(seeds)}")
         for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompts[{i}]: expected a string, got {type(prompt).__name__}")
+            conversation = chat and isinstance(prompt, list) and all(isinstance(t, dict) for t in prompt)
+            if not isinstance(prompt, str) and not conversation:
+                raise TypeError(f"prompts[{i}]: expected a string (or, with chat, a list of {{role, content}} "
+                                f"messages), got {type(prompt).__name__}")
         if self._asleep:
             raise RuntimeError("generate on a sleeping engine: call wake_up() first")
         params = make_sampling_params(sampling)

@@ -70,6 +70,11 @@ class Item:
         return item
 
 
+def chat_messages(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
+    """A prompt as the chat template takes it: a text is one user turn, a conversation is itself."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
 def _id(value: Any, where: str) -> str | None:
     """Ids may be strings or integers (many exports number their rows); anything else is refused."""
     if value is None or isinstance(value, str):

@@ -77,7 +77,8 @@ class Pipeline:
         self.state = loaded or self.state
         # Bad data fails here, before any actor starts.
         self.data = load_splits(seed=self.cfg.seed, **dataclasses.asdict(self.cfg.data))
-        problems = data_problems(cfg, {split: len(items) for split, items in self.data.items()})
+        problems = data_problems(cfg, {split: len(items) for split, items in self.data.items()},
+                                 {split: sum(not it.responses for it in items) for split, items in self.data.items()})
         if problems:
             raise ConfigError("invalid configuration for this data:\n  " + "\n  ".join(problems))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)

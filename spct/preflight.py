@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from spct.config import GRM_PHASES, POLICY_PHASES, Config, ConfigError
+from spct.data.loaders import to_source
 
 log = logging.getLogger("spct")
 
@@ -333,7 +334,8 @@ def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[
         by.setdefault(source, []).append(key)
     data = (f"the synthetic task: train {c.data.train_size}, validation {c.data.validation_size}, test "
             f"{c.data.test_size}" if c.data.kind == "synthetic" else
-            ", ".join(f"{s} {getattr(c.data, s)}" for s in ("train", "validation", "test") if getattr(c.data, s)))
+            "; ".join(f"{s} {to_source(getattr(c.data, s), f'data.{s}', c.data.format, c.data.columns).describe()}"
+                      for s in ("train", "validation", "test") if getattr(c.data, s)))
     lay = layout(c)
     bundles = [f"bundle {i}: {role} ({', '.join(f'{v:g} {k}' for k, v in res.items())})"
                for i, (role, res) in enumerate(lay.roles()[: len(lay.bundles)])]

@@ -131,13 +131,13 @@ class RolloutGroup:
         return len(self.engines)
 
     def generate(
-        self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True,
+        self, prompts: Sequence[str | list[dict[str, str]]], sampling: dict[str, Any], chat: bool = True,
         seed: int | str | None = None,
     ) -> list[dict[str, Any]]:
         """One result per prompt, in input order, each with `engine` and `version` keys."""
         return self.submit(prompts, sampling, chat, seed).result()
 
-    def submit(self, prompts: Sequence[str], sampling: dict[str, Any], chat: bool = True,
+    def submit(self, prompts: Sequence[str | list[dict[str, str]]], sampling: dict[str, Any], chat: bool = True,
                seed: int | str | None = None) -> Pending:
         """Start generating and return at once; `.result()` waits for what `generate` returns.
 

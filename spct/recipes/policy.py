@@ -1,8 +1,10 @@
 """The policy phases: GRPO on a separate policy model with the SPCT GRM as its reward.
 
-policy_sft (synthetic task, tiny policies only): a fresh policy learns the answer format
+policy_sft: on the synthetic task, a fresh tiny policy learns the answer format
 (`a+b=c ; ...`) from answers whose sums are each right with probability `policy.sft_p_right`,
 so RL starts from a policy that answers in form but slips; its held-out accuracy is the floor.
+On other data the policy (`policy.model`, or a fresh tiny one) is fine-tuned on each train
+item's best response (a prompts file with `completion`s, or preference data's chosen answers).
 
 policy_rl: each step samples G rollouts of P train queries from the policy's own engines and
 rewards them either by the GRM reward pool (a separate engine group serving a frozen GRM:
@@ -24,6 +26,7 @@ each evaluation's answers go to output_dir/policy_eval/step<N>.jsonl.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -37,9 +40,12 @@ from spct.data.synthetic import (
     well_formed,
 )
 from spct.grm.reward import judged_items, rollout_rewards
+from spct.item import Item
 from spct.recipes.context import Context
 from spct.recipes.sft import encode_sft, sft_batch
 from spct.scaling import mean_interval
+
+log = logging.getLogger(__name__)
 
 
 def policy_model(p: Context) -> str:
@@ -53,6 +59,11 @@ def policy_model(p: Context) -> str:
     return str(ensure_tiny_model(p.out / "policy_base", preset=p.cfg.policy.tiny_preset, seed=p.cfg.seed + 1))
 
 
+def policy_prompt(item: Item) -> str | list[dict[str, str]]:
+    """What the policy is asked: the synthetic task's query, else the item's conversation."""
+    return policy_query(item) if "operands" in item.meta else item.conversation
+
+
 def run_policy_sft(p: Context) -> None:
     from spct.models import load_tokenizer
 
@@ -64,7 +75,10 @@ def run_policy_sft(p: Context) -> None:
     for step, done in p.steps(pc.sft_steps, role="policy"):
         rng = random.Random(f"{seed}:policy_sft:{step}")
         items = rng.sample(p.data["train"], pc.sft_batch_size)
+        # The synthetic task writes answers right with probability sft_p_right; other data
+        # trains on each item's best response.
         examples = [encode_sft(tokenizer, policy_query(it), sample_answer(it, rng, pc.sft_p_right, task))
+                    if "operands" in it.meta else encode_sft(tokenizer, it.conversation, it.responses[it.best])
                     for it in items]
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
@@ -159,6 +173,9 @@ def run_policy_rl(p: Context) -> dict[str, float]:
     reward = PolicyReward(p)
     learner = p.new_learner(pc.lr, 0, pc.steps, with_reference=pc.beta > 0, model=model)
     checkable = [it for it in p.data.get(pc.eval_split) or [] if "operands" in it.meta][: pc.eval_items]
+    if not checkable:
+        log.warning("policy_rl: data.%s holds no items the program checker can check (the synthetic task's), so "
+                    "no held-out accuracy is measured; reward_mean is the reward model's own view", pc.eval_split)
 
     def evaluate(step: int) -> dict[str, float]:
         if not checkable:
@@ -178,7 +195,7 @@ def run_policy_rl(p: Context) -> dict[str, float]:
         rng = random.Random(f"{seed}:policy_rl:{step}")
         items = rng.sample(p.data["train"], pc.prompts_per_step)
         with p.timings("generate"):
-            results = rollout.generate([policy_query(it) for it in items], sampling, seed=f"{seed}:policy_rl:{step}")
+            results = rollout.generate([policy_prompt(it) for it in items], sampling, seed=f"{seed}:policy_rl:{step}")
         texts = [[s["text"] for s in r["samples"]] for r in results]
         with p.timings("reward"):
             rewards, info = reward(items, texts, step)

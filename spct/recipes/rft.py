@@ -3,7 +3,10 @@
 Non-hinted: N_RFT samples per item, each with its own response order; incorrect ones are
 dropped, and so is every sample of an item whose N_RFT samples are all correct (too easy).
 Hinted: one more sample whose prompt names the best response; kept if correct, trained on
-WITHOUT the hint. As the paper mixes its accepted trajectories with general instruction data,
+WITHOUT the hint. Only for items whose preference strength (HelpSteer2/3's annotators:
+meta.preference_strength, 1 slightly better .. 3 much better) is at least
+`hint_min_strength`: a hint on a near tie teaches the GRM to rationalise a label it could not
+reach itself (items without a strength are always hinted). As the paper mixes its accepted trajectories with general instruction data,
 `warmup_mix` of each fine-tuning batch can be warm-up trajectories (the synthetic task's SFT
 data). Every sample (kept or not, with its label) is appended to
 rft/trajectories.jsonl as it comes, so an interrupted run loses nothing and the meta RM can
@@ -72,6 +75,11 @@ def _sample(p: Context, items, path, teacher) -> None:
     _truncate(path, progress.lines)
     per_item = c.n_samples + (1 if c.hinted else 0)
     chunk = max(1, c.generate_batch // per_item)
+
+    def samples(item) -> int:  # the hinted one only where the preference is strong enough to hint
+        strength = item.meta.get("preference_strength")
+        return per_item - (c.hinted and strength is not None and strength < c.hint_min_strength)
+
     bar = tqdm(total=len(items), initial=progress.items_done, desc="rft sampling")
     with path.open("a") as out:
         for start in range(progress.items_done, len(items), chunk):
@@ -79,7 +87,7 @@ def _sample(p: Context, items, path, teacher) -> None:
             shown = []  # per item: n_samples plain prompts, then the hinted one
             for item in batch:
                 rng = random.Random(f"{seed}:rft-sample:{item.id}")
-                shown += [p.show(item, random_order(item.n, rng), hint=k == c.n_samples) for k in range(per_item)]
+                shown += [p.show(item, random_order(item.n, rng), hint=k == c.n_samples) for k in range(samples(item))]
             sampled = p.sample(shown, f"rft:{start}", n=1, temperature=c.temperature, group=teacher)
             with p.timings("reward"):
                 records = []
@@ -88,8 +96,9 @@ def _sample(p: Context, items, path, teacher) -> None:
                     records.append({"id": t.item.id, "order": t.shown.order, "hinted": t.shown.sent is not None,
                                     "prompt": t.shown.prompt, "completion": t.text, "scores": t.scores,
                                     "correct": t.correct})
-                for i in range(0, len(records), per_item):
-                    group = records[i : i + per_item]
+                at = 0
+                for item in batch:
+                    group, at = records[at : at + samples(item)], at + samples(item)
                     plain, hint = group[: c.n_samples], group[c.n_samples :]
                     for r, keep in zip(plain, rft_accept([r["correct"] for r in plain]), strict=True):
                         r["accepted"] = keep

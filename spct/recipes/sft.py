@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from spct.item import chat_messages
 
-def encode_sft(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
-    """Chat-formatted prompt ids + completion ids + eos, and the prompt length.
+
+def encode_sft(tokenizer, prompt: str | list[dict[str, str]], completion: str) -> tuple[list[int], int]:
+    """Chat-formatted prompt ids + completion ids + eos, and the prompt length. The prompt is
+    a text (one user turn) or a conversation ending with the user's turn.
 
     The prompt goes through the same chat template the rollout engines apply, so the model is
     trained on exactly the token sequence it will later be sampled from.
     """
-    prompt_ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-    )
+    prompt_ids = tokenizer.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=True)
     if not isinstance(prompt_ids, list):
         prompt_ids = prompt_ids["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
