@@ -91,7 +91,7 @@ class DataConfig:
     validation: Any = None
     test: Any = None
     format: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)  # {the format's key: your key}
+    columns: Any = None  # {the format's key: your key}, e.g. 'data.columns={prompt:question}'
     skip_invalid: bool = False
     # For kind=synthetic: split sizes and the task's shape (fields of SyntheticConfig).
     train_size: int = 20000
@@ -658,6 +658,10 @@ def validate(c: Config) -> None:
     one_of(ch, c.data.kind, ("synthetic", "files"), "data.kind")
     need(c.data.format is None or c.data.format in FORMATS, "data.format",
          f"null (detected from the keys) or one of {', '.join(FORMATS)}, got {c.data.format!r}")
+    if c.data.kind == "synthetic":
+        for split in SPLITS:
+            need(getattr(c.data, split) is None, f"data.{split}", "null with data.kind=synthetic (the synthetic task "
+                 f"makes its own splits); add data=files to read {getattr(c.data, split)!r}")
     if c.data.kind == "files":
         for split in SPLITS:
             if getattr(c.data, split) is not None:
@@ -726,7 +730,8 @@ def data_problems(c: Config, sizes: Mapping[str, int], prompts: Mapping[str, int
     grm = [ph for ph in GRM_DATA_PHASES if ph in c.phases]
     if prompts.get("train") and (grm or "policy_sft" in c.phases):
         needs = grm + (["policy_sft"] if "policy_sft" in c.phases else [])
-        ch.need(False, "data.train", f"items with responses ({', '.join(needs)} train on them), but "
+        ch.need(False, "data.train", f"items with responses ({', '.join(needs)} train{'s' * (len(needs) == 1)} "
+                f"on them), but "
                 f"{prompts['train']} of its {sizes.get('train', 0)} items are prompts only (data for policy_rl: "
                 "run the GRM phases on preference data, and policy_rl on the prompts in a run of its own)")
     if "eval" in c.phases and prompts.get(c.eval.split):
@@ -752,7 +757,7 @@ def is_local_path(value: str) -> bool:
     ./-relative path, more than one '/', or a data file suffix. A hub id is `name` or
     `org/name`."""
     return (value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
-            or value.lower().endswith((".jsonl", ".json", ".parquet", ".csv", ".j2")))
+            or value.lower().endswith((".jsonl", ".json", ".parquet", ".csv", ".gz", ".j2")))
 
 
 def hub_lookup(name: str, kind: str) -> str:

@@ -255,6 +255,7 @@ class Preflight:
     saved: dict[str, Any] | None  # its config.yaml
     changes: list[str]  # keys that differ from it
     warnings: list[str]
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # local splits a dry run read
 
     @classmethod
     def check(cls, config: Config, setting_sources: dict[str, str], choices: Mapping[str, str | None],
@@ -279,11 +280,13 @@ class Preflight:
         capacity = local_capacity(config)
         if capacity and not config.dry_run:
             raise ConfigError("invalid configuration: this machine cannot hold the run:\n  " + "\n  ".join(capacity))
-        return cls(config, setting_sources, state, saved, changes, warnings + capacity)
+        data = read_local_data(config) if config.dry_run else {}
+        return cls(config, setting_sources, state, saved, changes, warnings + capacity, data)
 
     def plan(self) -> str:
         return train_plan(self.config, self.state, self.setting_sources, self.warnings,
-                          resume_note(self.config, self.state, self.saved, self.changes))
+                          resume_note(self.config, self.state, self.saved, self.changes), self.data)
+
 
     def begin(self) -> None:
         """Before the run starts: a fresh start moves the old run aside, a forced resume says
@@ -322,7 +325,44 @@ def _phase_line(c: Config, phase: str) -> str:
     return lines[phase]()
 
 
-def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[str], resume_note: str) -> str:
+def read_local_data(c: Config) -> dict[str, Any]:
+    """The splits a dry run can read here (local files and folders; a hub dataset is read when
+    the run starts), checked as the run checks them: every record, and what the phases draw."""
+    from spct.config import SPLITS, data_problems
+    from spct.data import DataError, load_items
+
+    if c.data.kind != "files":
+        return {}
+    read = {}
+    for split in SPLITS:
+        if getattr(c.data, split) is None:
+            continue
+        src = to_source(getattr(c.data, split), f"data.{split}", c.data.format, c.data.columns)
+        if Path(src.path).expanduser().exists():
+            try:
+                read[split] = load_items(src, skip_invalid=c.data.skip_invalid, split=split)
+            except (DataError, FileNotFoundError) as e:
+                raise ConfigError(f"invalid data: data.{split}: {e}") from None
+    given = [s for s in SPLITS if getattr(c.data, s) is not None]
+    if set(read) == set(given):
+        problems = data_problems(c, {s: len(v) for s, v in read.items()}, {s: v.prompts_only for s, v in read.items()})
+        if problems:
+            raise ConfigError("invalid configuration for this data:\n  " + "\n  ".join(problems))
+    return read
+
+
+def _data_line(c: Config, split: str, read: Mapping[str, Any]) -> str:
+    text = f"{split} {to_source(getattr(c.data, split), f'data.{split}', c.data.format, c.data.columns).describe(split)}"
+    if split in read:
+        items = read[split]
+        left = [f"{n} {reason}" for reason, n in items.dropped.items()] + (
+            [f"{items.skipped} invalid"] if items.skipped else [])
+        text += f": {len(items)} items ({items.format}" + (f"; left out: {', '.join(left)}" if left else "") + ")"
+    return text
+
+
+def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[str], resume_note: str,
+               read: Mapping[str, Any] | None = None) -> str:
     """What `python -m spct.train ...` would do, in words (dry_run=true prints it)."""
     from spct.placement import layout, meta_rm_bundle
 
@@ -334,8 +374,7 @@ def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[
         by.setdefault(source, []).append(key)
     data = (f"the synthetic task: train {c.data.train_size}, validation {c.data.validation_size}, test "
             f"{c.data.test_size}" if c.data.kind == "synthetic" else
-            "; ".join(f"{s} {to_source(getattr(c.data, s), f'data.{s}', c.data.format, c.data.columns).describe()}"
-                      for s in ("train", "validation", "test") if getattr(c.data, s)))
+            "; ".join(_data_line(c, s, read or {}) for s in ("train", "validation", "test") if getattr(c.data, s)))
     lay = layout(c)
     bundles = [f"bundle {i}: {role} ({', '.join(f'{v:g} {k}' for k, v in res.items())})"
                for i, (role, res) in enumerate(lay.roles()[: len(lay.bundles)])]

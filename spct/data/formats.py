@@ -522,7 +522,6 @@ HUB_SPLITS: dict[str, dict[str, str]] = {
     "helpsteer2": {"validation": "train", "test": "train"},  # one file; rows carry their split
     "helpsteer2_ratings": {"test": "validation"},
     "helpsteer3": {"test": "validation"},
-    "skywork": {"validation": "train", "test": "train"},  # train only: hold out with data_files or a split slice
 }
 
 # Checked in order; the first whose keys are all present wins (rmbench before pairwise: same

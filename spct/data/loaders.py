@@ -12,6 +12,7 @@ each layout.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,7 +25,7 @@ from spct.item import DataError, Item, validate
 
 logger = logging.getLogger("spct.data")
 
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz", ".json.gz")
 
 
 class Items(list):
@@ -69,9 +70,12 @@ class Source:
     def hub_split(self, split: str) -> str:
         return self.split or HUB_SPLITS.get(self.format or "", {}).get(split, split)
 
-    def describe(self) -> str:
-        extra = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)[1:]
-                 if getattr(self, f.name) not in (None, {})]
+    def describe(self, split: str | None = None) -> str:
+        """The source in words; with spct's `split`, the set's split it reads."""
+        shown = dataclasses.replace(self, split=self.hub_split(split)) if split and not Path(self.path).is_file() \
+            else self
+        extra = [f"{f.name}={getattr(shown, f.name)}" for f in dataclasses.fields(shown)[1:]
+                 if getattr(shown, f.name) not in (None, {})]
         return f"{self.path}" + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -180,6 +184,11 @@ def _read_csv(path: Path) -> Iterator[Record | DataError]:
 
 def _read_file(path: Path) -> Iterator[Record | DataError]:
     suffix = path.suffix.lower()
+    gz = suffix == ".gz"  # train.jsonl.gz, as HelpSteer and HH-RLHF ship
+    if gz:
+        suffix = Path(path.stem).suffix.lower()
+    if gz and suffix not in (".json", ".jsonl"):
+        raise DataError(str(path), None, f"unsupported file type; expected one of {', '.join(FILE_SUFFIXES)}")
     if suffix == ".parquet":
         yield from _read_parquet(path)
         return
@@ -190,7 +199,13 @@ def _read_file(path: Path) -> Iterator[Record | DataError]:
         raise DataError(
             str(path), None, f"unsupported file type; expected one of {', '.join(FILE_SUFFIXES)}"
         )
-    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    raw = path.read_bytes()
+    if gz:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DataError(str(path), None, f"not a readable gzip file ({e})") from None
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
     if suffix == ".jsonl" or not raw.lstrip().startswith(b"["):
         # A .json that is not a list is read as JSON Lines: that is what Dataset.to_json writes.
         yield from _read_jsonl(path, raw)
@@ -245,7 +260,7 @@ def _records(src: Source, split: str, limit: int | None) -> Iterator[Record | Da
             raise DataError(str(path), None, "expected a file, a folder written by datasets' save_to_disk, or a "
                             f"folder of data files ({', '.join(data)}); this folder has none")
         return _read_hub(dataclasses.replace(src, path=str(path)), hub_split, limit)
-    if path.suffix.lower() in FILE_SUFFIXES or src.path.startswith(("/", "./", "../", "~")):
+    if src.path.lower().endswith(FILE_SUFFIXES) or src.path.startswith(("/", "./", "../", "~")):
         raise FileNotFoundError(f"{src.path}: no such file")
     return _read_hub(src, hub_split, limit)
 
@@ -355,7 +370,7 @@ def load_items(
             out.skipped += 1
             out.errors.append(str(_named(e, src.columns)))
     out.format = format
-    name = src.describe()
+    name = src.describe(split)
     if not out and not allow_empty:
         if out.skipped:
             raise DataError(name, None, f"every record was invalid ({out.skipped} skipped); "
@@ -406,5 +421,5 @@ def load_splits(kind: str = "synthetic", *, seed: int = 0, splits: Iterable[str]
         if given[s] is not None:
             src = to_source(given[s], f"data.{s}", format, columns)
             out[s] = load_items(src, skip_invalid=skip_invalid, split=s)
-            logger.info("data.%s: %d items from %s (%s)", s, len(out[s]), src.describe(), out[s].format)
+            logger.info("data.%s: %d items from %s (%s)", s, len(out[s]), src.describe(s), out[s].format)
     return out

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import layouts
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -107,8 +108,12 @@ def sandbox(quick_run, tmp_path_factory) -> Path:
             (root / run / "checkpoints" / final).symlink_to(src / "checkpoints" / final)
     data = root / "data"
     data.mkdir()
-    for name in ("train", "rft_train"):
-        (data / f"{name}.jsonl").write_text(pairwise_rows(12, name))
+    for name in ("train", "rft_train"):  # as many items as the paper presets draw in a step
+        (data / f"{name}.jsonl").write_text(pairwise_rows(160, name))
+    layouts.ultrafeedback(data / "ultrafeedback_binarized", n_train=160)
+    layouts.prompts(data / "prompts.jsonl", n=64)
+    (data / "my_pairs.csv").write_text("question,good,bad\n" + "".join(f"What is {i}+{i}?,{2 * i},{2 * i + 1}\n"
+                                                                       for i in range(12)))
     for name in ("test", "rewardbench"):
         (data / f"{name}.jsonl").write_text(pairwise_rows(6, name))
     shutil.copy(REPO / "tests" / "fixtures" / "benchmarks" / "judgebench_gpt4o_sample40.jsonl",

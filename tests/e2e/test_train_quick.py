@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import layouts
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -293,19 +295,48 @@ def test_policy_trained_with_the_runs_grm_as_its_reward(quick_run, tmp_path):
     assert any(not (before[k] == after[k]).all() for k in before)
 
 
-def test_policy_single_mode_needs_no_grm_phase_in_the_run(quick_run, tmp_path):
-    """policy.grm names a GRM from elsewhere; each rollout is judged alone (n = 1), MetaRM-guided.
-    The meta RM starts before the policy's learner (policy_sft's has stopped with its phase) and
-    scores beside the placement group, so the learner gets its bundle: a run that waited forever
-    when the meta RM took it."""
+def test_policy_on_a_prompts_file_judged_one_rollout_at_a_time(quick_run, tmp_path):
+    """A prompts-only file (text and message lists, one multi-turn) for policy_rl, with a GRM from
+    elsewhere judging each rollout alone (n = 1), MetaRM-guided. The meta RM starts before the
+    policy's learner and scores beside the placement group, so the learner gets its bundle: a
+    run that waited forever when the meta RM took it."""
     src, _ = quick_run
     out = tmp_path / "policy"
+    prompts = layouts.prompts(tmp_path / "prompts.jsonl", n=8)
+    with prompts.open("a") as f:
+        f.write(json.dumps({"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                       {"role": "user", "content": "Solve: 2+2"}]}) + "\n")
     grm, meta_rm = src / "checkpoints" / "rl-final" / "model", src / "checkpoints" / "meta_rm-final" / "model"
-    _finish(_train(out, "experiment=policy", f"output_dir={out}", *POLICY_QUICK, f"policy.grm={grm}",
-                   "policy.reward.mode=single", "policy.reward.k=2", f"policy.meta_rm={meta_rm}"), timeout=300)
+    log = _finish(_train(out, "experiment=policy", f"output_dir={out}", "data=files", f"data.train={prompts}",
+                         "phases=[policy_rl]", *POLICY_QUICK, f"policy.grm={grm}", "policy.reward.mode=single",
+                         "policy.reward.k=2", f"policy.meta_rm={meta_rm}"), timeout=300)
+    assert "no held-out accuracy is measured" in log
     steps = [r for r in _records(out) if r["phase"] == "policy_rl" and "reward_mean" in r]
     assert [r["grm_samples"] for r in steps] == [4 * 2 * 2, 4 * 2 * 2]  # one GRM prompt per rollout, k = 2
+    assert all("train_accuracy" not in r for r in steps)  # nothing to check answers against
     assert not (out / "base_model").exists()  # no GRM engines were started for this run
+
+
+def test_a_grm_trained_on_helpsteer3_and_evaluated_on_ultrafeedback(tmp_path):
+    """The user's path with two of the sets reward models are trained on, each a copy in its hub
+    layout: RFT and RL on HelpSteer3 (its config by name, the preference strength gating the
+    hinted sample), eval on UltraFeedback's test_prefs, then policy_sft on the chosen answers."""
+    hs3, uf = layouts.helpsteer3(tmp_path / "HelpSteer3"), layouts.ultrafeedback(tmp_path / "ultrafeedback")
+    out = tmp_path / "run"
+    _finish(_train(out, "data=files", f"data.train={{path:{hs3},subset:preference}}", "data.format=helpsteer3",
+                   f"data.test={{path:{uf},format:ultrafeedback}}", "phases=[rft,rl,eval,policy_sft]",
+                   "rft.hint_min_strength=2", "eval.k_max=2", *POLICY_QUICK[:3]))
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert list(results) == ["rft", "rl", "eval", "policy_sft"]
+    assert results["eval"]["scaling"]
+    judged = (out / "eval" / "test" / "generations.jsonl").read_text().splitlines()
+    assert len(judged) == 7  # test_prefs' 8 pairs, one tie left out
+    rows = [json.loads(line) for line in (out / "rft" / "trajectories.jsonl").read_text().splitlines()]
+    strength = {str(k): abs(r["overall_preference"]) for k, r in enumerate(layouts.helpsteer3_rows(21))}
+    hinted = {r["id"] for r in rows if r["hinted"]}
+    assert hinted and all(strength[i.rsplit(":", 1)[1]] >= 2 for i in hinted)
+    assert {r["id"] for r in rows} - hinted  # items of strength 1 were sampled, not hinted
+    assert (out / "checkpoints" / "policy_sft-final" / "model" / "spct.json").exists()
 
 
 def test_a_policy_run_without_a_grm_fails_before_ray_starts(tmp_path):
@@ -318,13 +349,13 @@ def test_a_policy_run_without_a_grm_fails_before_ray_starts(tmp_path):
 def test_an_rl_prompt_longer_than_the_context_is_left_out_not_a_crash(tmp_path):
     """A GRM prompt that leaves no room to generate gets empty samples from the engine; the RL
     step trains on the other groups and counts the one it left out."""
-    rows = [{"prompt": f"What is {i}+{i}?", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(3)]
-    rows.append({"prompt": "Explain. " + "word " * 2000, "chosen": "a", "rejected": "b"})
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    layout = layouts.hh_rlhf(tmp_path / "hh-rlhf", n_train=3)  # Anthropic/hh-rlhf's train.jsonl.gz, named as a file
+    long = "\n\nHuman: Explain. " + "word " * 2000 + "\n\nAssistant:"
+    with gzip.open(layout / "helpful-base" / "train.jsonl.gz", "at") as f:
+        f.write(json.dumps({"chosen": long + " a", "rejected": long + " b"}) + "\n")
     out = tmp_path / "run"
-    _finish(_train(out, "data=files", f"data.train={data}", "phases=[rl]", "rl.steps=1",
-                   "rl.prompts_per_step=4", "rl.group_size=2"))
+    _finish(_train(out, "data=files", f"data.train={layout / 'helpful-base' / 'train.jsonl.gz'}", "phases=[rl]",
+                   "rl.steps=1", "rl.prompts_per_step=4", "rl.group_size=2"))
     (step,) = [r for r in _records(out) if r["phase"] == "rl" and "skipped_prompts" in r]
     assert step["skipped_prompts"] == 1 and "loss" in step
 

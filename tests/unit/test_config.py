@@ -55,9 +55,9 @@ def runnable(compose: Compose, overrides: Sequence[str]) -> DictConfig:
     if cfg.model.path is not None and cfg.learner.zero_stage == 0 and cfg.model.dtype is None:
         # A real model trains in bfloat16 by default, which the learner refuses at ZeRO stage 0.
         overrides, cfg = [*overrides, "learner.zero_stage=1"], compose([*overrides, "learner.zero_stage=1"])
-    if cfg.data.kind != "files" or cfg.data.train is not None:
+    if cfg.data.kind != "files" or (cfg.data.train is not None and "warmup" not in cfg.phases):
         return cfg
-    extra = ["data.train=/data/train.jsonl", "data.test=/data/test.jsonl"]
+    extra = [] if cfg.data.train is not None else ["data.train=/data/train.jsonl", "data.test=/data/test.jsonl"]
     if "warmup" in cfg.phases:
         extra.append("phases=[" + ",".join(p for p in cfg.phases if p != "warmup") + "]")
     return compose([*overrides, *extra])
