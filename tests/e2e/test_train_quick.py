@@ -329,7 +329,7 @@ def test_a_grm_trained_on_helpsteer3_and_evaluated_on_ultrafeedback(tmp_path):
     results = json.loads((out / "results.json").read_text())["results"]
     assert list(results) == ["rft", "rl", "eval", "policy_sft"]
     assert results["eval"]["scaling"]
-    judged = (out / "eval" / "test" / "generations.jsonl").read_text().splitlines()
+    judged = {json.loads(line)["item"] for line in (out / "eval" / "test" / "generations.jsonl").read_text().splitlines()}
     assert len(judged) == 7  # test_prefs' 8 pairs, one tie left out
     rows = [json.loads(line) for line in (out / "rft" / "trajectories.jsonl").read_text().splitlines()]
     strength = {str(k): abs(r["overall_preference"]) for k, r in enumerate(layouts.helpsteer3_rows(21))}
