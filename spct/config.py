@@ -734,6 +734,9 @@ def data_problems(c: Config, sizes: Mapping[str, int], prompts: Mapping[str, int
                 f"on them), but "
                 f"{prompts['train']} of its {sizes.get('train', 0)} items are prompts only (data for policy_rl: "
                 "run the GRM phases on preference data, and policy_rl on the prompts in a run of its own)")
+    if "meta_rm" in c.phases and prompts.get("validation"):
+        ch.need(False, "data.validation", f"items with responses to judge (meta_rm validates on them), but "
+                f"{prompts['validation']} are prompts only")
     if "eval" in c.phases and prompts.get(c.eval.split):
         ch.need(False, f"data.{c.eval.split}", f"items with responses to judge (the eval phase scores them), but "
                 f"{prompts[c.eval.split]} are prompts only")

@@ -292,12 +292,15 @@ def _named(error: DataError, columns: Mapping[str, str]) -> DataError:
 
 def _grouped(records: Iterator[Record | DataError], key: str) -> Iterator[list[Record] | DataError]:
     """Consecutive records with the same value of `key`, as lists."""
+    def value(rec: Record) -> Any:  # a record that is not an object stands alone (and fails as one)
+        return rec.data.get(key) if isinstance(rec.data, dict) else object()
+
     group: list[Record] = []
     for rec in records:
         if isinstance(rec, DataError):
             yield rec
             continue
-        if group and (not isinstance(rec.data, dict) or rec.data.get(key) != group[0].data.get(key)):
+        if group and value(rec) != value(group[0]):
             yield group
             group = []
         group.append(rec)

@@ -259,3 +259,25 @@ def test_every_named_format_is_documented():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
     for name in FORMATS:
         assert f"`{name}`" in doc, name
+
+
+def test_a_grouped_format_with_a_line_that_is_not_an_object(tmp_path):
+    path = tmp_path / "hs2.jsonl"
+    row = {"prompt": "p", "response": "r", "helpfulness": 3}
+    path.write_text(json.dumps(row) + "\n[1, 2]\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=r"hs2\.jsonl, line 2: expected a JSON object"):
+        load_items(path, format="helpsteer2_ratings")
+    items = load_items(path, format="helpsteer2_ratings", skip_invalid=True, allow_empty=True)
+    assert items.skipped == 1 and items.dropped == {"a prompt with one rated response": 2}
+
+
+def test_prompts_only_splits_are_refused_where_responses_are_needed():
+    from spct.config import Config, data_problems
+
+    c = Config(phases=["rft", "rl", "meta_rm", "eval", "policy_sft", "policy_rl"])
+    problems = data_problems(c, {"train": 1000, "validation": 10, "test": 10}, {"train": 1000, "validation": 10,
+                                                                                 "test": 10})
+    assert [p.split(":")[0] for p in problems] == ["data.train", "data.validation", "data.test"]
+    assert "rft, rl, meta_rm, policy_sft train on them" in problems[0]
+    c = Config(phases=["policy_rl"])
+    assert data_problems(c, {"train": 1000}, {"train": 1000}) == []
