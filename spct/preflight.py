@@ -287,7 +287,6 @@ class Preflight:
         return train_plan(self.config, self.state, self.setting_sources, self.warnings,
                           resume_note(self.config, self.state, self.saved, self.changes), self.data)
 
-
     def begin(self) -> None:
         """Before the run starts: a fresh start moves the old run aside, a forced resume says
         what differs; the configuration is saved as the run's config.yaml."""

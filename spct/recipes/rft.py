@@ -6,9 +6,9 @@ Hinted: one more sample whose prompt names the best response; kept if correct, t
 WITHOUT the hint. Only for items whose preference strength (HelpSteer2/3's annotators:
 meta.preference_strength, 1 slightly better .. 3 much better) is at least
 `hint_min_strength`: a hint on a near tie teaches the GRM to rationalise a label it could not
-reach itself (items without a strength are always hinted). As the paper mixes its accepted trajectories with general instruction data,
-`warmup_mix` of each fine-tuning batch can be warm-up trajectories (the synthetic task's SFT
-data). Every sample (kept or not, with its label) is appended to
+reach itself (items without a strength are always hinted). As the paper mixes its accepted
+trajectories with general instruction data, `warmup_mix` of each fine-tuning batch can be
+warm-up trajectories (the synthetic task's SFT data). Every sample (kept or not, with its label) is appended to
 rft/trajectories.jsonl as it comes, so an interrupted run loses nothing and the meta RM can
 later train on the non-hinted ones.
 """
@@ -78,7 +78,8 @@ def _sample(p: Context, items, path, teacher) -> None:
 
     def samples(item) -> int:  # the hinted one only where the preference is strong enough to hint
         strength = item.meta.get("preference_strength")
-        return per_item - (c.hinted and strength is not None and strength < c.hint_min_strength)
+        weak = isinstance(strength, int | float) and strength < c.hint_min_strength
+        return per_item - (c.hinted and weak)
 
     bar = tqdm(total=len(items), initial=progress.items_done, desc="rft sampling")
     with path.open("a") as out:
