@@ -184,7 +184,7 @@ def test_the_real_command_fails_in_seconds_before_ray_naming_the_key(module, arg
 def test_a_real_model_without_a_preset_says_which_demo_settings_it_keeps(inputs, tmp_path):
     code, out, _ = run("spct.train", ["model=qwen2.5-7b-instruct", "data=files", f"data.train={inputs['data']}",
                                       f"data.test={inputs['data']}", "phases=[rft,rl,meta_rm]", "learner.zero_stage=1",
-                                      "dry_run=true"], tmp_path)
+                                      "rl.prompts_per_step=4", "dry_run=true"], tmp_path)
     assert code == 0, out[-2000:]
     assert "keeps the tiny demo's settings (rft=tiny, rl=tiny, meta_rm=tiny, learner=cpu" in out
     assert "spct.train plan (dry_run: nothing started)" in out
