@@ -40,7 +40,7 @@ from spct.data.synthetic import (
     well_formed,
 )
 from spct.grm.reward import judged_items, rollout_rewards
-from spct.item import Item
+from spct.item import DataError, Item
 from spct.recipes.context import Context
 from spct.recipes.sft import encode_sft, sft_batch
 from spct.scaling import mean_interval
@@ -80,6 +80,11 @@ def run_policy_sft(p: Context) -> None:
         examples = [encode_sft(tokenizer, policy_query(it), sample_answer(it, rng, pc.sft_p_right, task))
                     if "operands" in it.meta else encode_sft(tokenizer, it.conversation, it.responses[it.best])
                     for it in items]
+        for it, (ids, _) in zip(items, examples, strict=True):
+            if p.cfg.model.max_model_len and len(ids) > p.cfg.model.max_model_len:
+                raise DataError(f"data.train, item {it.id}", "responses", f"the prompt and its best response are "
+                                f"{len(ids)} tokens, beyond the policy's context (model.max_model_len="
+                                f"{p.cfg.model.max_model_len}); leave the item out or raise model.max_model_len")
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
         done(metrics, loss=f"{metrics['loss']:.3f}")
