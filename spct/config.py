@@ -721,6 +721,12 @@ def validate(c: Config) -> None:
 GRM_DATA_PHASES = ("rft", "rl", "meta_rm")
 
 
+def split_problems(c: Config, splits: Mapping[str, list]) -> list[str]:
+    """data_problems for loaded splits (lists of items)."""
+    return data_problems(c, {s: len(items) for s, items in splits.items()},
+                         {s: sum(not it.responses for it in items) for s, items in splits.items()})
+
+
 def data_problems(c: Config, sizes: Mapping[str, int], prompts: Mapping[str, int] | None = None) -> list[str]:
     """What the phases would draw from splits of these sizes and cannot: a batch of distinct
     train items larger than the train split, an evaluation of an empty split, responses to

@@ -35,9 +35,9 @@ from spct.config import (
     POLICY_PHASES,
     Config,
     ConfigError,
-    data_problems,
     engine_kwargs,
     grm_settings,
+    split_problems,
 )
 from spct.data import Item, load_splits
 from spct.grm import build_prompt, load_template, random_order
@@ -77,8 +77,7 @@ class Pipeline:
         self.state = loaded or self.state
         # Bad data fails here, before any actor starts.
         self.data = load_splits(seed=self.cfg.seed, **dataclasses.asdict(self.cfg.data))
-        problems = data_problems(cfg, {split: len(items) for split, items in self.data.items()},
-                                 {split: sum(not it.responses for it in items) for split, items in self.data.items()})
+        problems = split_problems(cfg, self.data)
         if problems:
             raise ConfigError("invalid configuration for this data:\n  " + "\n  ".join(problems))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)

@@ -327,7 +327,7 @@ def _phase_line(c: Config, phase: str) -> str:
 def read_local_data(c: Config) -> dict[str, Any]:
     """The splits a dry run can read here (local files and folders; a hub dataset is read when
     the run starts), checked as the run checks them: every record, and what the phases draw."""
-    from spct.config import SPLITS, data_problems
+    from spct.config import SPLITS, split_problems
     from spct.data import DataError, load_items
 
     if c.data.kind != "files":
@@ -344,7 +344,7 @@ def read_local_data(c: Config) -> dict[str, Any]:
                 raise ConfigError(f"invalid data: data.{split}: {e}") from None
     given = [s for s in SPLITS if getattr(c.data, s) is not None]
     if set(read) == set(given):
-        problems = data_problems(c, {s: len(v) for s, v in read.items()}, {s: v.prompts_only for s, v in read.items()})
+        problems = split_problems(c, read)
         if problems:
             raise ConfigError("invalid configuration for this data:\n  " + "\n  ".join(problems))
     return read

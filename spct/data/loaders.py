@@ -42,11 +42,6 @@ class Items(list):
         self.dropped: dict[str, int] = {}
         self.format: str | None = None  # the format given or detected
 
-    @property
-    def prompts_only(self) -> int:
-        """How many items are prompts (no responses): the policy phases' data, nothing to judge."""
-        return sum(1 for item in self if not item.responses)
-
 
 @dataclass(frozen=True)
 class Source:

@@ -5,6 +5,7 @@ named format's record holds, the loader gives items or a DataError naming the re
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import layouts
@@ -44,7 +45,7 @@ def test_helpsteer2_preference_reads_its_split_column_and_its_strength(tmp_path)
     root = layouts.helpsteer2(tmp_path / "HelpSteer2")
     spec = {"path": str(root), "data_dir": "preference", "format": "helpsteer2"}
     train, val = load_items(spec, split="train"), load_items(spec, split="validation")
-    rows = [json.loads(line) for line in __import__("gzip").open(root / "preference" / "preference.jsonl.gz", "rt")]
+    rows = [json.loads(line) for line in gzip.open(root / "preference" / "preference.jsonl.gz", "rt")]
     for items, own in ((train, "train"), (val, "val")):
         expect = [r for r in rows if r["split"] == own and r["preference_strength"] != 0]
         assert len(items) == len(expect)
@@ -152,7 +153,7 @@ def test_verifiable_single_responses_with_labels(tmp_path):
 def test_prompts_only_text_or_messages(tmp_path):
     path = layouts.prompts(tmp_path / "prompts.jsonl", n=4)
     items = load_items(path)
-    assert items.format == "prompts" and items.prompts_only == 4
+    assert items.format == "prompts" and sum(not i.responses for i in items) == 4
     assert [i.conversation for i in items[:2]] == [[{"role": "user", "content": "Solve: 0+2"}],
                                                    [{"role": "user", "content": "Solve: 1+2"}]]
     path.write_text(json.dumps({"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}))
