@@ -75,23 +75,6 @@ def test_quick_experiment_runs_every_phase(quick_run):
     assert any((out / "wandb").glob("offline-run-*"))
 
 
-def test_a_second_run_with_the_same_seed_gives_the_same_metrics(quick_run, tmp_path):
-    """Same command, same seed, same machine: every metric, held-out result and eval sample
-    equal (wall-clock measures aside)."""
-    first, _ = quick_run
-    second = tmp_path / "run"
-    _finish(_train(second, "logger=wandb"))
-
-    def metrics(out: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if not any(w in k for w in VOLATILE)} for r in _records(out)]
-
-    assert metrics(second) == metrics(first)
-    results = [json.loads((out / "results.json").read_text())["results"] for out in (first, second)]
-    assert results[1] == results[0]
-    generations = [(out / "eval" / "test" / "generations.jsonl").read_text() for out in (first, second)]
-    assert generations[1] == generations[0]
-
-
 def test_checkpoints_load_in_transformers(quick_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,121 +95,91 @@ def test_rerun_of_a_finished_run_does_no_work(quick_run):
     assert len(_records(out)) == before
 
 
-# Killed mid-warm-up; the resumed run goes on through the GRM phases after it.
-INTERRUPTED = ("warmup.steps=60", "checkpoint.every_steps=5", "phases=[warmup,rft,rl]")
-
-
-def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
-    out = tmp_path / "run"
-    proc = _train(out, *INTERRUPTED, start_new_session=True)
+def _wait_for_step(proc: subprocess.Popen, out: Path, phase: str, step: int) -> None:
     deadline = time.time() + 300
-    while time.time() < deadline:
-        if any(r["phase"] == "warmup" and (r.get("phase_step") or 0) >= 12 for r in _records(out)):
-            break
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("warm-up never reached step 12")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["phase"] == "warmup" and state["phase_step"] % 5 == 0 and state["phase_step"] >= 10
-    saved = state["phase_step"]
-    logged = [r["phase_step"] for r in _records(out) if r["phase"] == "warmup" and "loss" in r]
-
-    log = _finish(_train(out, *INTERRUPTED))
-    # The rerun starts right after the checkpoint and runs to the end exactly once: metrics.jsonl
-    # holds each step once, and the steps logged after the checkpoint before the kill are set aside.
-    assert f"at warmup step {saved}" in log
-    assert [r["phase_step"] for r in _records(out) if r["phase"] == "warmup" and "loss" in r] == list(range(1, 61))
-    aside = out / "metrics.rolled_back.jsonl"
-    lines = aside.read_text().splitlines() if aside.exists() else []
-    rolled = [json.loads(x)["phase_step"] for x in lines if x.endswith("}") and '"loss"' in x]  # whole lines
-    assert rolled == [s for s in logged if s > saved]
-    assert json.loads((out / "checkpoints" / "state.json").read_text())["completed"][:3] == ["warmup", "rft", "rl"]
-
-
-RL_RESUMABLE = ("phases=[rl]", "rl.steps=4", "checkpoint.every_steps=1")
-
-
-def _kill_actor_when(proc: subprocess.Popen, out: Path, actor: str, rl_step: int) -> None:
-    """SIGKILL the run's `actor` process (found among the driver's descendants) once RL step
-    `rl_step` is logged."""
-    import psutil
-
-    deadline = time.time() + 300
-    while not any(r["phase"] == "rl" and (r.get("phase_step") or 0) >= rl_step for r in _records(out)):
+    while not any(r["phase"] == phase and (r.get("phase_step") or 0) >= step for r in _records(out)):
         if time.time() > deadline or proc.poll() is not None:
             proc.kill()
-            pytest.fail(f"the run never reached rl step {rl_step}")
+            pytest.fail(f"the run never reached {phase} step {step}")
         time.sleep(0.2)
-    victims = [c for c in psutil.Process(proc.pid).children(recursive=True)
-               if any(part.startswith(f"ray::{actor}") for part in c.cmdline())]
+
+
+def _kill_actor(proc: subprocess.Popen, actor: str) -> None:
+    """SIGKILL the run's one `actor` process (found among the driver's descendants)."""
+    import psutil
+
+    deadline = time.time() + 60
+    while not (victims := [c for c in psutil.Process(proc.pid).children(recursive=True)
+                           if any(part.startswith(f"ray::{actor}") for part in c.cmdline())]):
+        assert time.time() < deadline and proc.poll() is None, f"no {actor} process"
+        time.sleep(0.1)
     assert len(victims) == 1, [c.cmdline() for c in victims]
     victims[0].kill()
 
 
-def _rl_outcome(out: Path) -> tuple[list[dict], dict, dict]:
-    """The RL steps' metrics (without wall-clock measures), the held-out result, the final weights."""
+def _outcome(out: Path) -> tuple[list[dict], dict, str, dict]:
+    """Everything a run's seed decides: its metrics (without wall-clock measures), held-out
+    results, eval generations and final weights."""
     from safetensors.torch import load_file
 
-    steps = [{k: v for k, v in r.items() if not any(w in k for w in VOLATILE)}
-             for r in _records(out) if r["phase"] == "rl"]
-    result = json.loads((out / "results.json").read_text())["results"]["rl"]
-    weights = load_file(str(out / "checkpoints" / "rl-final" / "model" / "model.safetensors"))
-    return steps, result, weights
+    metrics = [{k: v for k, v in r.items() if not any(w in k for w in VOLATILE)} for r in _records(out)]
+    results = json.loads((out / "results.json").read_text())["results"]
+    generations = (out / "eval" / "test" / "generations.jsonl").read_text()
+    weights = {ck: load_file(str(out / "checkpoints" / ck / "model" / "model.safetensors"))
+               for ck in ("rl-final", "meta_rm-final")}
+    return metrics, results, generations, weights
 
 
-def _same_outcome(a: tuple, b: tuple) -> None:
-    (steps_a, result_a, weights_a), (steps_b, result_b, weights_b) = a, b
-    assert [s["phase_step"] for s in steps_b] == [s["phase_step"] for s in steps_a]  # each step once
-    assert steps_b == steps_a and result_b == result_a
-    assert weights_a.keys() == weights_b.keys()
-    assert all(weights_a[k].equal(weights_b[k]) for k in weights_a)
-
-
-@pytest.fixture(scope="module")
-def rl_uninterrupted(quick_run, tmp_path_factory):
-    """RL from the quick run's warmed-up model, checkpointed every step, never interrupted."""
-    from safetensors.torch import load_file
-
-    model = quick_run[0] / "checkpoints" / "warmup-final" / "model"
-    out = tmp_path_factory.mktemp("rl") / "run"
-    _finish(_train(out, *RL_RESUMABLE, f"model.path={model}"))
-    outcome = _rl_outcome(out)
-    before = load_file(str(model / "model.safetensors"))
-    assert any(not before[k].equal(w) for k, w in outcome[2].items())  # RL moved the weights
-    return f"model.path={model}", outcome
-
-
-def test_a_killed_engine_stops_the_run_cleanly_and_the_rerun_ends_as_if_uninterrupted(rl_uninterrupted, tmp_path):
-    """The same command, rerun after an engine died mid-RL, ends with the metrics and weights
-    of the uninterrupted run: seeded sampling, the optimizer state and the KL reference (the
-    phase's starting weights, not the step checkpoint) all resume."""
-    start, expected = rl_uninterrupted
+def test_a_run_killed_three_ways_ends_as_the_uninterrupted_run(quick_run, tmp_path):
+    """The quick run again, checkpointed every step, and stopped three times: the whole run
+    SIGKILLed mid-warm-up, then a vLLM engine killed mid-RL (the run stops cleanly), then a
+    learner rank killed after the resume (`checkpoint.max_restarts=1` restarts it). Each rerun is
+    the same command; the end is the uninterrupted run's, bitwise: every metric logged once, the
+    held-out results, the eval samples and the final weights (seeded sampling, data order,
+    optimizer state and the KL reference all resume). Being the same seed's second run, it also
+    checks that a rerun from scratch repeats itself."""
     out = tmp_path / "run"
-    proc = _train(out, *RL_RESUMABLE, start)
-    _kill_actor_when(proc, out, "VLLMEngine", rl_step=2)
+    every = "checkpoint.every_steps=1"
+    proc = _train(out, every, start_new_session=True)
+    _wait_for_step(proc, out, "warmup", 7)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["phase"] == "warmup" and state["phase_step"] >= 6
+    saved = state["phase_step"]
+    logged = [r["phase_step"] for r in _records(out) if r["phase"] == "warmup" and "loss" in r]
+
+    proc = _train(out, every)
+    _wait_for_step(proc, out, "rl", 1)
+    _kill_actor(proc, "VLLMEngine")
     log, _ = proc.communicate(timeout=300)
+    assert f"at warmup step {saved}" in log
+    # Steps logged after the checkpoint before the kill are set aside, whole lines only.
+    aside = out / "metrics.rolled_back.jsonl"
+    lines = aside.read_text().splitlines() if aside.exists() else []
+    assert [json.loads(x)["phase_step"] for x in lines if x.endswith("}") and '"loss"' in x] == \
+        [s for s in logged if s > saved]
     assert proc.returncode == 1, log[-3000:]
     assert "stopped cleanly" in log and "Rerun the same command to resume from rl step" in log
     assert "Traceback" not in log.split("stopped cleanly")[-1]
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["phase"] == "rl" and state["phase_step"] >= 1
 
-    log = _finish(_train(out, *RL_RESUMABLE, start))
-    assert f"at rl step {state['phase_step']}" in log
-    _same_outcome(expected, _rl_outcome(out))
-
-
-def test_a_killed_learner_rank_restarts_the_run_from_its_checkpoint(rl_uninterrupted, tmp_path):
-    start, expected = rl_uninterrupted
-    out = tmp_path / "run"
-    proc = _train(out, *RL_RESUMABLE, start, "checkpoint.max_restarts=1")
-    _kill_actor_when(proc, out, "LearnerWorker", rl_step=2)
-    log = _finish(proc)
+    proc = _train(out, every, "checkpoint.max_restarts=1")
+    head = []
+    for line in proc.stdout:
+        head.append(line)
+        if f"at rl step {state['phase_step']}" in line:
+            _kill_actor(proc, "LearnerWorker")
+            break
+    log = "".join(head) + _finish(proc)
     assert "an actor died; restarting from rl step" in log
-    _same_outcome(expected, _rl_outcome(out))
+
+    (metrics, results, generations, weights), expected = _outcome(out), _outcome(quick_run[0])
+    assert [(r["phase"], r["step"]) for r in metrics] == [(r["phase"], r["step"]) for r in expected[0]]
+    assert metrics == expected[0] and results == expected[1] and generations == expected[2]
+    for ck, tensors in expected[3].items():
+        assert tensors.keys() == weights[ck].keys() and all(weights[ck][k].equal(t) for k, t in tensors.items()), ck
 
 
 def test_async_generation_trains_one_step_off_policy(tmp_path):
