@@ -705,11 +705,11 @@ def validate(c: Config) -> None:
                       ("policy.sft_batch_size", c.policy.sft_batch_size),
                       ("policy.prompts_per_step * policy.group_size", c.policy.prompts_per_step * c.policy.group_size)):
         need(r < 1 or size % r == 0, key, f"a multiple of learner.num_ranks ({r}), got {size}")
-    # Each rank's share of a GRPO batch holds whole groups, so every rank runs the same number of
-    # micro-batches (ZeRO-3's collectives wait for all of them).
     if c.data.kind == "synthetic":
         ch.errors += data_problems(c, {"train": c.data.train_size, "validation": c.data.validation_size,
                                        "test": c.data.test_size})
+    # Equal shares of whole groups keep the ranks' work equal; the learner also trains an uneven
+    # batch (an RL step that left out an overflowing prompt): a lighter rank repeats a pass at weight 0.
     for key, prompts, phase in (("rl.prompts_per_step", c.rl.prompts_per_step, "rl"),
                                 ("policy.prompts_per_step", c.policy.prompts_per_step, "policy_rl")):
         if phase in c.phases and r > 1:

@@ -118,29 +118,33 @@ def _check_rollouts(batch: Mapping[str, Any], where: str) -> None:
             )
 
 
-def shard_batch(batch: Mapping[str, Sequence[Any]], num_ranks: int) -> list[dict[str, list]]:
-    """Contiguous equal slices of every per-sequence list, one per rank; a GRPO shard carries
-    the prompts of its rollouts (a group cut at a shard boundary sends its prompt to both).
+def shard_batch(batch: Mapping[str, Sequence[Any]], num_ranks: int) -> list[dict[str, Any]]:
+    """Contiguous slices of every per-sequence list, one per rank, their sizes differing by at
+    most one (an RL batch that lost an overflowing group rarely divides by the rank count); a
+    GRPO shard carries the prompts of its rollouts (a group cut at a shard boundary sends its
+    prompt to both).
 
-    Equal shards are required, not just tidy: every rank must run the same number of
-    micro-batches, or the collectives of ZeRO-3's forward pass would wait forever.
+    A rank left without a sequence (fewer sequences than ranks) gets a copy of the first one
+    marked `padding`: it runs the same passes as the others at weight 0, since under ZeRO-3 every
+    rank must run the same forward and backward passes or the collectives wait forever
+    (`Steps._update` evens out the micro-batch counts the same way).
     """
     rollout = "group" in batch
     n = len(batch["completion_ids" if rollout else "input_ids"])
-    if n % num_ranks:
-        raise ValueError(
-            f"global batch of {n} sequences does not split evenly across {num_ranks} learner "
-            f"ranks; use a multiple of {num_ranks}"
-        )
-    size = n // num_ranks
-    shards = []
+    size, extra = divmod(n, num_ranks)
+    shards, lo = [], 0
     for r in range(num_ranks):
-        shard = {k: list(v[r * size : (r + 1) * size]) for k, v in batch.items() if k in SEQUENCE_KEYS}
+        hi = lo + size + (r < extra)
+        a, b = (lo, hi) if hi > lo else (0, 1)
+        shard: dict[str, Any] = {k: list(v[a:b]) for k, v in batch.items() if k in SEQUENCE_KEYS}
         if rollout:
             first, last = shard["group"][0], shard["group"][-1]
             shard["group"] = [g - first for g in shard["group"]]
             shard["prompt_ids"] = list(batch["prompt_ids"][first : last + 1])
+        if hi == lo:
+            shard["padding"] = True
         shards.append(shard)
+        lo = hi
     return shards
 
 

@@ -5,12 +5,16 @@ One call is one optimizer step, whatever the number of micro-batches, and its lo
 do not depend on how the batch is split over ranks and micro-batches:
 
 - GRPO: the loss is the mean over all sequences of each sequence's token mean. A micro-batch
-  of b sequences on a rank holding n is back-propagated with weight b / n; DeepSpeed then
-  averages gradients over the R ranks, which all hold n = N / R sequences.
+  of b sequences is back-propagated with weight R * b / N, N being the global sequence count;
+  DeepSpeed then averages gradients over the R ranks. Ranks may hold unequal shares.
 - SFT: the loss is the mean over all completion tokens of the global batch. A micro-batch
   with t completion tokens is weighted R * t / T, T being the global token count (one small
   all-reduce), so that DeepSpeed's average over ranks gives sum / T.
 - BCE: the mean over the global batch's sequences, weighted like GRPO.
+
+Every rank runs as many micro-batches as the busiest one (ZeRO-3 gathers parameters
+collectively in each pass): a rank with fewer repeats its first at weight 0, and a `padding`
+shard (a rank left without sequences) runs its copy at weight 0. Neither counts in a metric.
 
 Metrics are reduced over all ranks inside the step (token- or sequence-weighted as the loss
 is), so every rank returns the same global numbers. Batches arrive checked: `LearnerGroup`
@@ -41,17 +45,19 @@ class Steps:
     collectives (`_all_reduce`, `_shard_sizes`, `_optimizer_step`)."""
 
     def _update(self, micro: Sequence[Any], forward: Callable[[Any], tuple[Tensor, float, dict[str, float]]],
-                ) -> tuple[dict[str, float], float, float]:
+                padding: bool = False) -> tuple[dict[str, float], float, float]:
         """The one micro-batch loop of every step kind: `forward(mb)` gives the micro-batch's
         loss, the weight its gradient gets, and metric sums; each is back-propagated, then one
         optimizer step. Returns the metric sums over every rank, the grad norm and the lr."""
         self.engine.train()
+        (count,) = self._all_reduce([float(len(micro))], op="max")
         sums: dict[str, float] = {}
-        for mb in micro:
-            loss, weight, got = forward(mb)
-            self.engine.backward(loss * weight, scale_wrt_gas=False)
+        for i in range(int(count)):
+            live = i < len(micro) and not padding
+            loss, weight, got = forward(micro[i] if i < len(micro) else micro[0])
+            self.engine.backward(loss * (weight if live else 0.0), scale_wrt_gas=False)
             for key, value in got.items():
-                sums[key] = sums.get(key, 0.0) + value
+                sums[key] = sums.get(key, 0.0) + (value if live else 0.0)
         grad_norm, lr = self._optimizer_step()
         keys = list(sums)
         return dict(zip(keys, self._all_reduce([sums[k] for k in keys]), strict=True)), grad_norm, lr
@@ -59,10 +65,11 @@ class Steps:
     def sft_step(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, float]:
         """One optimizer step of cross-entropy on completion tokens (prompts are context only)."""
         start = time.perf_counter()
-        n = len(batch["input_ids"])
+        padding = bool(batch.get("padding"))
         micro = sequence_micro_batches(batch["input_ids"], batch["prompt_lens"],
                                        self.micro_batch_size, self.pad_id, self.device)
-        n_global, tokens_global = self._shard_sizes(n, sum(mb.num_tokens for mb in micro))
+        n_global, tokens_global = self._shard_sizes(0 if padding else len(batch["input_ids"]),
+                                                    0 if padding else sum(mb.num_tokens for mb in micro))
 
         def forward(mb):
             logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
@@ -70,7 +77,7 @@ class Steps:
             loss = sft_loss(logits, mb.labels, ignore_index=IGNORE_INDEX)
             return loss, self.world_size * mb.num_tokens / tokens_global, {"loss": loss.item() * mb.num_tokens}
 
-        totals, grad_norm, lr = self._update(micro, forward)
+        totals, grad_norm, lr = self._update(micro, forward, padding)
         return {
             "loss": totals["loss"] / tokens_global,
             "grad_norm": grad_norm,
@@ -98,9 +105,10 @@ class Steps:
         start = time.perf_counter()
         if beta > 0 and self.reference is None:
             raise ValueError("grpo_step: beta > 0 needs a reference model (with_reference=True)")
-        n = len(batch["completion_ids"])
+        padding = bool(batch.get("padding"))
         micro = rollout_micro_batches(batch, self.micro_batch_size, self.pad_id, self.device)
-        n_global, tokens_global = self._shard_sizes(n, sum(mb.num_tokens for mb in micro))
+        n_global, tokens_global = self._shard_sizes(0 if padding else len(batch["completion_ids"]),
+                                                    0 if padding else sum(mb.num_tokens for mb in micro))
         gap_max = 0.0
 
         def forward(mb):
@@ -122,9 +130,9 @@ class Steps:
             sums = {"loss": loss.item() * mb.size}
             sums |= {key: m.get(key, 0.0) * mb.num_tokens for key in ("kl", "clip_fraction", "ratio_mean")}
             sums |= {"entropy": float(entropy.sum()), "logprob_gap": float(gap.sum())}
-            return loss, mb.size / n, sums
+            return loss, self.world_size * mb.size / n_global, sums
 
-        totals, grad_norm, lr = self._update(micro, forward)
+        totals, grad_norm, lr = self._update(micro, forward, padding)
         (gap_max,) = self._all_reduce([gap_max], op="max")
         metrics = {"loss": totals.pop("loss") / n_global}
         metrics |= {k: v / max(1, tokens_global) for k, v in totals.items()}
@@ -151,21 +159,22 @@ class Steps:
             raise ValueError('bce_step needs a learner built with task="classification"')
         start = time.perf_counter()
         ids, labels = list(batch["input_ids"]), [float(y) for y in batch["labels"]]
-        n_global, _ = self._shard_sizes(len(ids), 0)
-        micro = sequence_micro_batches(ids, None, self.micro_batch_size, self.pad_id, self.device)
-        offsets = iter(range(0, len(ids), self.micro_batch_size))
+        padding = bool(batch.get("padding"))
+        n_global, _ = self._shard_sizes(0 if padding else len(ids), 0)
+        starts = range(0, len(ids), self.micro_batch_size)
+        micro = list(zip(sequence_micro_batches(ids, None, self.micro_batch_size, self.pad_id, self.device),
+                         starts, strict=True))
 
-        def forward(mb):
-            lo = next(offsets)
+        def forward(piece):
+            mb, lo = piece
             y = torch.tensor(labels[lo : lo + mb.size], device=self.device)
             logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
             logits = logits.view(-1).float()
             loss = F.binary_cross_entropy_with_logits(logits, y)
-            # Ranks hold equal shares and DeepSpeed averages over them: weight by the local share.
             correct = float(((torch.sigmoid(logits) - y).abs() < 0.5).sum())
-            return loss, mb.size / len(ids), {"loss": loss.item() * mb.size, "correct": correct}
+            return loss, self.world_size * mb.size / n_global, {"loss": loss.item() * mb.size, "correct": correct}
 
-        totals, grad_norm, lr = self._update(micro, forward)
+        totals, grad_norm, lr = self._update(micro, forward, padding)
         return {
             "loss": totals["loss"] / n_global,
             "accuracy": totals["correct"] / n_global,

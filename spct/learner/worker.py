@@ -214,17 +214,9 @@ class LearnerWorker(Steps, Checkpoints):
         return t.tolist()
 
     def _shard_sizes(self, n_seqs: int, n_tokens: int) -> tuple[int, int]:
-        """Global sequence and completion-token counts; fails on every rank alike if shards differ."""
-        row = [0.0] * (2 * self.world_size)
-        row[2 * self.rank], row[2 * self.rank + 1] = float(n_seqs), float(n_tokens)
-        table = self._all_reduce(row)
-        seqs = [int(x) for x in table[0::2]]
-        if len(set(seqs)) != 1:
-            raise ValueError(
-                f"learner ranks hold different numbers of sequences {seqs}; every rank needs "
-                "an equal shard (LearnerGroup splits global batches this way)"
-            )
-        return sum(seqs), int(sum(table[1::2]))
+        """Global sequence and completion-token counts (a padding shard counts 0 and 0)."""
+        n, tokens = self._all_reduce([float(n_seqs), float(n_tokens)])
+        return int(n), int(tokens)
 
     def _optimizer_step(self) -> tuple[float, float]:
         """Reduce the accumulated gradients, clip, update; return (grad norm, lr applied)."""

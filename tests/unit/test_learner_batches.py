@@ -145,14 +145,37 @@ def test_an_sft_batch_is_not_a_grpo_batch():
         validate_batch({"input_ids": [[1, 2]], "prompt_lens": [1]}, rollout=True)
 
 
-def test_shards_are_equal_and_carry_the_prompts_of_their_rollouts():
-    batch = grouped_batch(4, [3, 2, 3], vocab=50)  # 8 rollouts over 4 ranks: every group is cut
-    shards = shard_batch(batch, 4)
-    assert [len(s["completion_ids"]) for s in shards] == [2, 2, 2, 2]
-    assert [s["group"] for s in shards] == [[0, 0], [0, 1], [0, 1], [0, 0]]
+def _rebuilt(shards: list[dict]) -> list[tuple]:
+    return [(s["prompt_ids"][g], c) for s in shards if not s.get("padding")
+            for g, c in zip(s["group"], s["completion_ids"], strict=True)]
+
+
+@pytest.mark.parametrize("ranks, sizes", [(4, [2, 2, 2, 2]), (3, [3, 3, 2]), (5, [2, 2, 2, 1, 1])])
+def test_shards_differ_by_at_most_one_and_carry_the_prompts_of_their_rollouts(ranks, sizes):
+    batch = grouped_batch(4, [3, 2, 3], vocab=50)  # 8 rollouts: every split cuts groups
+    shards = shard_batch(batch, ranks)
+    assert [len(s["completion_ids"]) for s in shards] == sizes
+    if ranks == 4:
+        assert [s["group"] for s in shards] == [[0, 0], [0, 1], [0, 1], [0, 0]]
     for shard in shards:
         validate_batch(shard, rollout=True)
-    rebuilt = [(s["prompt_ids"][g], c) for s in shards for g, c in zip(s["group"], s["completion_ids"], strict=True)]
-    assert rebuilt == [(batch["prompt_ids"][g], c) for g, c in zip(batch["group"], batch["completion_ids"], strict=True)]
-    with pytest.raises(ValueError, match="8 sequences does not split evenly across 3"):
-        shard_batch(batch, 3)
+        assert "padding" not in shard
+    assert _rebuilt(shards) == [(batch["prompt_ids"][g], c)
+                                for g, c in zip(batch["group"], batch["completion_ids"], strict=True)]
+
+
+def test_an_rl_batch_that_lost_a_group_still_shards_over_16_ranks():
+    """The 27B preset's RL batch (128 prompts x G = 4 over 16 learner ranks) after one prompt
+    overflowed the context: 508 rollouts, every one trained on exactly once."""
+    batch = grouped_batch(127, [4] * 127, vocab=50)
+    shards = shard_batch(batch, 16)
+    assert sorted({len(s["completion_ids"]) for s in shards}) == [31, 32]
+    assert sum(len(s["completion_ids"]) for s in shards) == 508
+    assert len(_rebuilt(shards)) == 508
+
+
+def test_ranks_left_without_a_sequence_get_a_padding_copy():
+    batch = {"input_ids": [[1, 2, 3], [4, 5, 6]], "prompt_lens": [1, 2]}
+    shards = shard_batch(batch, 3)
+    assert [s.get("padding", False) for s in shards] == [False, False, True]
+    assert shards[2]["input_ids"] == [[1, 2, 3]]  # something to run the same passes on, at weight 0
