@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from spct.learner.batches import pad_rows
+from spct.models import attention_kwargs
 from spct.versions import check_versions
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -101,7 +102,7 @@ class MetaRM:
         torch.manual_seed(seed)
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=torch_dtype
+            path, num_labels=1, dtype=torch_dtype, **attention_kwargs(path)
         )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

@@ -18,6 +18,7 @@ exactly (for qwen2 folders: any NFC text, see `build_tokenizer`).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -396,10 +398,26 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> PreTrainedTokenizerB
     return AutoTokenizer.from_pretrained(_check_local(name_or_path))
 
 
+def attention_kwargs(name_or_path: str | os.PathLike[str]) -> dict[str, str]:
+    """`from_pretrained` arguments that make a model compute what its config defines.
+
+    Gemma-2 soft-caps its attention logits (`attn_logit_softcapping`); transformers' eager and
+    FlashAttention-2 kernels apply the cap, while its default kernel (SDPA) silently leaves it
+    out, so a learner on SDPA would train a different function than the one the rollout engine
+    and the checkpoint's users run.
+    """
+    config = AutoConfig.from_pretrained(name_or_path).get_text_config()
+    if getattr(config, "attn_logit_softcapping", None) is None:
+        return {}
+    fast = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    return {"attn_implementation": "flash_attention_2" if fast else "eager"}
+
+
 def load_causal_lm(name_or_path: str | os.PathLike[str], dtype: str = "float32") -> PreTrainedModel:
     """AutoModelForCausalLM in `dtype` ("float32", "bfloat16", "float16" or "auto")."""
     allowed = ("float32", "bfloat16", "float16", "auto")
     if dtype not in allowed:
         raise ValueError(f"dtype: expected one of {allowed}, got {dtype!r}")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    return AutoModelForCausalLM.from_pretrained(_check_local(name_or_path), dtype=torch_dtype)
+    path = _check_local(name_or_path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **attention_kwargs(path))

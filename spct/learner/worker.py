@@ -89,6 +89,8 @@ class LearnerWorker(Steps, Checkpoints):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
+        from spct.models import attention_kwargs
+
         hf_logging.disable_progress_bar()
 
         self.spec = spec
@@ -117,10 +119,11 @@ class LearnerWorker(Steps, Checkpoints):
             # A scalar head (the meta RM); on a causal-LM checkpoint it starts fresh, seeded.
             from transformers import AutoModelForSequenceClassification
 
-            policy = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, dtype=torch_dtype)
+            policy = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, dtype=torch_dtype,
+                                                                        **attention_kwargs(model))
             policy.config.pad_token_id = self.pad_id
         else:
-            policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+            policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **attention_kwargs(model))
         policy.config.use_cache = False
         # GRPO runs each prompt once for its whole group (batches.completion_logits), except under
         # gradient checkpointing, whose recomputation would write the prompt's cache twice.
@@ -157,7 +160,8 @@ class LearnerWorker(Steps, Checkpoints):
 
         self.reference: Any = None
         if spec.with_reference:
-            ref = AutoModelForCausalLM.from_pretrained(spec.reference_model or model, dtype=torch_dtype)
+            reference = spec.reference_model or model
+            ref = AutoModelForCausalLM.from_pretrained(reference, dtype=torch_dtype, **attention_kwargs(reference))
             ref.config.use_cache = False
             ref.requires_grad_(False)
             ref.eval()
