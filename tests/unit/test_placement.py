@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,20 @@ def test_the_meta_rm_takes_rank_0s_place_only_where_no_learner_trains_beside_it(
     assert meta_rm_bundle(lay, "policy_rl") is None
     policy = layout(_config("experiment=policy", "policy.grm=/g", "policy.meta_rm=/m"))
     assert ("policy meta RM", {"CPU": 1.0}) in policy.extras  # counted beside the group
+
+
+@pytest.mark.integration
+def test_the_single_node_gpu_preset_starts_its_own_ray():
+    """`python -m spct.train ... cluster=gpu_8x`, as the README writes it, with no Ray running
+    and no RAY_ADDRESS: spct starts a Ray on this machine declaring the preset's 8 GPUs (the
+    launch script's RAY_ADDRESS still makes it join the head the script started)."""
+    import subprocess
+    import sys
+
+    c = _config("experiment=grm-qwen2.5-7b", "cluster=gpu_8x", "data.train=/d.jsonl", "data.test=/t.jsonl").cluster
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    code = ("import ray; from spct.cluster import init_ray; "
+            f"init_ray({c.address!r}, 1, {c.num_gpus}); print('GPUs', ray.cluster_resources().get('GPU'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "GPUs 8.0" in out.stdout
