@@ -128,3 +128,12 @@ def test_the_single_node_gpu_preset_starts_its_own_ray():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "GPUs 8.0" in out.stdout
+
+
+@pytest.mark.parametrize("preset", ["grm-qwen2.5-7b", "grm-gemma-2-27b", "policy-qwen2.5-7b"])
+def test_the_gpu_presets_checkpoint_within_a_phase(preset):
+    """A phase of `rl=paper` runs 18-20 h: a fault must not cost all of it."""
+    c = _config(f"experiment={preset}", "data.train=/d.jsonl", "data.test=/t.jsonl", "policy.grm=/g")
+    steps = {"rft": c.rft.sft_steps, "rl": c.rl.steps, "policy_rl": c.policy.steps}
+    assert 0 < c.checkpoint.every_steps <= 50
+    assert all(c.checkpoint.every_steps < steps[p] for p in c.phases if p in steps)
