@@ -63,7 +63,9 @@ class MetaRM:
             lose their beginning, so the critique and the scores always survive.
         seed: seeds the fresh head's initialisation.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-        micro_batch_size: sequences per forward pass.
+        micro_batch_size: sequences per forward pass, at most.
+        max_batch_tokens: padded tokens per forward pass, at most (a micro-batch of long
+            trajectories holds fewer of them; one longer than this runs alone).
         num_threads: CPU threads for scoring (0: Ray's default for the actor).
     """
 
@@ -76,6 +78,7 @@ class MetaRM:
         device: str = "auto",
         micro_batch_size: int = 8,
         num_threads: int = 0,
+        max_batch_tokens: int = 32768,
     ) -> None:
         check_versions(("torch", "transformers"), role="meta RM")
         if dtype not in DTYPES:
@@ -89,7 +92,7 @@ class MetaRM:
             # Ray caps an actor's OpenMP threads at its CPU reservation (one by default); where
             # the meta RM scores while the other actors wait, it may use every core.
             torch.set_num_threads(num_threads)
-        self.micro_batch_size = micro_batch_size
+        self.micro_batch_size, self.max_batch_tokens = micro_batch_size, max_batch_tokens
 
         path = _local_or_hub(model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -125,7 +128,8 @@ class MetaRM:
         # Similar lengths share a micro-batch, so little compute goes to padding.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)
-        for chunk in _chunks(order, self.micro_batch_size):
+        for run in micro_batches([len(ids[i]) for i in order], self.micro_batch_size, self.max_batch_tokens):
+            chunk = [order[j] for j in run]
             logits = self._logits([ids[i] for i in chunk])
             for i, value in zip(chunk, logits.float().tolist(), strict=True):
                 scores[i] = value
@@ -146,7 +150,8 @@ def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0, nu
     are further Ray actor options (e.g. a placement group bundle)."""
     import ray
 
-    # Scoring is forward-only, so larger micro-batches than training's are fine.
+    # Scoring is forward-only, so larger micro-batches than training's are fine, up to
+    # max_batch_tokens (32K padded tokens: 64 short trajectories, or 4 of 8192 tokens).
     actor = ray.remote(MetaRM).options(num_gpus=num_gpus, **options).remote(
         path, dtype=dtype, max_length=max_length, micro_batch_size=64, num_threads=num_threads)
     return (lambda trajectories: ray.get(actor.score.remote(trajectories))), actor
@@ -164,9 +169,17 @@ def _check(trajectories: Sequence[Mapping[str, Any]]) -> None:
                 )
 
 
-def _chunks(seq: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]
+def micro_batches(lengths: Sequence[int], size: int, max_tokens: int) -> Iterator[list[int]]:
+    """Consecutive index runs of `lengths` (sorted ascending) holding at most `size` sequences
+    and at most `max_tokens` padded tokens (run length x its longest), one sequence at least."""
+    run: list[int] = []
+    for i, n in enumerate(lengths):
+        if run and (len(run) == size or (len(run) + 1) * n > max_tokens):
+            yield run
+            run = []
+        run.append(i)
+    if run:
+        yield run
 
 
 def _resolve_device(device: str) -> str:
