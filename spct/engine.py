@@ -3,8 +3,8 @@
 `VLLMEngine` is a plain class; the rollout group and the reward pool run it as a Ray actor.
 Everything goes through vLLM's public API: `LLM.generate`, `SamplingParams`, `collective_rpc`
 into a worker extension, `reset_prefix_cache`, `sleep`/`wake_up`. Weights arrive either as
-safetensors bytes (the Ray object store transport), as a folder on disk, or as an NCCL broadcast
-from the learner (GPUs only, `NcclWeightExtension`).
+safetensors bytes (the Ray object store transport), as a folder on disk, or as a broadcast from
+learner rank 0 (`WeightExtension`: NCCL between GPUs, gloo between CPU processes).
 
 The worker extensions are injected by vLLM into its worker class, so their method names must
 not collide with the worker's own (vLLM asserts on that) and they only reach the worker through
@@ -26,12 +26,49 @@ from spct.versions import check_versions
 
 log = logging.getLogger(__name__)
 
-_RELOAD_EXTENSION = "spct.engine.WeightReloadExtension"
-_NCCL_EXTENSION = "spct.engine.NcclWeightExtension"
+_EXTENSION = "spct.engine.WeightExtension"
+WEIGHT_GROUP_TIMEOUT_S = 600  # a member that stops answering fails the others' broadcast after this
 
 
-class WeightReloadExtension:
-    """Methods vLLM mixes into each of its workers (CPU and GPU)."""
+class GlooBroadcast:
+    """A broadcast group over gloo (CPU tensors) on a TCP store of its own: the CPU twin of
+    vLLM's PyNcclCommunicator. Neither joins the process's default group, which vLLM's
+    workers and DeepSpeed's ranks each own already."""
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+        import datetime
+
+        import torch.distributed as dist
+
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
+        self.group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        self.group.broadcast(tensor, src).wait()
+
+
+def weight_group(host: str, port: int, rank: int, world_size: int, device: torch.device,
+                 timeout_s: float = WEIGHT_GROUP_TIMEOUT_S) -> Any:
+    """Join the weight group of learner rank 0 (rank 0) and every engine worker: NCCL on a GPU,
+    gloo on CPU. The same bucketed broadcast runs over either (`.broadcast(tensor, src)`)."""
+    if device.type != "cuda":
+        return GlooBroadcast(host, port, rank, world_size, timeout_s)
+    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    from vllm.distributed.utils import StatelessProcessGroup
+
+    group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
+    return PyNcclCommunicator(group, device=device)
+
+
+class WeightExtension:
+    """Methods vLLM mixes into each of its workers (CPU and GPU).
+
+    The broadcast group holds the learner plus every worker of every engine; a worker's rank
+    is its engine's `rank_offset` plus its tensor-parallel rank. Tensors travel in buckets: both
+    sides cut the same (names, dtypes, shapes) list with `plan_buckets`, so only the metadata
+    goes through Ray and the bytes go through the group.
+    """
 
     def load_safetensors_bytes(self, payload: bytes) -> int:
         from safetensors.torch import load
@@ -40,24 +77,10 @@ class WeightReloadExtension:
         self.reload_weights(weights_iterator=iter(state.items()))
         return len(state)
 
-
-class NcclWeightExtension(WeightReloadExtension):
-    """GPU workers: join a group with the learner (rank 0) and receive broadcast weights.
-
-    The group holds the learner plus every worker of every engine; a worker's rank is its
-    engine's `rank_offset` plus its tensor-parallel rank. Tensors travel in buckets: both sides
-    cut the same (names, dtypes, shapes) list with `plan_buckets`, so only the metadata goes
-    through Ray and the bytes go through NCCL.
-    """
-
     def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int):
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
-
-        group = StatelessProcessGroup.create(
-            host=master_addr, port=port, rank=rank_offset + self.rank, world_size=world_size
-        )
-        self._spct_weight_comm = PyNcclCommunicator(group, device=self.device)
+        # A new learner (each phase starts one) leads a new group: the old one is let go first.
+        self._spct_weight_comm = None
+        self._spct_weight_comm = weight_group(master_addr, port, rank_offset + self.rank, world_size, self.device)
 
     def receive_broadcast(
         self,
@@ -74,7 +97,8 @@ class NcclWeightExtension(WeightReloadExtension):
             for bucket in plan_buckets(dtypes, shapes, bucket_bytes):
                 buffer = torch.empty(bucket_size(bucket), dtype=torch.uint8, device=self.device)
                 comm.broadcast(buffer, src=0)
-                torch.cuda.current_stream().synchronize()
+                if self.device.type == "cuda":
+                    torch.cuda.current_stream().synchronize()
                 for index, offset, nbytes in bucket:
                     raw = buffer[offset : offset + nbytes]
                     dtype = getattr(torch, dtypes[index])
@@ -196,7 +220,7 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
-            worker_extension_cls=_NCCL_EXTENSION if self.on_gpu else _RELOAD_EXTENSION,
+            worker_extension_cls=_EXTENSION,
         )
         if block_size is not None:
             kwargs["block_size"] = block_size
@@ -296,8 +320,7 @@ class VLLMEngine:
         return self._finish_update(version)
 
     def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int):
-        """GPU only: join the learner's NCCL group (see `NcclWeightExtension`)."""
-        self._require_gpu("init_weight_group")
+        """Join the weight group learner rank 0 leads (see `WeightExtension`)."""
         self.llm.collective_rpc(
             "init_weight_group", args=(master_addr, port, rank_offset, world_size)
         )
@@ -310,8 +333,7 @@ class VLLMEngine:
         version: int,
         bucket_bytes: int,
     ) -> int:
-        """GPU only: receive one bucketed broadcast from the learner; returns the version."""
-        self._require_gpu("receive_broadcast")
+        """Receive one bucketed broadcast from learner rank 0; returns the version."""
         self.llm.collective_rpc("receive_broadcast", args=(names, dtypes, shapes, bucket_bytes))
         return self._finish_update(version)
 
@@ -352,7 +374,3 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         self._version = int(version)
         return self._version
-
-    def _require_gpu(self, what: str) -> None:
-        if not self.on_gpu:
-            raise RuntimeError(f"{what}: the NCCL transport needs GPUs; use the 'ray' weight sync")

@@ -127,8 +127,8 @@ class Pipeline:
         cluster, else the Ray object store."""
         from spct.weight_sync import make_weight_sync
 
-        nccl = self.cfg.cluster.gpus(1) and not self.cfg.rollout.colocate
-        return make_weight_sync("nccl" if nccl else "ray", group)
+        broadcast = self.cfg.cluster.gpus(1) and not self.cfg.rollout.colocate
+        return make_weight_sync("broadcast" if broadcast else "ray", group)
 
     def engines(self, model: str, name: str = "rollout", owned: bool = False):
         """A vLLM engine group serving `model` with the run's rollout settings; `owned` ones

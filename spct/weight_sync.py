@@ -1,10 +1,14 @@
 """Moving the learner's weights into the rollout engines: one interface, two transports.
 
-- `RayObjectStoreSync` (CPU, small models): the state dict becomes one safetensors blob, put
-  in the Ray object store once; every engine reads the same object and reloads in place.
-- `LearnerNcclSync` (GPUs): learner rank 0 joins an NCCL group with every engine worker and
-  broadcasts the tensors in buckets from its GPU; only names, dtypes and shapes travel through
-  Ray, and nothing passes through the driver.
+- `RayObjectStoreSync` (CPU, colocated engines): learner rank 0 turns the state dict into one
+  safetensors blob and puts it in the Ray object store; every engine reads the same object and
+  reloads in place.
+- `LearnerBroadcastSync` (GPUs; on CPU too, where tests run it): learner rank 0 joins a group
+  with every engine worker and broadcasts the tensors in buckets from its device, over NCCL
+  between GPUs and gloo between CPU processes; only names, dtypes and shapes travel through
+  Ray.
+
+Neither passes the weights through the driver.
 
 Both push a learner group's weights under their Hugging Face names, the format vLLM's loaders
 read, with a version number that every later rollout carries.
@@ -103,26 +107,31 @@ class _SyncBase:
 
 
 class RayObjectStoreSync(_SyncBase):
-    """One `ray.put` per push; every engine reads the same object."""
+    """One object per push, put by learner rank 0; every engine reads the same object."""
 
     def push_from(self, learner: Any, version: int) -> None:
         """Push the learner group's current weights."""
-        self.push(learner.state_for_sync(), version)
+        self._check_version(version)
+        self.group.update_weights(learner.payload_ref(), version)
+        self.version = version
 
     def push(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        """Push a state dict held here (weights from elsewhere than a learner group)."""
         self._check_version(version)
         ref = ray.put(state_to_safetensors(state))
         self.group.update_weights(ref, version)
         self.version = version
 
 
-class LearnerNcclSync(_SyncBase):
-    """Bucketed NCCL broadcast from learner rank 0's GPU to every engine worker.
+class LearnerBroadcastSync(_SyncBase):
+    """Bucketed broadcast from learner rank 0 to every engine worker: NCCL between GPUs, gloo
+    between CPU processes (`spct.engine.weight_group`), the same code otherwise.
 
     The group holds learner rank 0 (rank 0) and every engine worker (engine i's workers take
     ranks 1 + i * tp ...); its address is rank 0's node, so it works across nodes. Only names,
-    dtypes and shapes travel through Ray; the bytes never leave the GPUs. A new learner (each
-    phase starts one) joins a new group on its first push.
+    dtypes and shapes travel through Ray; on GPUs the bytes never leave them. A new learner
+    (each phase starts one) leads a new group on its first push, and the engines let the old
+    one go.
     """
 
     def __init__(self, rollout_group: RolloutGroup, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
@@ -141,7 +150,7 @@ class LearnerNcclSync(_SyncBase):
                   for i, engine in enumerate(self.group.engines)]
         ray.get(joins)
         self._joined = learner
-        log.info("weight sync: NCCL group of learner rank 0 and %d engine worker(s) at %s:%d",
+        log.info("weight sync: broadcast group of learner rank 0 and %d engine worker(s) at %s:%d",
                  world_size - 1, addr, port)
 
     def push_from(self, learner: Any, version: int) -> None:
@@ -159,11 +168,12 @@ class LearnerNcclSync(_SyncBase):
 
 
 def make_weight_sync(kind: str, rollout_group: RolloutGroup, **kwargs: Any) -> WeightSync:
-    """`kind` "ray" (any machine) or "nccl" (GPUs: from learner rank 0's GPU)."""
+    """`kind` "ray" (through the object store) or "broadcast" (from learner rank 0: NCCL on
+    GPUs, gloo on CPU)."""
     if kind == "ray":
         if kwargs:
             raise TypeError(f"weight sync 'ray': takes no options, got {sorted(kwargs)}")
         return RayObjectStoreSync(rollout_group)
-    if kind == "nccl":
-        return LearnerNcclSync(rollout_group, **kwargs)
-    raise ValueError(f"weight sync kind: expected 'ray' or 'nccl', got {kind!r}")
+    if kind == "broadcast":
+        return LearnerBroadcastSync(rollout_group, **kwargs)
+    raise ValueError(f"weight sync kind: expected 'ray' or 'broadcast', got {kind!r}")

@@ -1,6 +1,6 @@
 """Saving a learner rank's weights: Hugging Face folders (for vLLM, transformers and the next
 phase), DeepSpeed checkpoints (to resume with optimizer and schedule), and the full state dict
-the weight sync sends to the rollout engines, or on GPUs its NCCL broadcast to them."""
+the weight sync sends to the rollout engines, or its broadcast to them."""
 
 from __future__ import annotations
 
@@ -41,7 +41,16 @@ class Checkpoints:
                 out[name] = t.detach().to("cpu", copy=True).contiguous()
         return out
 
-    # -- the NCCL weight sync (GPUs): rank 0 broadcasts to the rollout engines ---------------
+    def weights_payload(self) -> bytes | None:
+        """The full weights as one safetensors blob on rank 0 (what the object-store weight sync
+        sends, put in the store by this rank, not the driver), else None. Collective like
+        state_for_sync."""
+        from spct.weight_sync import state_to_safetensors
+
+        state = self.state_for_sync()
+        return None if state is None else state_to_safetensors(state)
+
+    # -- the broadcast weight sync: rank 0 sends to the rollout engines (NCCL on GPUs, gloo on CPU)
 
     def weight_group_address(self) -> tuple[str, int]:
         """Rank 0's node and a free port there: where the weight group meets."""
@@ -52,14 +61,12 @@ class Checkpoints:
         return ray.util.get_node_ip_address(), free_port()
 
     def init_weight_group(self, master_addr: str, port: int, world_size: int) -> None:
-        """Rank 0 leads a new NCCL group with the engine workers (ranks 1..world_size-1)."""
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
+        """Rank 0 leads a new weight group with the engine workers (ranks 1..world_size-1)."""
+        from spct.engine import weight_group
 
-        if self.rank != 0 or self.device.type != "cuda":
-            raise RuntimeError("init_weight_group: only learner rank 0 on a GPU leads the weight group")
-        group = StatelessProcessGroup.create(host=master_addr, port=port, rank=0, world_size=world_size)
-        self._weight_comm = PyNcclCommunicator(group, device=self.device)
+        if self.rank != 0:
+            raise RuntimeError("init_weight_group: only learner rank 0 leads the weight group")
+        self._weight_comm = weight_group(master_addr, port, 0, world_size, self.device)
 
     def weight_metadata(self) -> tuple[list[str], list[str], list[list[int]]]:
         """Names, dtypes and full shapes of the weights a broadcast sends, in its order."""
@@ -71,7 +78,7 @@ class Checkpoints:
         return names, dtypes, shapes
 
     def broadcast_weights(self, bucket_bytes: int) -> int:
-        """Send the full weights in buckets (`spct.engine.plan_buckets`) from rank 0's GPU.
+        """Send the full weights in buckets (`spct.engine.plan_buckets`) from rank 0's device.
         Every rank calls it: under ZeRO-3 each tensor is gathered collectively first."""
         from spct.engine import bucket_size, plan_buckets
 

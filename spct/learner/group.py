@@ -151,14 +151,22 @@ class LearnerGroup:
         results = self._call("bce_step", shard_batch(batch, self.num_ranks))
         return rank_mean(results)
 
-    def state_for_sync(self, as_ref: bool = False) -> Any:
-        """Rank 0's full state dict (or, with `as_ref`, its ObjectRef, to hand on without
-        copying through the driver). All ranks take part: ZeRO-3 gathers collectively."""
+    def state_for_sync(self) -> Any:
+        """Rank 0's full state dict. All ranks take part: ZeRO-3 gathers collectively."""
+        return self._rank0("state_for_sync")
+
+    def payload_ref(self) -> Any:
+        """The ObjectRef of rank 0's weights as one safetensors blob, which rank 0 put in the
+        object store: engines read it from there, and the weights never pass through the
+        driver."""
+        return self._rank0("weights_payload", as_ref=True)
+
+    def _rank0(self, method: str, as_ref: bool = False) -> Any:
         import ray
 
         if not self.workers:
             raise RuntimeError("the learner group is shut down (a rank failed or shutdown() ran)")
-        refs = [w.state_for_sync.remote() for w in self.workers]
+        refs = [getattr(w, method).remote() for w in self.workers]
         try:
             ray.get(refs[1:])
             if as_ref:

@@ -139,6 +139,52 @@ def test_weight_sync_makes_greedy_output_follow_the_new_weights(
     assert greedy_tokens(group, PROMPTS) == before
 
 
+def test_learner_rank_0_sends_its_own_weights_by_broadcast_and_by_the_object_store(
+    group, tokenizer, hf_model, tiny_model_dir
+):
+    """The GPU weight path on CPU: two learner ranks at ZeRO-3 and the module's two engines. Rank
+    0 leads a gloo group with both engines (the NCCL group on GPUs) and broadcasts in buckets
+    while rank 1 gathers its shards with it; then the object-store transport sends the blob
+    rank 0 put in the store. After each push every engine decodes greedily as transformers does
+    on the learner's weights."""
+    from spct.learner import LearnerGroup, LearnerSpec
+    from spct.recipes.sft import encode_sft, sft_batch
+    from spct.weight_sync import RayObjectStoreSync, make_weight_sync
+
+    spec = LearnerSpec(model=str(tiny_model_dir), zero_stage=3, lr=3e-2, total_steps=10, dtype="float32")
+    learner = LearnerGroup(2, spec, num_cpus_per_rank=0.5)
+    before = greedy_tokens(group, PROMPTS)
+    batch = sft_batch([encode_sft(tokenizer, p, "7 15 7 15 7 15") for p in PROMPTS + PROMPTS[:1]])
+    start = group.versions()[0]
+    broadcast, store = make_weight_sync("broadcast", group, bucket_bytes=2**16), RayObjectStoreSync(group)
+
+    def follows_the_learner() -> list[list[int]]:
+        model = copy.deepcopy(hf_model)
+        model.load_state_dict(learner.state_for_sync(), strict=False)
+        got = greedy_tokens(group, PROMPTS)
+        assert got == [hf_greedy(model, tokenizer, p, 16) for p in PROMPTS]
+        return got
+
+    try:
+        for _ in range(3):
+            learner.sft_step(batch)
+        broadcast.push_from(learner, start + 1)
+        assert group.versions() == [start + 1] * 2
+        first = follows_the_learner()
+        assert first != before
+        learner.sft_step(batch)
+        broadcast.push_from(learner, start + 2)  # the same group again, no new rendezvous
+        follows_the_learner()
+        learner.sft_step(batch)
+        store.push_from(learner, start + 3)
+        assert group.versions() == [start + 3] * 2
+        assert follows_the_learner() != first
+    finally:
+        learner.shutdown()
+        store.push(hf_model.state_dict(), start + 4)
+    assert greedy_tokens(group, PROMPTS) == before
+
+
 def test_group_splits_a_batch_and_every_engine_gets_every_update(group, tokenizer, tiny_model_dir):
     prompts = [f"Solve: {i}+{i + 1}" for i in range(5)]
     results = group.generate(prompts, {"temperature": 0.0, "max_tokens": 4})
@@ -245,7 +291,7 @@ def test_bucket_plan_round_trips_mixed_dtypes():
 
 
 @pytest.mark.gpu
-def test_nccl_sync_from_learner_rank_0_matches_transformers(ray_cluster, tiny_model_dir, tokenizer, hf_model):
+def test_nccl_broadcast_from_learner_rank_0_matches_transformers(ray_cluster, tiny_model_dir, tokenizer, hf_model):
     """A learner rank on one GPU broadcasts from its GPU to an engine on another GPU; greedy
     output then equals transformers' on the learner's weights."""
     from spct.learner import LearnerGroup, LearnerSpec
@@ -269,7 +315,7 @@ def test_nccl_sync_from_learner_rank_0_matches_transformers(ray_cluster, tiny_mo
         batch = sft_batch([encode_sft(tokenizer, p, "7 15 7 15 7 15") for p in PROMPTS])
         for _ in range(5):
             learner.sft_step(batch)
-        sync = make_weight_sync("nccl", group, bucket_bytes=2**16)
+        sync = make_weight_sync("broadcast", group, bucket_bytes=2**16)
         sync.push_from(learner, 1)
         assert group.versions() == [1]
         after = greedy_tokens(group, PROMPTS)

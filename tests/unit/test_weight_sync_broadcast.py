@@ -1,5 +1,6 @@
-"""The NCCL weight sync's orchestration, on stand-ins for the actors (the broadcast itself needs
-two GPUs: tests/integration/test_rollout.py). Checks the rendezvous the GPU path depends on:
+"""The broadcast weight sync's orchestration, on stand-ins for the actors (the broadcast itself
+runs over gloo on CPU and over NCCL on two GPUs in tests/integration/test_rollout.py). Checks the
+rendezvous the GPU path depends on:
 the group meets at learner rank 0's node, every member connects at once with its own rank,
 a new learner (each phase starts one) leads a new group, and the version reaches the engines."""
 
@@ -47,7 +48,7 @@ def test_the_group_meets_at_learner_rank_0_and_rejoins_for_a_new_learner(monkeyp
 
     monkeypatch.setattr(ws.ray, "get", lambda x, **_: x)
     log = []
-    sync = ws.make_weight_sync("nccl", _Group(log, engines=2, tp=2), bucket_bytes=1024)
+    sync = ws.make_weight_sync("broadcast", _Group(log, engines=2, tp=2), bucket_bytes=1024)
     first = _Learner(log, "10.0.0.7")
     sync.push_from(first, 1)
     joins = [(who, args) for who, name, args in log if name == "init_weight_group"]
