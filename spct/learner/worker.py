@@ -115,6 +115,18 @@ class LearnerWorker(Steps, Checkpoints):
         pad = self.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
         self.task = spec.task
+        # With ZeRO-3 every rank builds and loads its models partitioned (transformers reads the
+        # live HfDeepSpeedConfig and loads under deepspeed.zero.Init), instead of each rank
+        # holding full copies of the policy and the reference in host RAM first (about 430 GB
+        # per node for a 27B model at 8 ranks).
+        self._unwrapped = spec.zero_stage == 0
+        config = self._ds_config(
+            spec.zero_stage, spec.micro_batch_size, 0.0 if self._unwrapped else spec.grad_clip, spec.dtype
+        )
+        if spec.zero_stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(config)  # must stay referenced while loading
         if spec.task == "classification":
             # A scalar head (the meta RM); on a causal-LM checkpoint it starts fresh, seeded.
             from transformers import AutoModelForSequenceClassification
@@ -125,6 +137,7 @@ class LearnerWorker(Steps, Checkpoints):
         else:
             policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **attention_kwargs(model))
         policy.config.use_cache = False
+        self.loaded_partitioned = all(hasattr(p, "ds_id") for p in policy.parameters())
         # GRPO runs each prompt once for its whole group (batches.completion_logits), except under
         # gradient checkpointing, whose recomputation would write the prompt's cache twice.
         self.share_prefix = spec.share_prefix and not spec.gradient_checkpointing
@@ -139,14 +152,10 @@ class LearnerWorker(Steps, Checkpoints):
         # With ZeRO, DeepSpeed wraps the optimizer and clips and measures gradients itself.
         # Stage 0 hands the torch optimizer the all-reduced gradients
         # without reporting their norm, so there we clip in a hook run just before its step.
-        self._unwrapped = spec.zero_stage == 0
         self._grad_clip = spec.grad_clip
         self._hook_norm: float | None = None
         if self._unwrapped:
             optimizer.register_step_pre_hook(self._clip_and_measure)
-        config = self._ds_config(
-            spec.zero_stage, spec.micro_batch_size, 0.0 if self._unwrapped else spec.grad_clip, spec.dtype
-        )
         schedule = partial(
             lr_factor, warmup_steps=spec.warmup_steps, total_steps=spec.total_steps, schedule=spec.lr_schedule
         )
@@ -202,6 +211,7 @@ class LearnerWorker(Steps, Checkpoints):
             "world_size": self.world_size,
             "device": str(self.device),
             "zero_stage": self.zero_stage,
+            "loaded_partitioned": self.loaded_partitioned,
             "num_parameters": int(n_params),
             "versions": self.versions,
         }

@@ -126,12 +126,20 @@ def test_first_grpo_step_is_on_policy_and_at_the_reference(first_steps, hf_model
         torch.testing.assert_close(first_steps["one_rank_zero0"]["initial"][key], value)
 
 
+def test_zero3_ranks_load_their_models_partitioned(learners):
+    """No ZeRO-3 rank holds a full copy of the model on its way to partitioning it (host RAM
+    for a 27B model at 8 ranks a node: about 430 GB otherwise)."""
+    assert [i["loaded_partitioned"] for i in learners["two_ranks_zero3"].info] == [True, True]
+    assert [i["loaded_partitioned"] for i in learners["two_ranks_zero2"].info] == [False, False]
+
+
 @pytest.mark.parametrize("name", ["two_ranks_zero2", "two_ranks_zero3"])
 def test_two_ranks_match_one_rank(first_steps, name):
     one, two = first_steps["one_rank_zero0"], first_steps[name]
     for step in ("grpo", "sft", "lone"):
         for key in ("loss", "grad_norm", "lr", "tokens", "sequences"):
-            assert two[step][key] == pytest.approx(one[step][key], abs=1e-5), (step, key)
+            # float32 sums in another order: a grad norm of 6 may move in its 6th digit
+            assert two[step][key] == pytest.approx(one[step][key], rel=1e-5, abs=1e-5), (step, key)
     for key in ("kl", "entropy", "logprob_gap", "clip_fraction"):
         assert two["grpo"][key] == pytest.approx(one["grpo"][key], abs=1e-5), key
     assert one["state"].keys() == two["state"].keys()
