@@ -232,6 +232,13 @@ class RolloutBatch:
     def num_tokens(self) -> int:
         return int(self.mask.sum())
 
+    def forward_tokens(self, share_prefix: bool) -> int:
+        """Tokens a policy forward pass runs: each prompt once when the group shares it (else
+        once per completion), plus every completion token."""
+        prompt_lens = self.prompt_mask.sum(1)
+        prompts = prompt_lens.sum() if share_prefix else prompt_lens[self.group].sum()
+        return int(prompts) + self.num_tokens
+
 
 def prompt_groups(group: Sequence[int]) -> list[range]:
     """The runs of one prompt's rollouts: consecutive equal entries of a batch's `group`."""

@@ -17,7 +17,9 @@ collectively in each pass): a rank with fewer repeats its first at weight 0, and
 shard (a rank left without sequences) runs its copy at weight 0. Neither counts in a metric.
 
 Metrics are reduced over all ranks inside the step (token- or sequence-weighted as the loss
-is), so every rank returns the same global numbers. Batches arrive checked: `LearnerGroup`
+is), so every rank returns the same global numbers. `tokens` counts the completion tokens the
+loss covers, `forward_tokens` every token the policy's forward pass ran (prompts included: the
+count MFU is measured over). Batches arrive checked: `LearnerGroup`
 validates each global batch once, before sharding it.
 """
 
@@ -75,7 +77,8 @@ class Steps:
             logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
                                  use_cache=False).logits
             loss = sft_loss(logits, mb.labels, ignore_index=IGNORE_INDEX)
-            return loss, self.world_size * mb.num_tokens / tokens_global, {"loss": loss.item() * mb.num_tokens}
+            return loss, self.world_size * mb.num_tokens / tokens_global, {
+                "loss": loss.item() * mb.num_tokens, "forward_tokens": float(mb.attention_mask.sum())}
 
         totals, grad_norm, lr = self._update(micro, forward, padding)
         return {
@@ -83,6 +86,7 @@ class Steps:
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens": float(tokens_global),
+            "forward_tokens": totals["forward_tokens"],
             "sequences": float(n_global),
             "step_time_s": time.perf_counter() - start,
         }
@@ -129,12 +133,13 @@ class Steps:
             # Sequence-weighted: loss. Token-weighted: the rest.
             sums = {"loss": loss.item() * mb.size}
             sums |= {key: m.get(key, 0.0) * mb.num_tokens for key in ("kl", "clip_fraction", "ratio_mean")}
-            sums |= {"entropy": float(entropy.sum()), "logprob_gap": float(gap.sum())}
+            sums |= {"entropy": float(entropy.sum()), "logprob_gap": float(gap.sum()),
+                     "forward_tokens": float(mb.forward_tokens(self.share_prefix))}
             return loss, self.world_size * mb.size / n_global, sums
 
         totals, grad_norm, lr = self._update(micro, forward, padding)
         (gap_max,) = self._all_reduce([gap_max], op="max")
-        metrics = {"loss": totals.pop("loss") / n_global}
+        metrics = {"loss": totals.pop("loss") / n_global, "forward_tokens": totals.pop("forward_tokens")}
         metrics |= {k: v / max(1, tokens_global) for k, v in totals.items()}
         if self.reference is None:
             metrics.pop("kl")

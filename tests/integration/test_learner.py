@@ -137,7 +137,7 @@ def test_zero3_ranks_load_their_models_partitioned(learners):
 def test_two_ranks_match_one_rank(first_steps, name):
     one, two = first_steps["one_rank_zero0"], first_steps[name]
     for step in ("grpo", "sft", "lone"):
-        for key in ("loss", "grad_norm", "lr", "tokens", "sequences"):
+        for key in ("loss", "grad_norm", "lr", "tokens", "forward_tokens", "sequences"):
             # float32 sums in another order: a grad norm of 6 may move in its 6th digit
             assert two[step][key] == pytest.approx(one[step][key], rel=1e-5, abs=1e-5), (step, key)
     for key in ("kl", "entropy", "logprob_gap", "clip_fraction"):
@@ -161,7 +161,10 @@ def test_sft_loss_counts_completion_tokens_only(learners, first_steps, hf_model,
     expected = completion_mean_nll(model, batch)
     whole_sequence = completion_mean_nll(model, dict(batch, prompt_lens=[1] * 5))
     assert abs(expected - whole_sequence) > 1e-3  # the prompt boundary changes the number
-    assert group.sft_step(batch)["loss"] == pytest.approx(expected, abs=1e-5)
+    result = group.sft_step(batch)
+    assert result["loss"] == pytest.approx(expected, abs=1e-5)
+    # MFU counts every token the forward pass ran, prompts included; the loss only completions.
+    assert result["forward_tokens"] == sum(map(len, batch["input_ids"])) > result["tokens"]
 
     # Moving the boundary moves the loss with it.
     shifted = dict(batch, prompt_lens=[p + 2 for p in batch["prompt_lens"]])
