@@ -182,18 +182,6 @@ def test_a_run_killed_three_ways_ends_as_the_uninterrupted_run(quick_run, tmp_pa
         assert tensors.keys() == weights[ck].keys() and all(weights[ck][k].equal(t) for k, t in tensors.items()), ck
 
 
-def test_async_generation_trains_one_step_off_policy(tmp_path):
-    out = tmp_path / "async"
-    _finish(_train(out, "phases=[rl]", "rl.steps=3", "rl.async_generation=true"))
-    steps = [r for r in _records(out) if r["phase"] == "rl" and "rollout_version_lag" in r]
-    assert [r["phase_step"] for r in steps] == [1, 2, 3]
-    # Step 1's rollouts come from the starting weights; each later step's from the weights
-    # before the previous update (the one it overlapped), never older.
-    assert [r["rollout_version_lag"] for r in steps] == [0, 1, 1]
-    assert [r["weight_version"] for r in steps] == [1, 2, 3]
-    assert all(r["time/step"] >= r["time/train"] for r in steps)
-
-
 def test_a_missing_model_path_fails_in_seconds_before_ray_starts(tmp_path):
     start = time.time()
     proc = _train(tmp_path / "run", "model.path=/nonexistent/grm")
@@ -299,18 +287,26 @@ def test_a_policy_run_without_a_grm_fails_before_ray_starts(tmp_path):
     assert "Ray instance" not in out
 
 
-def test_an_rl_prompt_longer_than_the_context_is_left_out_not_a_crash(tmp_path):
-    """A GRM prompt that leaves no room to generate gets empty samples from the engine; the RL
-    step trains on the other groups and counts the one it left out."""
+def test_async_rl_leaves_out_a_prompt_longer_than_the_context_not_a_crash(tmp_path):
+    """RL with generation one step ahead (`rl.async_generation=true`) on an HH-RLHF file, one of
+    whose prompts leaves no room to generate: the engine gives it empty samples, each step trains
+    on the other groups and counts the one it left out, and each step's rollouts come from the
+    weights before the previous update (one step off-policy), never older."""
     layout = layouts.hh_rlhf(tmp_path / "hh-rlhf", n_train=3)  # Anthropic/hh-rlhf's train.jsonl.gz, named as a file
     long = "\n\nHuman: Explain. " + "word " * 2000 + "\n\nAssistant:"
     with gzip.open(layout / "helpful-base" / "train.jsonl.gz", "at") as f:
         f.write(json.dumps({"chosen": long + " a", "rejected": long + " b"}) + "\n")
     out = tmp_path / "run"
     _finish(_train(out, "data=files", f"data.train={layout / 'helpful-base' / 'train.jsonl.gz'}", "phases=[rl]",
-                   "rl.steps=1", "rl.prompts_per_step=4", "rl.group_size=2"))
-    (step,) = [r for r in _records(out) if r["phase"] == "rl" and "skipped_prompts" in r]
-    assert step["skipped_prompts"] == 1 and "loss" in step
+                   "rl.steps=3", "rl.prompts_per_step=4", "rl.group_size=2", "rl.async_generation=true"))
+    steps = [r for r in _records(out) if r["phase"] == "rl" and "skipped_prompts" in r]
+    assert [r["phase_step"] for r in steps] == [1, 2, 3]
+    assert all(r["skipped_prompts"] == 1 and "loss" in r for r in steps)  # all 4 items in every step
+    # Step 1's rollouts come from the starting weights; each later step's from the weights
+    # before the previous update (the one it overlapped).
+    assert [r["rollout_version_lag"] for r in steps] == [0, 1, 1]
+    assert [r["weight_version"] for r in steps] == [1, 2, 3]
+    assert all(r["time/step"] >= r["time/train"] for r in steps)
 
 
 def test_a_sweep_runs_each_job_in_its_own_folder_with_its_own_results(tmp_path):
