@@ -160,7 +160,8 @@ class LearnerBroadcastSync(_SyncBase):
         names, dtypes, shapes = ray.get(learner.workers[0].weight_metadata.remote())
         receives = [e.receive_broadcast.remote(names, dtypes, shapes, version, self.bucket_bytes)
                     for e in self.group.engines]
-        learner.broadcast_weights(self.bucket_bytes)  # every rank: ZeRO-3 gathers collectively
+        # Every rank takes part (ZeRO-3 gathers collectively); a receiver's failure stops them.
+        learner.broadcast_weights(self.bucket_bytes, receivers=receives)
         versions = ray.get(receives)
         if any(v != version for v in versions):
             raise RuntimeError(f"weight sync: engines report versions {versions}, pushed {version}")

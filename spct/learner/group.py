@@ -89,8 +89,11 @@ class LearnerGroup:
             raise
         self.info = self._call("ready")
 
-    def _call(self, method: str, *per_rank_args: Sequence[Any], **kwargs: Any) -> list[Any]:
-        """Run `method` on every rank (rank r gets per_rank_args[i][r]); fail fast on any error."""
+    def _call(self, method: str, *per_rank_args: Sequence[Any], alongside: Sequence[Any] = (),
+              **kwargs: Any) -> list[Any]:
+        """Run `method` on every rank (rank r gets per_rank_args[i][r]); fail fast on any error,
+        including one of the `alongside` calls (other actors' part of the same collective), and
+        then stop every rank: one blocked in a collective would otherwise wait forever."""
         import ray
 
         if not self.workers:
@@ -99,7 +102,7 @@ class LearnerGroup:
             getattr(w, method).remote(*(a[r] for a in per_rank_args), **kwargs)
             for r, w in enumerate(self.workers)
         ]
-        pending = list(refs)
+        pending = refs + list(alongside)
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -177,9 +180,11 @@ class LearnerGroup:
             self.shutdown()
             raise
 
-    def broadcast_weights(self, bucket_bytes: int) -> None:
-        """Every rank takes part; rank 0 sends to the engines of the weight group it leads."""
-        self._call("broadcast_weights", [bucket_bytes] * self.num_ranks)
+    def broadcast_weights(self, bucket_bytes: int, receivers: Sequence[Any] = ()) -> None:
+        """Every rank takes part; rank 0 sends to the engines of the weight group it leads.
+        `receivers` are the engines' receive calls: if one fails (an engine died mid-broadcast),
+        the ranks are stopped and its error raised, where NCCL would leave rank 0 waiting."""
+        self._call("broadcast_weights", [bucket_bytes] * self.num_ranks, alongside=receivers)
 
     def save(self, path: str | os.PathLike[str]) -> str:
         return self._call("save", [str(path)] * self.num_ranks)[0]

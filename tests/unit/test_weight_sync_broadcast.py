@@ -32,7 +32,7 @@ class _Learner:
         self.workers = [_Actor(log, f"rank0@{ip}", weight_group_address=(ip, 29500),
                                init_weight_group=None, weight_metadata=(["w"], ["bfloat16"], [[2, 2]]))]
 
-    def broadcast_weights(self, bucket_bytes):
+    def broadcast_weights(self, bucket_bytes, receivers=()):
         self.log.append(("learner", "broadcast_weights", (bucket_bytes,)))
 
 
@@ -66,3 +66,33 @@ def test_the_group_meets_at_learner_rank_0_and_rejoins_for_a_new_learner(monkeyp
                                                                        ("10.0.0.9", 29500, 3, 5)]
     with pytest.raises(ValueError, match="version"):
         sync.push_from(first, 3)
+
+
+def test_an_engine_failing_mid_broadcast_stops_the_learner_instead_of_waiting_forever():
+    """Under NCCL a rank 0 whose receiver died blocks in the collective for good; the driver
+    watches the engines' receive calls beside the ranks' sends and stops the ranks at the first
+    failure, raising it (a Ray actor here stands in for rank 0 blocked in the collective)."""
+    import time
+
+    from spct.learner.group import LearnerGroup
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        @ray.remote
+        class BlockedRank:
+            def broadcast_weights(self, bucket_bytes):
+                time.sleep(3600)
+
+        @ray.remote
+        class DyingEngine:
+            def receive_broadcast(self):
+                raise RuntimeError("engine 1 died mid-broadcast")
+
+        group = LearnerGroup.__new__(LearnerGroup)
+        group.workers, group.num_ranks, group._on_shutdown = [BlockedRank.remote()], 1, None
+        start = time.time()
+        with pytest.raises(Exception, match="died mid-broadcast"):
+            group.broadcast_weights(1024, receivers=[DyingEngine.remote().receive_broadcast.remote()])
+        assert group.workers == [] and time.time() - start < 60
+    finally:
+        ray.shutdown()
