@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -105,6 +106,14 @@ def run(cfg: DictConfig, choices: dict | None = None, job=None) -> dict:
         return {}
     pre.begin()
     config = pre.config
+    if pre.state is not None and config.checkpoint.resume != "fresh" and set(config.phases) <= set(pre.state.completed):
+        # A finished run asked again: its results, without starting Ray or a single actor.
+        out = Path(config.output_dir)
+        log.info("%s: every phase of this command is already complete (%s); nothing to run", out,
+                 ", ".join(config.phases))
+        if (out / "summary.md").exists():
+            show((out / "summary.md").read_text())
+        return pre.state.results
     start = time.perf_counter()
     pipe, state = train(config)
     wall = time.perf_counter() - start
@@ -112,6 +121,12 @@ def run(cfg: DictConfig, choices: dict | None = None, job=None) -> dict:
     (pipe.out / "summary.md").write_text(table + "\n")
     (pipe.out / "results.json").write_text(json.dumps({"results": state.results, "timings": state.timings,
                                                        "wall_s": wall}, indent=1))
+    show(table)
+    return state.results
+
+
+def show(table: str) -> None:
+    """A Markdown summary on the terminal (rendered where rich is installed)."""
     try:
         from rich.console import Console
         from rich.markdown import Markdown
@@ -119,7 +134,6 @@ def run(cfg: DictConfig, choices: dict | None = None, job=None) -> dict:
         Console().print(Markdown(table))
     except ImportError:
         print(table)
-    return state.results
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)

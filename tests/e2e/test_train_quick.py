@@ -88,11 +88,13 @@ def test_checkpoints_load_in_transformers(quick_run):
 
 
 def test_rerun_of_a_finished_run_does_no_work(quick_run):
+    """The same command again: the saved results, in seconds, with nothing started or rewritten."""
     out, _ = quick_run
-    before = len(_records(out))
+    before = len(_records(out)), (out / "results.json").read_text()
     log = _finish(_train(out))
-    assert "already complete" in log
-    assert len(_records(out)) == before
+    assert "already complete" in log and "held-out accuracy" in log
+    assert "Ray instance" not in log
+    assert (len(_records(out)), (out / "results.json").read_text()) == before
 
 
 def _wait_for_step(proc: subprocess.Popen, out: Path, phase: str, step: int) -> None:
