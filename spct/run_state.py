@@ -68,6 +68,10 @@ class RunState:
         return cls(**d, rft=RFTProgress(**rft))
 
 
+def _parse(path: Path) -> RunState:
+    return RunState.from_dict(json.loads(path.read_text()))
+
+
 class CheckpointError(RuntimeError):
     """A run cannot resume: the checkpoints it points at are broken and none is whole."""
 
@@ -76,6 +80,7 @@ class RunStore:
     def __init__(self, ckpt_dir: Path) -> None:
         self.dir = ckpt_dir
         self.path = ckpt_dir / "state.json"
+        self.fell_back = False  # the last read() took a snapshot for an unreadable state.json
 
     def write(self, state: RunState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -84,21 +89,47 @@ class RunStore:
         os.replace(tmp, self.path)
 
     def read(self) -> RunState | None:
-        """The recorded state as it is (None for a new run), its checkpoints unchecked."""
-        return RunState.from_dict(json.loads(self.path.read_text())) if self.path.exists() else None
+        """The recorded state (None for a new run), its checkpoints unchecked. A state.json that
+        does not parse gives the newest snapshot that does (every checkpoint folder holds one),
+        with a warning naming both; CheckpointError when none does."""
+        self.fell_back = False
+        if not self.path.exists():
+            return None
+        try:
+            return _parse(self.path)
+        except (ValueError, TypeError) as e:
+            damage = f"{self.path} is unreadable ({type(e).__name__}: {e})"
+        for snapshot in self._snapshots():
+            try:
+                state = _parse(snapshot)
+            except (ValueError, TypeError):
+                continue
+            log.warning("%s; using the newest readable snapshot, %s", damage, snapshot)
+            self.fell_back = True
+            return state
+        raise CheckpointError(f"{damage} and no checkpoint folder in {self.dir} holds a readable run_state.json."
+                              f"\nDelete {self.dir.parent} (or choose another output_dir) to start over.")
+
+    def _snapshots(self) -> list[Path]:
+        return sorted(self.dir.glob("*/run_state.json"), key=lambda p: p.stat().st_mtime, reverse=True)
 
     def load(self) -> RunState | None:
         """The recorded state (None for a new run), or the newest whole snapshot when what it
-        points at is broken; CheckpointError when none is whole."""
+        points at is broken; CheckpointError when none is whole. What it resumes from is
+        written back to state.json."""
         state = self.read()
         if state is None:
             return None
         problems = self.problems(state)
         if not problems:
+            if self.fell_back:  # from an unreadable state.json
+                self.write(state)
             return state
-        snapshots = sorted(self.dir.glob("*/run_state.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for snapshot in snapshots:
-            earlier = RunState.from_dict(json.loads(snapshot.read_text()))
+        for snapshot in self._snapshots():
+            try:
+                earlier = _parse(snapshot)
+            except (ValueError, TypeError):
+                continue
             if not self.problems(earlier):
                 log.warning("the latest checkpoint is broken (%s); resuming from %s instead", "; ".join(problems),
                             snapshot.parent)

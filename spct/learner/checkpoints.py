@@ -137,7 +137,9 @@ def checkpoint_problem(path: str | os.PathLike[str], kind: str = "hf") -> str | 
 
     kind "hf": a Hugging Face folder (config.json that parses; every *.safetensors file as long
     as its header says). kind "learner": a `save_state` folder (the tagged folder, no empty
-    file). Reads headers only, so it is quick even for large models."""
+    file, every *.pt file a whole archive, as torch.load needs: its directory at the end reads
+    and every entry lies inside the file). Reads headers and directories only, so it is quick
+    even for large models."""
     import json
     import struct
 
@@ -150,7 +152,9 @@ def checkpoint_problem(path: str | os.PathLike[str], kind: str = "hf") -> str | 
         if not files:
             return f"no DeepSpeed state in {CHECKPOINT_TAG}/"
         empty = [f for f in files if os.path.isfile(f) and os.path.getsize(f) == 0]
-        return f"{os.path.basename(empty[0])} is empty" if empty else None
+        if empty:
+            return f"{os.path.basename(empty[0])} is empty"
+        return next(filter(None, (_archive_problem(f) for f in sorted(files) if f.endswith(".pt"))), None)
     try:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
             json.load(f)
@@ -173,6 +177,21 @@ def checkpoint_problem(path: str | os.PathLike[str], kind: str = "hf") -> str | 
         end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
         if size < 8 + length + end:
             return f"{name} is truncated ({size} of {8 + length + end} bytes)"
+    return None
+
+
+def _archive_problem(file: str) -> str | None:
+    """What keeps torch.load from reading a torch.save file (a zip archive), or None."""
+    import zipfile
+
+    name, size = os.path.basename(file), os.path.getsize(file)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        return f"{name} is not a whole archive (truncated?)"
+    if any(e.header_offset + e.compress_size > size for e in entries):
+        return f"{name} is truncated"
     return None
 
 

@@ -24,8 +24,10 @@ def hf_folder(path: Path) -> Path:
 
 
 def learner_folder(path: Path) -> Path:
+    """A DeepSpeed `save_state` folder's shape: torch.save archives in the tagged folder."""
     (path / "learner").mkdir(parents=True)
-    (path / "learner" / "mp_rank_00_model_states.pt").write_bytes(b"x" * 16)
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        torch.save({"state": torch.arange(4096, dtype=torch.float32)}, path / "learner" / name)
     return path
 
 
@@ -53,6 +55,15 @@ def test_a_whole_folder_passes_and_each_damage_is_named(tmp_path):
     (state / "learner" / "mp_rank_00_model_states.pt").write_bytes(b"")
     assert "is empty" in checkpoint_problem(state, "learner")
     assert "no DeepSpeed state" in checkpoint_problem(tmp_path / "good", "learner")
+    # Cut short (a crash or a full disk mid-write): torch.load would fail on it.
+    cut = learner_folder(tmp_path / "cut_state") / "learner" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    whole = cut.read_bytes()
+    for keep in (len(whole) - 10, len(whole) // 2, 100):
+        cut.write_bytes(whole[:keep])
+        assert "zero_pp_rank_0_mp_rank_00_optim_states.pt is not a whole archive" in checkpoint_problem(
+            cut.parent.parent, "learner")
+        with pytest.raises((RuntimeError, OSError)):
+            torch.load(cut)
 
 
 def run_with_checkpoints(tmp_path: Path) -> tuple[RunStore, Path]:
@@ -133,3 +144,31 @@ def test_a_saved_checkpoint_is_named_in_state_json_and_resumes(tmp_path):
     assert again.model == str(ckpt / "rl-step000030" / "model")
     assert again.learner_state == str(ckpt / "rl-step000030" / "learner")
     assert store.read() == again
+
+
+def test_a_truncated_learner_state_falls_back_to_the_previous_checkpoint(tmp_path, caplog):
+    store, ckpt = run_with_checkpoints(tmp_path)
+    optim = ckpt / "rl-step000020" / "learner" / "learner" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    optim.write_bytes(optim.read_bytes()[:-50])
+    with caplog.at_level(logging.WARNING, logger="spct"):
+        state = store.load()
+    assert state.learner_state.endswith("rl-step000010/learner")
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt is not a whole archive" in caplog.text
+
+
+def test_an_unreadable_state_json_falls_back_to_the_newest_snapshot(tmp_path, caplog):
+    store, ckpt = run_with_checkpoints(tmp_path)
+    whole = (ckpt / "state.json").read_text()
+    (ckpt / "state.json").write_text(whole[: len(whole) // 2])
+    with caplog.at_level(logging.WARNING, logger="spct"):
+        assert store.read().phase_step == 20  # what a dry run and the rerun check see
+        state = store.load()
+    assert state.phase_step == 20 and state.model.endswith("rl-step000020/model")
+    assert "state.json is unreadable" in caplog.text and "rl-step000020/run_state.json" in caplog.text
+    assert json.loads((ckpt / "state.json").read_text())["phase_step"] == 20  # written back whole
+
+    (ckpt / "state.json").write_text("{")
+    for step in (10, 20):
+        (ckpt / f"rl-step{step:06d}" / "run_state.json").write_text("")
+    with pytest.raises(CheckpointError, match="state.json is unreadable .* no checkpoint folder"):
+        store.read()
