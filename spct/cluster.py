@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 # The driver's settings that actors must see (a Ray worker inherits its raylet's environment,
 # not the driver's): vLLM's, read at engine start, and the Hugging Face and W&B ones.
@@ -40,10 +41,32 @@ def actor_fault(exc: BaseException) -> BaseException | None:
     from spct.placement import PlacementLost
 
     faults = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, PlacementLost)
+    for e in _chain(exc):
+        if isinstance(e, faults):
+            return None if start_failure(e) else e
+    return None
+
+
+def start_failure(exc: BaseException) -> str | None:
+    """The error an actor's constructor raised (a model folder that holds no model, a hub id
+    out of reach, a bad path), when that is what `exc` comes from, else None. Not a fault: the
+    same inputs fail the same way again, so neither a restart nor a rerun can help."""
+    import ray.exceptions as rex
+
+    for e in _chain(exc):
+        if isinstance(e, rex.RayActorError) and e.actor_init_failed:
+            text = str(e)
+            actor = re.search(r"ray::(\w+)\.__init__", text)
+            raised = list(re.finditer(r"^\s*[A-Za-z_][\w.]*(?:Error|Exception)\b.*$", text, re.M))
+            error = text[raised[-1].start():].strip() if raised else text.strip().splitlines()[-1]
+            return f"{actor.group(1) if actor else 'an actor'}: {error[:1000]}"
+    return None
+
+
+def _chain(exc: BaseException | None):
+    """`exc` and its causes, through Ray task errors (`.cause`) and `raise ... from`."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, faults):
-            return exc
+        yield exc
         exc = getattr(exc, "cause", None) or exc.__cause__
-    return None

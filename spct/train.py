@@ -60,14 +60,15 @@ def summary_table(state, wall: float) -> str:
 
 
 class RunStopped(RuntimeError):
-    """An actor or a node died; the run stopped with its last checkpoint intact."""
+    """An actor or a node died, or an actor could not start; the run stopped with its last
+    checkpoint intact."""
 
 
 def train(config) -> tuple:
     """Run the phases; on an actor fault (an engine, a learner rank, the meta RM or a node
     died) stop every actor and resume from the last checkpoint, up to
     `checkpoint.max_restarts` times, then stop cleanly saying how to resume."""
-    from spct.cluster import actor_fault
+    from spct.cluster import actor_fault, start_failure
     from spct.pipeline import Pipeline
 
     restarts = 0
@@ -78,6 +79,11 @@ def train(config) -> tuple:
             return pipe, pipe.run()
         except Exception as e:
             fault = actor_fault(e)
+            failed = start_failure(e)
+            if failed:
+                raise RunStopped(f"could not start {failed}\nThe same command fails the same way until "
+                                 "that is fixed (no restart was tried); its checkpoints and metrics are intact in "
+                                 f"{pipe.out}.") from e
             if fault is None:
                 raise
             where = pipe.resume_point()

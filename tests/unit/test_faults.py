@@ -58,3 +58,29 @@ def test_actor_faults_are_told_apart_from_errors():
         assert actor_fault(e) is died
     assert actor_fault(ValueError("bad batch")) is None
     assert actor_fault(ray_exceptions.RayTaskError("step", "traceback", ValueError("bad batch"))) is None
+
+
+def test_an_actor_that_cannot_start_is_a_failure_named_not_a_fault():
+    """Its constructor raised: the same inputs would fail again, so it is not a fault to restart
+    from, and the driver names the constructor's error (Ray's own shape of it, from a real actor)."""
+    ray = pytest.importorskip("ray")
+    from spct.cluster import actor_fault, start_failure
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        @ray.remote
+        class Engine:
+            def __init__(self, path):
+                raise FileNotFoundError(f"model folder not found: {path}")
+
+            def version(self):
+                return 0
+
+        with pytest.raises(ray.exceptions.RayActorError) as died:
+            ray.get(Engine.remote("/ckpt/none").version.remote())
+    finally:
+        ray.shutdown()
+    assert start_failure(died.value) == "Engine: FileNotFoundError: model folder not found: /ckpt/none"
+    assert actor_fault(died.value) is None
+    assert start_failure(ray.exceptions.ActorDiedError()) is None  # died mid-run: a fault
+    assert actor_fault(ray.exceptions.ActorDiedError()) is not None
