@@ -1,6 +1,7 @@
 """What a run records to resume, and where: `RunState` and the checkpoint folder it points into.
 
-`RunStore` keeps output_dir/checkpoints/: state.json (the run's state, replaced atomically),
+`RunStore` keeps output_dir/checkpoints/: state.json (the run's state, replaced atomically, its
+paths inside output_dir relative to it, so a run folder can be copied or moved),
 one folder per checkpoint (weights, optimizer state unless final, and a `run_state.json`
 snapshot of the state that resuming from it needs), the check that what state.json points at
 is whole, the fall-back to the newest whole snapshot, and the pruning of old step checkpoints.
@@ -58,9 +59,6 @@ class RunState:
         self.phase, self.phase_step, self.learner_state, self.phase_start = phase, 0, None, None
         self.rft = RFTProgress()
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunState:
         d = dict(d)
@@ -68,8 +66,11 @@ class RunState:
         return cls(**d, rft=RFTProgress(**rft))
 
 
-def _parse(path: Path) -> RunState:
-    return RunState.from_dict(json.loads(path.read_text()))
+# The fields that name a checkpoint or model folder. One inside output_dir is stored relative to
+# it ("./checkpoints/rl-final/model"), so a copied or moved run reads its own files; a local
+# folder outside it is stored absolute, a hub id as given.
+PATH_FIELDS = ("model", "learner_state", "meta_rm", "policy", "phase_start")
+_HERE = "./"
 
 
 class CheckpointError(RuntimeError):
@@ -85,8 +86,28 @@ class RunStore:
     def write(self, state: RunState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / "state.json.tmp"
-        tmp.write_text(state.to_json())
+        tmp.write_text(self.encode(state))
         os.replace(tmp, self.path)
+
+    def encode(self, state: RunState) -> str:
+        """`state` as state.json holds it, with portable paths (PATH_FIELDS)."""
+        d = dataclasses.asdict(state)
+        root = self.dir.parent.resolve()
+        for key in PATH_FIELDS:
+            path = d[key]
+            if path and (os.path.isabs(path) or os.path.exists(path)):
+                full = Path(path).resolve()
+                d[key] = _HERE + full.relative_to(root).as_posix() if full.is_relative_to(root) else str(full)
+        return json.dumps(d, indent=1)
+
+    def _parse(self, file: Path) -> RunState:
+        d = json.loads(file.read_text())
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        for key in PATH_FIELDS:
+            if isinstance(d.get(key), str) and d[key].startswith(_HERE):
+                d[key] = os.path.abspath(self.dir.parent / d[key][len(_HERE):])
+        return RunState.from_dict(d)
 
     def read(self) -> RunState | None:
         """The recorded state (None for a new run), its checkpoints unchecked. A state.json that
@@ -96,12 +117,12 @@ class RunStore:
         if not self.path.exists():
             return None
         try:
-            return _parse(self.path)
+            return self._parse(self.path)
         except (ValueError, TypeError) as e:
             damage = f"{self.path} is unreadable ({type(e).__name__}: {e})"
         for snapshot in self._snapshots():
             try:
-                state = _parse(snapshot)
+                state = self._parse(snapshot)
             except (ValueError, TypeError):
                 continue
             log.warning("%s; using the newest readable snapshot, %s", damage, snapshot)
@@ -127,7 +148,7 @@ class RunStore:
             return state
         for snapshot in self._snapshots():
             try:
-                earlier = _parse(snapshot)
+                earlier = self._parse(snapshot)
             except (ValueError, TypeError):
                 continue
             if not self.problems(earlier):
@@ -150,7 +171,7 @@ class RunStore:
         write_weights(partial, not final)
         setattr(state, role, str(folder / "model"))
         state.learner_state = None if final else str(folder / "learner")
-        (partial / "run_state.json").write_text(state.to_json())
+        (partial / "run_state.json").write_text(self.encode(state))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)
         self.write(state)

@@ -81,10 +81,10 @@ def test_checkpoints_load_in_transformers(quick_run):
     out, _ = quick_run
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["completed"] == ["warmup", "rft", "rl", "meta_rm", "eval"]
-    model = AutoModelForCausalLM.from_pretrained(state["model"])
-    tok = AutoTokenizer.from_pretrained(state["model"])
+    assert state["model"] == "./checkpoints/rl-final/model"  # relative to output_dir: the folder can move
+    model = AutoModelForCausalLM.from_pretrained(out / state["model"])
+    tok = AutoTokenizer.from_pretrained(out / state["model"])
     assert model.config.vocab_size >= len(tok)
-    assert Path(state["model"]).parent.name == "rl-final"
 
 
 def test_rerun_of_a_finished_run_does_no_work(quick_run):
@@ -234,7 +234,7 @@ def test_policy_trained_with_the_runs_grm_as_its_reward(quick_run, tmp_path):
     assert Path(state["policy"]).parent.name == "policy_rl-final"
     assert Path(state["model"]).parent.name == "rl-final"  # the GRM is untouched
     before = load_file(out / "checkpoints" / "policy_sft-final" / "model" / "model.safetensors")
-    after = load_file(Path(state["policy"]) / "model.safetensors")
+    after = load_file(out / state["policy"] / "model.safetensors")
     assert any(not (before[k] == after[k]).all() for k in before)
 
 

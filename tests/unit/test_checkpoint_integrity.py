@@ -172,3 +172,40 @@ def test_an_unreadable_state_json_falls_back_to_the_newest_snapshot(tmp_path, ca
         (ckpt / f"rl-step{step:06d}" / "run_state.json").write_text("")
     with pytest.raises(CheckpointError, match="state.json is unreadable .* no checkpoint folder"):
         store.read()
+
+
+def test_a_copied_or_moved_run_reads_its_own_checkpoints(tmp_path):
+    """state.json and every snapshot store paths inside output_dir relative to it; a local folder
+    outside it stays absolute and a hub id as given."""
+    import shutil
+
+    store, ckpt = run_with_checkpoints(tmp_path)
+    state = store.load()
+    state.phase_start = str(tmp_path / "base_model")  # outside output_dir
+    store.write(state)
+    stored = json.loads((ckpt / "state.json").read_text())
+    assert stored["model"] == "./checkpoints/rl-step000020/model"
+    assert stored["learner_state"] == "./checkpoints/rl-step000020/learner"
+    assert stored["phase_start"] == str(tmp_path / "base_model")
+
+    def write_weights(folder: Path, with_optimizer: bool) -> None:
+        hf_folder(folder / "model")
+        learner_folder(folder / "learner")
+
+    state.phase_step = 30
+    store.save("rl-step000030", state, write_weights, "model", final=False)
+    snapshot = json.loads((ckpt / "rl-step000030" / "run_state.json").read_text())
+    assert snapshot["model"] == "./checkpoints/rl-step000030/model"
+
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.move(str(ckpt.parent), str(moved))
+    again = RunStore(moved / "checkpoints").load()
+    assert again.model == str(moved / "checkpoints" / "rl-step000030" / "model")
+    assert again.learner_state == str(moved / "checkpoints" / "rl-step000030" / "learner")
+    assert not (tmp_path / "run").exists() and Path(again.model).is_dir()
+
+    hub = RunState(model="Qwen/Qwen2.5-7B-Instruct")
+    store = RunStore(moved / "checkpoints")
+    store.write(hub)
+    assert json.loads((moved / "checkpoints" / "state.json").read_text())["model"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert store.read().model == "Qwen/Qwen2.5-7B-Instruct"
