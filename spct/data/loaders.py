@@ -109,11 +109,20 @@ def to_source(value: Any, key: str = "source", format: str | None = None,
 # --- readers: source -> raw records with their locations ---------------------------------------
 
 
+def _number(digits: str) -> int | float:
+    """A JSON integer; one longer than Python converts (4300 digits) becomes a float (inf), so
+    the field that holds it is named by the item's checks rather than the whole line refused."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
+
+
 def _parse_json(text: str, path: Path, lineno: int | None = None) -> Any:
     """json.loads whose every failure is a DataError naming the file and line (`lineno` for a
     JSON Lines record; for a whole JSON file, the line the parser stopped at)."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_number)
     except json.JSONDecodeError as e:
         where = f"{path}, line {lineno or e.lineno}"
         raise DataError(where, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
@@ -137,7 +146,7 @@ def _decode(raw: bytes, path: Path, lineno: int | None = None) -> str:
         ) from None
 
 
-def _read_jsonl(path: Path, raw: bytes) -> Iterator[Record | DataError]:
+def _read_jsonl(path: Path, raw: bytes, hint: str = "") -> Iterator[Record | DataError]:
     # Lines end at \n only: U+2028, U+2029 and U+0085 are legal inside JSON strings, and
     # str.splitlines would cut a record there.
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
@@ -148,7 +157,7 @@ def _read_jsonl(path: Path, raw: bytes) -> Iterator[Record | DataError]:
                 continue
             data = _parse_json(text, path, lineno)
         except DataError as e:
-            yield e
+            yield DataError(e.where, e.field, e.expected + hint) if hint else e
             continue
         yield Record(data, where, f"{path.stem}:{lineno}", path.name)
 
@@ -201,8 +210,20 @@ def _read_file(path: Path) -> Iterator[Record | DataError]:
         except (OSError, EOFError) as e:
             raise DataError(str(path), None, f"not a readable gzip file ({e})") from None
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    if suffix == ".json" and raw.lstrip().startswith(b"{"):
+        # One object spread over lines (pretty-printed) is one record; otherwise a .json that is
+        # not a list is JSON Lines, which is what Dataset.to_json writes.
+        try:
+            whole = json.loads(raw, parse_int=_number)
+        except (ValueError, RecursionError):
+            whole = None
+        if isinstance(whole, dict):
+            yield Record(whole, f"{path}, record 0", f"{path.stem}:0", path.name)
+            return
+        yield from _read_jsonl(path, raw, hint=" (read as JSON Lines, one record per line: the file is neither one "
+                                              "JSON object nor a list of them)")
+        return
     if suffix == ".jsonl" or not raw.lstrip().startswith(b"["):
-        # A .json that is not a list is read as JSON Lines: that is what Dataset.to_json writes.
         yield from _read_jsonl(path, raw)
         return
     records = _parse_json(_decode(raw, path), path)

@@ -69,11 +69,20 @@ def test_lone_surrogates_are_refused_by_field(tmp_path, where, value):
 
 
 @pytest.mark.parametrize("reward", ["1" + "0" * 400, "1e400", "-1e999", "NaN", "Infinity", "9" * 5000])
-def test_numbers_outside_float_range_name_the_field_or_line(tmp_path, reward):
+def test_numbers_outside_float_range_name_the_field(tmp_path, reward):
     path = write(tmp_path / "x.jsonl", '{"conversation": [{"role": "user", "content": "q"}], '
                  f'"responses": ["a", "b"], "rewards": [{reward}, 0]}}')
-    with pytest.raises(DataError, match=r"x.jsonl, line 1"):
+    with pytest.raises(DataError, match=r"x.jsonl, line 1: field 'rewards\[0\]': expected a finite number"):
         load_items(path)
+
+
+def test_a_pretty_printed_json_object_is_one_record_and_other_json_says_how_it_was_read(tmp_path):
+    record = {"conversation": [{"role": "user", "content": "q"}], "responses": ["a", "b"], "rewards": [1, 0]}
+    path = write(tmp_path / "one.json", json.dumps(record, indent=2))
+    assert [it.responses for it in load_items(path)] == [["a", "b"]]
+    two = write(tmp_path / "two.json", json.dumps(record, indent=2) + "\n" + json.dumps(record, indent=2))
+    with pytest.raises(DataError, match=r"two.json, line 1: malformed JSON .*read as JSON Lines, one record per line"):
+        load_items(two)
 
 
 @pytest.mark.parametrize("record, field", [
