@@ -93,6 +93,7 @@ class Pipeline:
         self.tracker = Tracker(self.out, kind=lg.kind, project=lg.project, entity=lg.entity,
                                run_name=lg.run_name or self.out.name, mode=lg.mode, config=dataclasses.asdict(cfg),
                                run_id=self.state.wandb_run_id, resume_step=self.state.global_step if resumed else None,
+                               resume_phase=self.state.phase if resumed else None,
                                group=lg.group, tags=lg.tags or None)
         self.state.wandb_run_id = self.tracker.run_id
         if resumed:

@@ -45,11 +45,12 @@ class Tracker:
         resume_step: int | None = None,
         group: str | None = None,
         tags: list[str] | None = None,
+        resume_phase: str | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
-            self._roll_back(resume_step)
+            self._roll_back(resume_step, resume_phase)
         self._jsonl = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
         self._wandb = None
         self.run_id = run_id
@@ -72,17 +73,22 @@ class Tracker:
             self.run_id = self._wandb.id
             log.info("W&B run %s (%s mode) in %s", self.run_id, resolved, self.output_dir / "wandb")
 
-    def _roll_back(self, step: int) -> None:
+    def _roll_back(self, step: int, phase: str | None = None) -> None:
         """Resuming from a checkpoint at global `step`: records logged after it (their steps
         run again) move from metrics.jsonl to metrics.rolled_back.jsonl, so each step appears
-        once in metrics.jsonl and nothing logged is lost. (W&B keeps its first record of a step.)"""
+        once in metrics.jsonl and nothing logged is lost. (W&B keeps its first record of a step.)
+        With `phase`, the phase the checkpoint is in: its held-out evaluation (`eval/*`) at
+        `step` came after a phase-final checkpoint and runs again too."""
         path = self.output_dir / "metrics.jsonl"
         if not path.exists():
             return
         keep, later = [], []
         for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
             try:
-                after = json.loads(line)["step"] > step
+                record = json.loads(line)
+                after = record["step"] > step or (
+                    phase is not None and record["step"] == step and record["phase"] == phase
+                    and any(k.startswith("eval/") for k in record))
             except (ValueError, KeyError, TypeError):  # a line cut short by the crash
                 after = True
             (later if after else keep).append(line)

@@ -30,6 +30,25 @@ def test_a_resume_moves_the_metrics_logged_after_its_checkpoint_aside(tmp_path):
     assert [json.loads(x)["step"] for x in rolled[:-1]] == [5, 6, 7] and rolled[-1].startswith('{"step": 8')
 
 
+def test_a_fall_back_to_a_phase_final_checkpoint_runs_its_evaluation_again_logged_once(tmp_path):
+    """A phase-final checkpoint is saved before the phase's held-out evaluation is logged at the
+    same step; resuming from it (the state names the phase as running) evaluates again."""
+    t = Tracker(tmp_path, kind="none")
+    for step in range(1, 4):
+        t.log({"loss": float(step)}, step=step, phase="rl", phase_step=step)
+    t.log({"eval/accuracy": 0.5}, step=3, phase="rl")  # after the rl-final checkpoint at step 3
+    t.log({"loss": 9.0}, step=4, phase="meta_rm", phase_step=1)
+    t.finish()
+
+    t = Tracker(tmp_path, kind="none", resume_step=3, resume_phase="rl")
+    t.log({"eval/accuracy": 0.5}, step=3, phase="rl")
+    t.finish()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert [(r["step"], "eval/accuracy" in r) for r in records] == [(1, False), (2, False), (3, False), (3, True)]
+    rolled = [json.loads(x) for x in (tmp_path / "metrics.rolled_back.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["phase"]) for r in rolled] == [(3, "rl"), (4, "meta_rm")]
+
+
 def test_a_fresh_or_caught_up_tracker_keeps_every_line(tmp_path):
     t = Tracker(tmp_path, kind="none")
     t.log({"loss": 1.0}, step=1, phase="warmup")
