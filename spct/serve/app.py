@@ -77,8 +77,15 @@ async def score_jobs(scorer: Scorer, jobs: list[ScoreJob], k_meta: int | None) -
         try:
             results = await run_in_threadpool(scorer.score, [jobs[i].item for i in members], k, temp, kept, meta)
         except Exception as e:
+            # The details (Ray's actor ids, PIDs, addresses, tracebacks) go to the server's log
+            # only; the client learns what happened.
             log.exception("scoring failed")
-            raise RequestError(500, None, f"scoring failed: {type(e).__name__}: {e}") from None
+            from spct.cluster import actor_fault
+
+            if actor_fault(e) is not None:
+                raise RequestError(503, None, "the GRM's engine or the meta RM has stopped; this server cannot "
+                                   "score until it is restarted") from None
+            raise RequestError(500, None, f"scoring failed ({type(e).__name__}); see the server's log") from None
         for i, result in zip(members, results, strict=True):
             out[i] = dict(result, k_meta=kept)
     return out

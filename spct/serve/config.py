@@ -25,6 +25,10 @@ from spct.config import (
     structured,
 )
 
+# Sampling temperatures a request (or the server's default) may ask for: OpenAI's range. Far
+# beyond it the engine's arithmetic overflows, a server error for a client's value.
+MAX_TEMPERATURE = 2.0
+
 TOKEN_ENV = "SPCT_SERVE_TOKEN"
 CONF_FILE = CONF_DIR / "serve.yaml"
 
@@ -129,6 +133,7 @@ def validate(c: ServeConfig) -> None:
         need(c.meta_rm.dtype in DTYPES, "meta_rm.dtype", f"one of {', '.join(DTYPES)}, got {c.meta_rm.dtype!r}")
     need(c.port <= 65535, "port", f"0..65535, got {c.port}")
     need(c.default_k <= c.max_k, "default_k", f"1..max_k ({c.max_k}), got {c.default_k}")
+    need(c.temperature <= MAX_TEMPERATURE, "temperature", f"at most {MAX_TEMPERATURE:g}, got {c.temperature}")
     ch.done("serve configuration")
 
 

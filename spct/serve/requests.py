@@ -14,6 +14,7 @@ from fastapi import Request
 from spct.data import Item
 from spct.grm import pick_best
 from spct.grm.voting import counted, rescaled_vote
+from spct.serve.config import MAX_TEMPERATURE
 
 
 class RequestError(Exception):
@@ -92,8 +93,8 @@ def parse_options(
         raise RequestError(
             422, prefix + "temperature", f"expected a number, got {_type_name(temperature)}"
         )
-    elif not (math.isfinite(temperature) and temperature >= 0):
-        raise RequestError(422, prefix + "temperature", f"expected >= 0, got {temperature}")
+    elif not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
+        raise RequestError(422, prefix + "temperature", f"expected 0..{MAX_TEMPERATURE:g}, got {temperature}")
     if meta is _ABSENT or meta is None:
         meta = has_meta
     elif not isinstance(meta, bool):

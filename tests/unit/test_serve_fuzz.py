@@ -126,3 +126,35 @@ def test_a_wrong_token_is_401_for_every_endpoint(url):
     for path in ("/score", "/batch_score", "/openrlhf"):
         assert httpx.post(url + path, json={}, headers={"Authorization": "Bearer s3creT"}).status_code == 401
     assert httpx.get(url + "/health").status_code == 401
+
+
+def test_a_temperature_out_of_range_is_the_clients_error(url):
+    body = {"query": "q", "responses": ["a", "b"]}
+    for temperature in (1e30, 2.5, -0.1):
+        reply = httpx.post(url + "/score", json={**body, "temperature": temperature}, headers=HEADERS, timeout=30)
+        assert reply.status_code == 422 and reply.json()["field"] == "temperature", reply.text
+        assert "expected 0..2" in reply.json()["error"]
+    assert httpx.post(url + "/score", json={**body, "temperature": 2.0}, headers=HEADERS, timeout=30).status_code == 200
+
+
+def test_a_failed_engine_is_a_503_or_500_that_names_no_ray_internals():
+    """Ray's error for a dead actor carries its id, PID, node address and namespace; the client
+    gets what happened, the server's log the rest."""
+    ray_exceptions = pytest.importorskip("ray.exceptions")
+
+    class DeadEngine(AnyScorer):
+        def score(self, items, k, temperature, k_meta, use_meta):
+            raise ray_exceptions.ActorDiedError()  # "The actor died unexpectedly ... actor_id ..."
+
+    class Broken(AnyScorer):
+        def score(self, items, k, temperature, k_meta, use_meta):
+            raise RuntimeError("engine at 10.0.0.7 pid 4242 said no")
+
+    options = app_options(ServeConfig())
+    body = {"query": "q", "responses": ["a", "b"]}
+    for scorer, status in ((DeadEngine(), 503), (Broken(), 500)):
+        with BackgroundServer(make_app(scorer, **options)) as address:
+            reply = httpx.post(address + "/score", json=body, timeout=30)
+        assert reply.status_code == status, reply.text
+        text = reply.json()["error"]
+        assert not any(leak in text for leak in ("actor", "pid", "10.0.0.7", "4242", "namespace")), text
