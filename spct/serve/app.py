@@ -142,8 +142,12 @@ def make_app(
         return await score_jobs(scorer, jobs, limits.k_meta)
 
     @app.get("/health")
-    async def health(request: Request) -> dict[str, Any]:
+    async def health(request: Request) -> Any:
         gate.authorize(request)
+        probe = getattr(scorer, "health", None)
+        problems = await run_in_threadpool(probe) if probe else []
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, 503)
         return {
             "status": "ok",
             "model": scorer.model,

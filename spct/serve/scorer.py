@@ -18,6 +18,7 @@ class Scorer(Protocol):
     "scores" (per sample: the parsed scores in input order, or None on a parse failure) and
     "meta_scores" (one per sample when the meta RM chose the samples, else None).
     `check` says why an item cannot be scored (e.g. its prompt overflows the context), or None.
+    `health` (optional) lists what cannot score now, e.g. a dead engine.
     """
 
     model: str
@@ -98,6 +99,24 @@ class GRMScorer:
             }
             for r in results
         ]
+
+    def health(self) -> list[str]:
+        """What cannot score: each engine or the meta RM whose actor has died (a busy one, which
+        answers after its current call, is alive)."""
+        import ray
+
+        actors = [(f"GRM engine {i}", e) for i, e in enumerate(self.pool.group.engines)]
+        actors += [("meta RM", self.meta_rm)] if self.meta_rm is not None else []
+        probes = [a.__ray_ready__.remote() for _, a in actors]
+        done, _ = ray.wait(probes, num_returns=len(probes), timeout=2.0)
+        dead = []
+        for (name, _), probe in zip(actors, probes, strict=True):
+            if probe in done:
+                try:
+                    ray.get(probe)
+                except ray.exceptions.RayError:
+                    dead.append(f"{name} has stopped")
+        return dead
 
     def _meta_score(self, trajectories: list[dict[str, Any]]) -> list[float]:
         import ray

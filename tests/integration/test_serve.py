@@ -393,3 +393,19 @@ def test_config_composes_and_is_validated(tmp_path, tiny_model_dir):
     run = subprocess.run([sys.executable, "-m", "spct.serve", f"model={tmp_path / 'missing'}"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert run.returncode != 0 and "model: expected an existing file or folder" in run.stdout + run.stderr
+
+
+def test_a_dead_engine_turns_health_to_503_and_scores_to_503_without_ray_internals(client, scorer):
+    """Runs last: it kills the module's engine. /health names what stopped instead of "ok", and
+    /score says the server cannot score, with no actor id, PID, address or namespace."""
+    import ray
+
+    assert client.get("/health").json()["status"] == "ok"
+    ray.kill(scorer.pool.group.engines[0])
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json() == {"status": "unavailable",
+                                                           "problems": ["GRM engine 0 has stopped"]}
+    reply = client.post("/score", json={"query": "2+2?", "responses": ["4", "5"], "meta": False})
+    assert reply.status_code == 503, reply.text
+    assert "cannot score" in reply.json()["error"]
+    assert not any(leak in reply.text for leak in ("actor_id", "pid", "ip:", "namespace", "127.0.0.1"))
