@@ -2,9 +2,10 @@
 
 `LearnerGroup` (group.py) is what the driver holds, built from one `LearnerSpec` (spec.py). It
 splits every global batch contiguously across the ranks (shares differ by at most one sequence),
-runs the same call on all of them and returns the metrics. Each `LearnerWorker` (worker.py: process group and engine set-up) owns the policy (a DeepSpeed
-engine over a Hugging Face causal LM, ZeRO 0-3, or a scalar head for the meta RM) and, when
-asked, a frozen reference model for the KL term. Its step kinds are in steps.py, its
+runs the same call on all of them and returns the metrics. Each `LearnerWorker` (worker.py:
+process group and engine set-up) owns the policy (a DeepSpeed engine over a Hugging Face causal
+LM, ZeRO 0-3, or a scalar head for the meta RM) and, when asked, a frozen reference model for
+the KL term. Its step kinds are in steps.py, its
 checkpoints in checkpoints.py, and the batch formats, padding and the prompt-sharing forward
 pass in batches.py.
 """
