@@ -110,12 +110,18 @@ def _kill_actor(proc: subprocess.Popen, actor: str) -> None:
     """SIGKILL the run's one `actor` process (found among the driver's descendants)."""
     import psutil
 
+    def cmdline(p: psutil.Process) -> list[str]:
+        try:
+            return p.cmdline()
+        except psutil.Error:  # gone, or a zombie not reaped yet (a worker that just exited)
+            return []
+
     deadline = time.time() + 60
     while not (victims := [c for c in psutil.Process(proc.pid).children(recursive=True)
-                           if any(part.startswith(f"ray::{actor}") for part in c.cmdline())]):
+                           if any(part.startswith(f"ray::{actor}") for part in cmdline(c))]):
         assert time.time() < deadline and proc.poll() is None, f"no {actor} process"
         time.sleep(0.1)
-    assert len(victims) == 1, [c.cmdline() for c in victims]
+    assert len(victims) == 1, [cmdline(c) for c in victims]
     victims[0].kill()
 
 
