@@ -15,7 +15,7 @@ from typing import Any
 from spct.grm import build_prompt, load_template, random_order, vote
 from spct.grm.trajectory import Shown, read
 from spct.item import Item
-from spct.rollout import RolloutGroup
+from spct.rollout import RolloutGroup, seed_of
 
 
 class GRMRewardPool:
@@ -50,12 +50,16 @@ class GRMRewardPool:
         seed: int | str = 0,
         hint: bool = False,
         stream: str = "pool",
+        keyed: bool = False,
     ) -> list[list[dict[str, Any]]]:
         """k samples per item: {order, prompt, text, scores (input order, None on a parse failure)}.
 
         Each sample shows the responses in a fresh random order, drawn from a generator seeded
         by (seed, stream, item); another `stream` gives other orders (e.g. the greedy sample's).
         Never the order as given: loaders often put the labelled-best response first.
+        `keyed` (every item has an id): sample j of an item also draws its tokens with a seed
+        from (seed, stream, id, j), so an item's samples do not depend on what else is in the
+        batch (the reward server's coalesced batches); else from (seed, stream, position).
         """
         if k < 1:
             raise ValueError(f"k: expected >= 1, got {k}")
@@ -68,7 +72,12 @@ class GRMRewardPool:
                 shown.append(Shown(item, order, build_prompt(item, order, hint=hint or None, template=self.template),
                                    scale))
         sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens)
-        results = self.group.generate([s.text for s in shown], sampling, seed=f"{seed}:{stream}")
+        seeds: str | list[int] = f"{seed}:{stream}"
+        if keyed:
+            if any(item.id is None for item in items):
+                raise ValueError("keyed: every item needs an id")
+            seeds = [seed_of(f"{seed}:{stream}:{item.id}:{j}") for item in items for j in range(k)]
+        results = self.group.generate([s.text for s in shown], sampling, seed=seeds)
         records = [t.record() for s, r in zip(shown, results, strict=True) for t in read(s, r)]
         return [records[i * k : (i + 1) * k] for i in range(len(items))]
 
@@ -80,20 +89,21 @@ class GRMRewardPool:
         seed: int | str = 0,
         k_meta: int | None = None,
         meta_score: Callable[[list[dict[str, Any]]], list[float]] | None = None,
+        keyed: bool = False,
     ) -> list[dict[str, Any]]:
         """Per item: {"rewards": voted per-response totals in input order, "samples": [...]}.
 
         `meta_score`, when given, maps a list of {prompt, completion} trajectories to meta-RM
-        scores; then only the k_meta best-rated samples of each item count.
+        scores; then only the k_meta best-rated samples of each item count. `keyed` as in `sample`.
         """
-        samples = self.sample(items, k, temperature, seed)
+        samples = self.sample(items, k, temperature, seed, keyed=keyed)
+        if meta_score is not None:  # one call for the whole batch
+            rated = meta_score([{"prompt": s["prompt"], "completion": s["text"]} for its in samples for s in its])
+            for s, m in zip((s for its in samples for s in its), rated, strict=True):
+                s["meta_score"] = m
         out = []
         for item, its in zip(items, samples, strict=True):
-            meta = None
-            if meta_score is not None:
-                meta = meta_score([{"prompt": s["prompt"], "completion": s["text"]} for s in its])
-                for s, m in zip(its, meta, strict=True):
-                    s["meta_score"] = m
+            meta = [s["meta_score"] for s in its] if meta_score is not None else None
             totals = vote([s["scores"] for s in its], item.n, k_meta=k_meta if meta else None, meta_scores=meta)
             out.append({"rewards": totals, "samples": its})
         return out

@@ -38,10 +38,14 @@ def split_contiguous(n: int, parts: int) -> list[range]:
     return ranges
 
 
+def seed_of(key: str) -> int:
+    """A 63-bit sampling seed, a stable hash of `key`."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
+
+
 def request_seeds(seed: int | str, n: int) -> list[int]:
-    """A 63-bit sampling seed per prompt, a stable hash of (seed, index)."""
-    return [int.from_bytes(hashlib.blake2b(f"{seed}:{j}".encode(), digest_size=8).digest(), "big") >> 1
-            for j in range(n)]
+    """A sampling seed per prompt, from (seed, index)."""
+    return [seed_of(f"{seed}:{j}") for j in range(n)]
 
 
 class Pending:
@@ -132,17 +136,18 @@ class RolloutGroup:
 
     def generate(
         self, prompts: Sequence[str | list[dict[str, str]]], sampling: dict[str, Any], chat: bool = True,
-        seed: int | str | None = None,
+        seed: int | str | Sequence[int] | None = None,
     ) -> list[dict[str, Any]]:
         """One result per prompt, in input order, each with `engine` and `version` keys."""
         return self.submit(prompts, sampling, chat, seed).result()
 
     def submit(self, prompts: Sequence[str | list[dict[str, str]]], sampling: dict[str, Any], chat: bool = True,
-               seed: int | str | None = None) -> Pending:
+               seed: int | str | Sequence[int] | None = None) -> Pending:
         """Start generating and return at once; `.result()` waits for what `generate` returns.
 
         With `seed` (a number or a key such as "rl:3"), prompt j samples with its own seed
-        from (seed, j); without, from the engine's generator (seeded at start).
+        from (seed, j); with a list of numbers, prompt j samples with the j-th; without, from the
+        engine's generator (seeded at start).
         An engine runs its calls in order, so a weight update sent after `submit` applies once
         this generation is done: its results carry the version it was generated with.
         """
@@ -150,7 +155,12 @@ class RolloutGroup:
             raise TypeError("prompts: expected a list of strings, got a single string")
         prompts = list(prompts)
         self._wake()
-        seeds = request_seeds(seed, len(prompts)) if seed is not None else None
+        if seed is None or isinstance(seed, int | str):
+            seeds = request_seeds(seed, len(prompts)) if seed is not None else None
+        else:
+            seeds = list(seed)
+            if len(seeds) != len(prompts):
+                raise ValueError(f"seed: {len(seeds)} seeds for {len(prompts)} prompts")
         chunks = [
             (i, r) for i, r in enumerate(split_contiguous(len(prompts), self.num_engines)) if r
         ]

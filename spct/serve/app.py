@@ -16,11 +16,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from spct.serve.batching import Batcher, QueueFull, ScoreJob, Unscorable
 from spct.serve.requests import (
     Limits,
     OpenRLHFBatch,
     RequestError,
-    ScoreJob,
     openrlhf_lists,
     parse_query_options,
     parse_score_request,
@@ -65,17 +65,14 @@ class Gate:
         return read_json_bytes(bytes(body))
 
 
-async def score_jobs(scorer: Scorer, jobs: list[ScoreJob], k_meta: int | None) -> list[dict[str, Any]]:
-    """Score jobs sharing (k, temperature, meta) in one call each; results in input order, each
-    with the `k_meta` its vote kept (`k_meta` capped at k, when the meta RM chose)."""
-    groups: dict[tuple[int, float, bool], list[int]] = {}
-    for i, job in enumerate(jobs):
-        groups.setdefault((job.k, job.temperature, job.meta), []).append(i)
-    out: list[dict[str, Any]] = [{} for _ in jobs]
-    for (k, temp, meta), members in groups.items():
+def engine_call(scorer: Scorer, k_meta: int | None) -> Any:
+    """The batcher's scoring function: `scorer.score` with the meta RM's `k_meta` (capped at k),
+    each result carrying the `k_meta` its vote kept; a failure becomes the client's 503 or 500."""
+
+    def call(items: list[Any], k: int, temperature: float, meta: bool) -> list[dict[str, Any]]:
         kept = min(k_meta, k) if meta and k_meta is not None else None
         try:
-            results = await run_in_threadpool(scorer.score, [jobs[i].item for i in members], k, temp, kept, meta)
+            results = scorer.score(items, k, temperature, kept, meta)
         except Exception as e:
             # The details (Ray's actor ids, PIDs, addresses, tracebacks) go to the server's log
             # only; the client learns what happened.
@@ -86,9 +83,9 @@ async def score_jobs(scorer: Scorer, jobs: list[ScoreJob], k_meta: int | None) -
                 raise RequestError(503, None, "the GRM's engine or the meta RM has stopped; this server cannot "
                                    "score until it is restarted") from None
             raise RequestError(500, None, f"scoring failed ({type(e).__name__}); see the server's log") from None
-        for i, result in zip(members, results, strict=True):
-            out[i] = dict(result, k_meta=kept)
-    return out
+        return [dict(result, k_meta=kept) for result in results]
+
+    return call
 
 
 def make_app(
@@ -105,9 +102,15 @@ def make_app(
     k_meta: int | None,
     end_markers: Sequence[str],
     openrlhf_group: bool = False,
+    batch_window_ms: float = 10.0,
+    group_window_s: float = 1.0,
+    max_batch_prompts: int = 256,
+    max_queue_prompts: int = 4096,
+    request_timeout_s: float = 600.0,
 ) -> FastAPI:
     """The FastAPI app. With a `token`, every endpoint wants `Authorization: Bearer <token>`.
-    `openrlhf_group` is /openrlhf's default mode (a request may set `group` in its URL)."""
+    `openrlhf_group` is /openrlhf's default mode (a request may set `group` in its URL). The
+    batching settings are `ServeConfig`'s (docs/serving.md, "Batching")."""
     limits = Limits(
         max_body_bytes,
         max_items,
@@ -120,26 +123,41 @@ def make_app(
     )
     gate = Gate(token, max_body_bytes)
     markers = list(end_markers)
+    batcher = Batcher(engine_call(scorer, k_meta), scorer.check, window_s=batch_window_ms / 1000,
+                      group_window_s=group_window_s, max_batch_prompts=max_batch_prompts,
+                      max_queue_prompts=max_queue_prompts, max_responses=max_responses)
     # The schema pages would answer without the token; the endpoints are documented in docs/.
     app = FastAPI(title="spct reward server", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
         return JSONResponse({"error": exc.message, "field": exc.field}, exc.status, headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail), "field": None}, exc.status_code, exc.headers)
 
-    def checked(job: ScoreJob, field_name: str) -> ScoreJob:
-        reason = scorer.check(job.item)
-        if reason is not None:
-            raise RequestError(413, field_name, reason)
-        return job
+    def checked(jobs: list[ScoreJob], fields: list[str]) -> list[ScoreJob]:
+        """Each job's GRM prompt measured (in a worker thread: tokenizing a large body takes a
+        while); the first too long for the context is refused, naming its field."""
+        for job, field_name in zip(jobs, fields, strict=True):
+            reason = scorer.check(job.item)
+            if reason is not None:
+                raise RequestError(413, field_name, reason)
+        return jobs
 
-    async def run(jobs: list[ScoreJob]) -> list[dict[str, Any]]:
-        return await score_jobs(scorer, jobs, limits.k_meta)
+    async def run(jobs: list[ScoreJob]) -> list[Any]:
+        try:
+            return await batcher.submit(jobs, request_timeout_s)
+        except QueueFull as e:
+            raise RequestError(503, None, f"the server is busy: {e}", {"Retry-After": str(e.retry_after)}) from None
+        except TimeoutError:
+            raise RequestError(504, None, f"not scored within request_timeout_s ({request_timeout_s:g} s)") from None
+
+    def unscorable(result: Any, field_name: str) -> None:
+        if isinstance(result, Unscorable):  # a group merged from several requests did not fit
+            raise RequestError(413, field_name, f"judged with its group: {result}")
 
     @app.get("/health")
     async def health(request: Request) -> Any:
@@ -155,13 +173,19 @@ def make_app(
             "template": scorer.template,
             "score_range": [scorer.low, scorer.high],
             "default_k": limits.default_k,
+            "max_k": limits.max_k,
+            "max_responses": limits.max_responses,
+            "max_items": limits.max_items,
+            "waiting_prompts": batcher.waiting_prompts(),
         }
 
     @app.post("/score")
     async def score(request: Request) -> dict[str, Any]:
         body = await gate.read_json(request)
-        job = checked(parse_score_request(body, "", limits, scorer.has_meta), "responses")
+        job = parse_score_request(body, "", limits, scorer.has_meta)
+        await run_in_threadpool(checked, [job], ["responses"])
         (result,) = await run([job])
+        unscorable(result, "responses")
         return score_response(result, job.k)
 
     @app.post("/batch_score")
@@ -177,34 +201,35 @@ def make_app(
             raise RequestError(422, "items", "expected a non-empty list of score requests")
         if len(items) > limits.max_items:
             raise RequestError(413, "items", f"{len(items)} items; the limit is {limits.max_items}")
-        jobs = [
-            checked(
-                parse_score_request(it, f"items[{i}].", limits, scorer.has_meta),
-                f"items[{i}].responses",
-            )
-            for i, it in enumerate(items)
-        ]
+        jobs = [parse_score_request(it, f"items[{i}].", limits, scorer.has_meta) for i, it in enumerate(items)]
+        fields = [f"items[{i}].responses" for i in range(len(jobs))]
+        await run_in_threadpool(checked, jobs, fields)
         results = await run(jobs)
+        for result, field_name in zip(results, fields, strict=True):
+            unscorable(result, field_name)
         return {"results": [score_response(r, j.k) for r, j in zip(results, jobs, strict=True)]}
 
     @app.post("/openrlhf")
     async def openrlhf(request: Request) -> dict[str, Any]:
         body = await gate.read_json(request)
-        k, temp, meta, group = parse_query_options(request, limits, scorer.has_meta, openrlhf_group)
+        options = parse_query_options(request, limits, scorer.has_meta, openrlhf_group)
         queries, prompts = openrlhf_lists(body, limits)
-        batch = OpenRLHFBatch(queries, prompts, markers, limits, group)
+        batch = OpenRLHFBatch(queries, prompts, markers, limits, options)
+        reasons = await run_in_threadpool(lambda: [scorer.check(job.item) for _, job in batch.jobs])
         jobs = []
-        for members, item in batch.groups:
-            reason = scorer.check(item)
+        for (i, job), reason in zip(batch.jobs, reasons, strict=True):
             if reason is None:
-                jobs.append((members, ScoreJob(item, k, temp, meta)))
+                jobs.append((i, job))
             else:
-                batch.unscore(members, reason)
+                batch.unscore(i, reason)
+        results = await run([job for _, job in jobs])
+        for (i, _), result in zip(jobs, results, strict=True):
+            if isinstance(result, Unscorable):
+                batch.unscore(i, f"judged with its group: {result}")
+            else:
+                batch.reward(i, result, scorer.low, scorer.high)
         for i, reason in batch.unscored.items():
             log.warning("/openrlhf: query %d gets reward 0 unscored: %s", i, reason)
-        results = await run([job for _, job in jobs])
-        for (members, _), result in zip(jobs, results, strict=True):
-            batch.reward(members, result, scorer.low, scorer.high)
         return batch.reply()
 
     return app

@@ -82,12 +82,21 @@ class ServeConfig:
     # /openrlhf: judge the responses that share a prompt together (n = group) rather than each
     # alone (n = 1); a request may choose with ?group=true|false.
     openrlhf_group: bool = False
+    # Batching (docs/serving.md, "Batching"): requests arriving within batch_window_ms of the
+    # first are scored in one engine call of up to max_batch_prompts GRM prompts (k per item);
+    # grouped requests wait up to group_window_s for the rest of their group.
+    batch_window_ms: float = 10.0
+    group_window_s: float = 1.0
+    max_batch_prompts: int = 256
+    max_queue_prompts: int = 4096  # beyond: 503 with Retry-After
+    request_timeout_s: float = 600.0  # a request not scored by then: 504
     dry_run: bool = False  # check the command and print the plan; start nothing
 
 
 POSITIVE = frozenset("""max_k default_k k_meta max_body_bytes max_items max_responses max_chars_per_text
     model.max_model_len model.max_new_tokens meta_rm.max_length rollout.num_engines rollout.tensor_parallel_size
-    rollout.gpu_memory_utilization rollout.kv_cache_gib rollout.block_size cluster.nodes cluster.num_cpus""".split())
+    rollout.gpu_memory_utilization rollout.kv_cache_gib rollout.block_size cluster.nodes cluster.num_cpus
+    max_batch_prompts max_queue_prompts request_timeout_s""".split())
 
 
 def register_schema() -> None:
@@ -134,6 +143,8 @@ def validate(c: ServeConfig) -> None:
     need(c.port <= 65535, "port", f"0..65535, got {c.port}")
     need(c.default_k <= c.max_k, "default_k", f"1..max_k ({c.max_k}), got {c.default_k}")
     need(c.temperature <= MAX_TEMPERATURE, "temperature", f"at most {MAX_TEMPERATURE:g}, got {c.temperature}")
+    need(c.max_queue_prompts >= c.max_batch_prompts, "max_queue_prompts",
+         f"at least max_batch_prompts ({c.max_batch_prompts}), got {c.max_queue_prompts}")
     ch.done("serve configuration")
 
 
@@ -147,7 +158,10 @@ def plan(c: ServeConfig, sources: Mapping[str, str], warnings: list[str], token:
              f"  engines     {c.rollout.num_engines} x vLLM on "
              + (f"GPUs (tensor parallel {c.rollout.tensor_parallel_size})" if c.cluster.num_gpus else "CPU"),
              f"  listens on  http://{c.host}:{c.port} ({'bearer token required' if token else 'no token'})",
-             f"  scoring     k {c.default_k} by default (up to {c.max_k}), temperature {c.temperature}"]
+             f"  scoring     k {c.default_k} by default (up to {c.max_k}), temperature {c.temperature}",
+             f"  batching    requests within {c.batch_window_ms:g} ms in one engine call of up to "
+             f"{c.max_batch_prompts} GRM prompts; groups wait up to {c.group_window_s:g} s; "
+             f"{c.max_queue_prompts} prompts may wait"]
     return "\n".join(lines + [f"  warning     {w}" for w in warnings])
 
 
@@ -164,5 +178,10 @@ def app_options(c: ServeConfig) -> dict[str, Any]:
         "k_meta",
         "end_markers",
         "openrlhf_group",
+        "batch_window_ms",
+        "group_window_s",
+        "max_batch_prompts",
+        "max_queue_prompts",
+        "request_timeout_s",
     )
     return {key: getattr(c, key) for key in keys}

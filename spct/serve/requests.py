@@ -14,15 +14,18 @@ from fastapi import Request
 from spct.data import Item
 from spct.grm import pick_best
 from spct.grm.voting import counted, rescaled_vote
+from spct.serve.batching import ScoreJob
 from spct.serve.config import MAX_TEMPERATURE
 
 
 class RequestError(Exception):
-    """A request the server refuses; becomes {"error": message, "field": field} with `status`."""
+    """A request the server refuses; becomes {"error": message, "field": field} with `status`
+    (and `headers`, e.g. Retry-After)."""
 
-    def __init__(self, status: int, field_name: str | None, message: str) -> None:
+    def __init__(self, status: int, field_name: str | None, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.field, self.message = status, field_name, message
+        self.status, self.field, self.message, self.headers = status, field_name, message, headers
 
 
 @dataclass(frozen=True)
@@ -37,17 +40,8 @@ class Limits:
     k_meta: int | None
 
 
-@dataclass
-class ScoreJob:
-    """One validated /score request."""
-
-    item: Item
-    k: int
-    temperature: float
-    meta: bool
-
-
-SCORE_FIELDS = ("conversation", "query", "responses", "k", "temperature", "meta")
+SCORE_FIELDS = ("conversation", "query", "responses", "k", "temperature", "meta", "group", "group_size")
+MAX_GROUP_ID = 256
 _ABSENT = object()
 
 
@@ -166,19 +160,57 @@ def parse_score_request(body: Any, prefix: str, limits: Limits, has_meta: bool) 
         limits,
         has_meta,
     )
+    group, group_size = parse_group(body.get("group"), body.get("group_size"), prefix, limits)
     item = Item(conversation=conversation, responses=responses, rewards=[0.0] * len(responses))
-    return ScoreJob(item, k, temperature, meta)
+    key = None if group is None else json.dumps([group, conversation], ensure_ascii=False)
+    return ScoreJob(item, k, temperature, meta, key, group_size)
 
 
-def parse_query_options(
-    request: Request, limits: Limits, has_meta: bool, group: bool = False
-) -> tuple[int, float, bool, bool]:
-    """k, temperature, meta and group from the URL (OpenRLHF's client sends only the body it
-    builds); `group` is the default of the last."""
+def parse_group(group: Any, size: Any, prefix: str, limits: Limits) -> tuple[str | bool | None, int | None]:
+    """`group` (true: with the requests of the same conversation; a string: of the same id and
+    conversation) and `group_size` (the responses the group will have in all)."""
+    if group is None or group is False:
+        group = None
+    elif isinstance(group, str):
+        if not 0 < len(group) <= MAX_GROUP_ID:
+            raise RequestError(422, prefix + "group", f"expected 1..{MAX_GROUP_ID} characters, got {len(group)}")
+        _unicode(group, prefix + "group")
+    elif group is not True:
+        raise RequestError(422, prefix + "group", f"expected true, false or a group id string, got {_type_name(group)}")
+    if size is None:
+        return group, None
+    if group is None:
+        raise RequestError(422, prefix + "group_size", "only with 'group'")
+    return group, _group_size(size, prefix + "group_size", limits)
+
+
+def _group_size(size: Any, name: str, limits: Limits) -> int:
+    most = limits.max_items * limits.max_responses
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise RequestError(422, name, f"expected an integer, got {_type_name(size)}")
+    if not 1 <= size <= most:
+        raise RequestError(422, name, f"expected 1..{most}, got {size}")
+    return size
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """The settings /openrlhf takes from its URL (OpenRLHF's client sends only the body it builds)."""
+
+    k: int
+    temperature: float
+    meta: bool
+    group: bool
+    group_size: int | None
+
+
+def parse_query_options(request: Request, limits: Limits, has_meta: bool, group: bool = False) -> QueryOptions:
+    """k, temperature, meta, group and group_size from the URL; `group` is the default of group."""
     params = request.query_params
-    unknown = sorted(set(params) - {"k", "temperature", "meta", "group"})
+    names = ("k", "temperature", "meta", "group", "group_size")
+    unknown = sorted(set(params) - set(names))
     if unknown:
-        raise RequestError(422, unknown[0], "unknown URL parameter; expected k, temperature, meta, group")
+        raise RequestError(422, unknown[0], f"unknown URL parameter; expected {', '.join(names)}")
 
     def convert(name: str, cast: Callable[[str], Any]) -> Any:
         if name not in params:
@@ -204,7 +236,9 @@ def parse_query_options(
         has_meta,
     )
     grouped = convert("group", boolean)
-    return k, temperature, meta, group if grouped is _ABSENT else grouped
+    size = convert("group_size", int)
+    size = None if size is _ABSENT else _group_size(size, "group_size", limits)
+    return QueryOptions(k, temperature, meta, group if grouped is _ABSENT else grouped, size)
 
 
 def response_of(query: str, prompt: str) -> str | None:
@@ -230,7 +264,8 @@ def strip_end_markers(text: str, markers: Sequence[str]) -> str:
 
 def score_response(result: Mapping[str, Any], k: int) -> dict[str, Any]:
     """The JSON of one scored item. `best` is the first highest total, or null when no counted
-    sample parsed (the totals are then all zero and say nothing)."""
+    sample parsed (the totals are then all zero and say nothing). A grouped request's reply
+    covers its own responses, with the size of the group they were judged in."""
     rewards = [float(r) for r in result["rewards"]]
     scores = [None if s is None else [float(x) for x in s] for s in result["scores"]]
     return {
@@ -240,7 +275,7 @@ def score_response(result: Mapping[str, Any], k: int) -> dict[str, Any]:
         "k": k,
         "parse_failures": sum(s is None for s in scores),
         "meta_scores": result.get("meta_scores"),
-    }
+    } | ({"group_size": result["group_size"]} if "group_size" in result else {})
 
 
 def parsed(result: Mapping[str, Any]) -> int:
@@ -290,24 +325,25 @@ def openrlhf_lists(body: Any, limits: Limits) -> tuple[list[str], list[str]]:
 
 
 class OpenRLHFBatch:
-    """One /openrlhf request: which responses the GRM judges together, and their rewards.
+    """One /openrlhf request: a scoring job per query, and the rewards of their results.
 
-    Per-response mode (the default) makes one GRM item per response (n = 1). Group mode judges
-    the responses that share a prompt string together, in one GRM prompt (n = the group, SPCT's
-    native pointwise mode), in the order they arrived; a group larger than `max_responses` is
-    cut into consecutive parts of at most that many. A response that cannot be scored (empty,
-    over the size limit, or a GRM prompt too long for the context) gets reward 0 and is flagged
-    in `grm_unscored`; in group mode it is left out of its group. Each reward is the response's
-    vote rescaled to [0, 1] (`spct.grm.voting.rescaled_vote`).
+    Per-response mode (the default) makes one GRM item per response (n = 1). In group mode every
+    response joins the group of its prompt string, which the server's batcher judges in one GRM
+    prompt (n = the group, SPCT's native pointwise mode) together with the same prompt's
+    responses from other requests that arrive in time (`spct.serve.batching`). A response that
+    cannot be scored (empty, over the size limit, or a GRM prompt too long for the context) gets
+    reward 0 and is flagged in `grm_unscored`; in group mode it is left out of its group. Each
+    reward is the response's vote rescaled to [0, 1] (`spct.grm.voting.rescaled_vote`).
     """
 
     def __init__(self, queries: Sequence[str], prompts: Sequence[str], markers: Sequence[str], limits: Limits,
-                 group: bool) -> None:
+                 options: QueryOptions) -> None:
         self.n = len(queries)
         self.rewards = [0.0] * self.n
         self.failures = [0.0] * self.n
         self.unscored: dict[int, str] = {}
-        by_prompt: dict[str, list[tuple[int, str]]] = {}
+        self.jobs: list[tuple[int, ScoreJob]] = []
+        o = options
         for i, (query, prompt) in enumerate(zip(queries, prompts, strict=True)):
             response = response_of(query, prompt)
             if response is None:
@@ -318,27 +354,18 @@ class OpenRLHFBatch:
             elif len(response) > limits.max_chars_per_text or len(prompt) > limits.max_chars_per_text:
                 self.unscored[i] = f"a text over {limits.max_chars_per_text} characters"
             else:
-                by_prompt.setdefault(prompt if group else str(i), []).append((i, response))
-        size = limits.max_responses if group else 1
-        self.groups: list[tuple[list[int], Item]] = []
-        for members in by_prompt.values():
-            for start in range(0, len(members), size):
-                part = members[start : start + size]
-                prompt = prompts[part[0][0]]
-                item = Item([{"role": "user", "content": prompt}], [r for _, r in part], [0.0] * len(part))
-                self.groups.append(([i for i, _ in part], item))
+                item = Item([{"role": "user", "content": prompt}], [response], [0.0])
+                group = json.dumps(["openrlhf", prompt]) if o.group else None
+                self.jobs.append((i, ScoreJob(item, o.k, o.temperature, o.meta, group, o.group_size)))
 
-    def unscore(self, members: Sequence[int], reason: str) -> None:
-        for i in members:
-            self.unscored[i] = reason
+    def unscore(self, i: int, reason: str) -> None:
+        self.unscored[i] = reason
 
-    def reward(self, members: Sequence[int], result: Mapping[str, Any], low: float, high: float) -> None:
+    def reward(self, i: int, result: Mapping[str, Any], low: float, high: float) -> None:
         meta = result.get("meta_scores")
         kept = result.get("k_meta") if meta is not None else None
-        rewards = rescaled_vote(result["scores"], len(members), low, high, kept, meta)
-        failures = float(sum(s is None for s in result["scores"]))
-        for i, r in zip(members, rewards, strict=True):
-            self.rewards[i], self.failures[i] = r, failures
+        (self.rewards[i],) = rescaled_vote(result["scores"], 1, low, high, kept, meta)
+        self.failures[i] = float(sum(s is None for s in result["scores"]))
 
     def reply(self) -> dict[str, Any]:
         flags = [1.0 if i in self.unscored else 0.0 for i in range(self.n)]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from spct.config import engine_kwargs
 from spct.data import Item
 from spct.grm import build_prompt
+from spct.serve.batching import content_id
 from spct.serve.config import ServeConfig
 
 
@@ -88,8 +90,10 @@ class GRMScorer:
         if use_meta and not self.has_meta:
             raise ValueError("use_meta: no meta RM is loaded")
         meta_score = self._meta_score if use_meta else None
+        # Seeds keyed by content: an item scores the same whatever else shares its batch.
+        items = [it if it.id is not None else replace(it, id=content_id(it)) for it in items]
         results = self.pool.score(
-            items, k, temperature, self.seed, k_meta if use_meta else None, meta_score
+            items, k, temperature, self.seed, k_meta if use_meta else None, meta_score, keyed=True
         )
         return [
             {

@@ -1,0 +1,193 @@
+"""The reward server's batcher: concurrent requests coalesced into engine batches, groups merged
+from single requests, a bounded queue, per-request timeouts. The scorer is a recording stand-in
+(the batching logic is under test; the engines are in tests/integration/test_serve.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from spct.item import Item
+from spct.serve.batching import Batcher, QueueFull, ScoreJob, Unscorable, share_of
+
+
+class Recorder:
+    """Scores response r as len(r) per sample; records every call's items and settings."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.calls: list[tuple[list[list[str]], int, float, bool]] = []
+        self.delay, self.fail = delay, fail
+        self.lock = threading.Lock()
+
+    def score(self, items, k, temperature, meta):
+        with self.lock:
+            self.calls.append(([list(it.responses) for it in items], k, temperature, meta))
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("engine said no")
+        return [{"rewards": [float(k * len(r)) for r in it.responses],
+                 "scores": [[len(r) for r in it.responses] for _ in range(k)], "meta_scores": None} for it in items]
+
+
+def job(query: str, *responses: str, k: int = 1, group: str | None = None, size: int | None = None,
+        temperature: float = 0.5) -> ScoreJob:
+    item = Item([{"role": "user", "content": query}], list(responses), [0.0] * len(responses))
+    return ScoreJob(item, k, temperature, False, group, size)
+
+
+def batcher(scorer: Recorder, check=lambda item: None, **options) -> Batcher:
+    return Batcher(scorer.score, check, **{"window_s": 0.05, "group_window_s": 0.5, **options})
+
+
+async def concurrently(b: Batcher, requests: list[list[ScoreJob]], timeout: float | None = None) -> list:
+    return await asyncio.gather(*(b.submit(r, timeout) for r in requests), return_exceptions=True)
+
+
+def test_concurrent_requests_share_one_engine_call_and_each_gets_its_own_result():
+    rec = Recorder()
+    b = batcher(rec)
+    requests = [[job(f"q{i}", "x" * (i + 1))] for i in range(32)]
+    replies = asyncio.run(concurrently(b, requests))
+    assert len(rec.calls) == 1 and len(rec.calls[0][0]) == 32
+    for i, (result,) in enumerate(replies):
+        assert result["rewards"] == [float(i + 1)]
+
+
+def test_settings_split_a_batch_and_the_cap_holds_whole_requests():
+    rec = Recorder()
+    b = batcher(rec, max_batch_prompts=6)
+    requests = [[job("a", "1", k=2)], [job("b", "22", k=2), job("c", "333", k=2)], [job("d", "4", k=1)],
+                [job("e", "55", k=2, temperature=0.0)]]
+    replies = asyncio.run(concurrently(b, requests))
+    assert replies[1][1]["rewards"] == [6.0] and replies[3][0]["rewards"] == [4.0]
+    # 6 prompts fit the first batch (k=2: a, b, c), by settings: one call per (k, temperature)
+    sizes = [(len(items), k, t) for items, k, t, _ in rec.calls]
+    assert sizes[0] == (3, 2, 0.5)
+    assert sorted(sizes[1:]) == [(1, 1, 0.5), (1, 2, 0.0)]
+    assert sum(len(items) * k for items, k, _, _ in rec.calls[:1]) <= 6
+
+
+def test_a_request_larger_than_the_cap_still_goes_alone():
+    rec = Recorder()
+    (reply,) = asyncio.run(concurrently(batcher(rec, max_batch_prompts=2), [[job("q", "a", k=8)]]))
+    assert reply[0]["rewards"] == [8.0] and len(rec.calls) == 1
+
+
+def test_a_group_sent_one_response_per_request_is_judged_in_one_prompt():
+    rec = Recorder()
+    b = batcher(rec, group_window_s=30)  # complete groups must not wait for the window
+    requests = [[job("P", r, group="P", size=4)] for r in ("a", "bb", "ccc", "dddd")]
+    requests += [[job("Q", "z", group="Q", size=2)], [job("Q", "zz", group="Q", size=2)], [job("lone", "y")]]
+    started = time.monotonic()
+    replies = asyncio.run(concurrently(b, requests))
+    assert time.monotonic() - started < 5
+    judged = sorted(map(tuple, rec.calls[0][0]))
+    assert judged == [("a", "bb", "ccc", "dddd"), ("y",), ("z", "zz")]
+    (p2,) = replies[2]
+    assert p2["rewards"] == [3.0] and p2["scores"] == [[3]] and p2["group_size"] == 4
+    assert "group_size" not in replies[-1][0]
+
+
+def test_an_incomplete_group_is_judged_when_its_window_closes():
+    rec = Recorder()
+    b = batcher(rec, group_window_s=0.3)
+
+    async def scenario():
+        first = asyncio.gather(*(b.submit([job("P", r, group="P", size=4)]) for r in ("a", "bb", "ccc")))
+        await asyncio.sleep(0.1)
+        assert rec.calls == []  # waiting for the fourth
+        return await first
+
+    started = time.monotonic()
+    replies = asyncio.run(scenario())
+    assert 0.3 <= time.monotonic() - started < 3
+    assert rec.calls[0][0] == [["a", "bb", "ccc"]]
+    assert [r[0]["rewards"] for r in replies] == [[1.0], [2.0], [3.0]] and replies[0][0]["group_size"] == 3
+
+
+def test_groups_without_a_size_wait_the_window_and_split_at_max_responses():
+    rec = Recorder()
+    b = batcher(rec, group_window_s=0.2, max_responses=3)
+    requests = [[job("P", r, group="P")] for r in ("a", "b", "c", "d", "e")]
+    requests.append([job("P", "f", "g", group="P")])  # a request's own responses stay in one part
+    replies = asyncio.run(concurrently(b, requests))
+    assert rec.calls[0][0] == [["a", "b", "c"], ["d", "e"], ["f", "g"]]
+    assert replies[5][0]["rewards"] == [1.0, 1.0] and replies[5][0]["group_size"] == 2
+
+
+def test_the_same_group_key_with_other_settings_is_another_group():
+    rec = Recorder()
+    requests = [[job("P", "a", group="P", size=2)], [job("P", "b", group="P", size=2, k=2)],
+                [job("P", "c", group="P", size=2)]]
+    asyncio.run(concurrently(batcher(rec, group_window_s=0.2), requests))
+    judged = sorted((tuple(map(tuple, items)), k) for items, k, _, _ in rec.calls)
+    assert judged == [((("a", "c"),), 1), ((("b",),), 2)]
+
+
+def test_a_merged_group_that_overflows_the_context_is_unscorable_not_an_error():
+    rec = Recorder()
+    b = batcher(rec, check=lambda item: "too long" if item.n > 2 else None)
+    requests = [[job("P", r, group="P", size=3)] for r in ("a", "b", "c")] + [[job("q", "x")]]
+    replies = asyncio.run(concurrently(b, requests))
+    assert all(isinstance(r[0], Unscorable) for r in replies[:3])
+    assert replies[3][0]["rewards"] == [1.0]
+
+
+def test_a_full_queue_refuses_with_a_retry_time_and_queues_nothing():
+    rec = Recorder(delay=0.3)
+    b = batcher(rec, max_batch_prompts=4, max_queue_prompts=4)
+
+    async def scenario():
+        running = asyncio.ensure_future(b.submit([job("q", "a", k=4)]))
+        await asyncio.sleep(0.15)  # on the engines now; the queue is empty
+        waiting = asyncio.ensure_future(b.submit([job("q", "b", k=4)]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull) as refused:
+            await b.submit([job("q", "c", k=1)])
+        assert refused.value.retry_after >= 1
+        assert b.waiting_prompts() == 4
+        return await running, await waiting
+
+    first, second = asyncio.run(scenario())
+    assert first[0]["rewards"] == [4.0] and second[0]["rewards"] == [4.0]
+    assert [items for items, *_ in rec.calls] == [[["a"]], [["b"]]]
+
+
+def test_a_request_that_times_out_while_queued_is_never_scored():
+    rec = Recorder(delay=0.4)
+    b = batcher(rec, max_batch_prompts=1)
+
+    async def scenario():
+        busy = asyncio.ensure_future(b.submit([job("q", "a")]))
+        await asyncio.sleep(0.1)
+        with pytest.raises(TimeoutError):
+            await b.submit([job("q", "late")], timeout_s=0.1)
+        assert b.waiting_prompts() == 0
+        await busy
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert [items for items, *_ in rec.calls] == [[["a"]]]
+
+
+def test_a_scorer_error_reaches_every_job_of_its_call_and_the_batcher_goes_on():
+    rec = Recorder(fail=True)
+    b = batcher(rec)
+
+    async def scenario():
+        replies = await concurrently(b, [[job("q", "a")], [job("q", "b")]])
+        rec.fail = False
+        return replies, await b.submit([job("q", "c")])
+
+    replies, after = asyncio.run(scenario())
+    assert all(isinstance(r, RuntimeError) for r in replies)
+    assert after[0]["rewards"] == [1.0]
+
+
+def test_share_of_cuts_every_per_response_list():
+    result = {"rewards": [1.0, 2.0, 3.0], "scores": [[1, 2, 3], None], "meta_scores": [0.5, 0.1], "k_meta": 1}
+    assert share_of(result, 1, 2) == {"rewards": [2.0, 3.0], "scores": [[2, 3], None], "meta_scores": [0.5, 0.1],
+                                      "k_meta": 1, "group_size": 3}
