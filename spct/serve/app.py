@@ -186,7 +186,7 @@ def make_app(
         await run_in_threadpool(checked, [job], ["responses"])
         (result,) = await run([job])
         unscorable(result, "responses")
-        return score_response(result, job.k)
+        return score_response(result, job.k, scorer.low, scorer.high)
 
     @app.post("/batch_score")
     async def batch_score(request: Request) -> dict[str, Any]:
@@ -207,7 +207,7 @@ def make_app(
         results = await run(jobs)
         for result, field_name in zip(results, fields, strict=True):
             unscorable(result, field_name)
-        return {"results": [score_response(r, j.k) for r, j in zip(results, jobs, strict=True)]}
+        return {"results": [score_response(r, j.k, scorer.low, scorer.high) for r, j in zip(results, jobs, strict=True)]}
 
     @app.post("/openrlhf")
     async def openrlhf(request: Request) -> dict[str, Any]:

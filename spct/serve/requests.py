@@ -262,19 +262,23 @@ def strip_end_markers(text: str, markers: Sequence[str]) -> str:
             return text
 
 
-def score_response(result: Mapping[str, Any], k: int) -> dict[str, Any]:
+def score_response(result: Mapping[str, Any], k: int, low: float, high: float) -> dict[str, Any]:
     """The JSON of one scored item. `best` is the first highest total, or null when no counted
-    sample parsed (the totals are then all zero and say nothing). A grouped request's reply
-    covers its own responses, with the size of the group they were judged in."""
+    sample parsed (the totals are then all zero and say nothing). `unit_rewards` are the totals
+    on [0, 1] as /openrlhf returns them (`spct.grm.voting.rescaled_vote`). A grouped request's
+    reply covers its own responses, with the size of the group they were judged in."""
     rewards = [float(r) for r in result["rewards"]]
     scores = [None if s is None else [float(x) for x in s] for s in result["scores"]]
+    meta = result.get("meta_scores")
+    kept = result.get("k_meta") if meta is not None else None
     return {
         "rewards": rewards,
+        "unit_rewards": rescaled_vote(result["scores"], len(rewards), low, high, kept, meta),
         "scores": scores,
         "best": pick_best(rewards) if parsed(result) > 0 else None,
         "k": k,
         "parse_failures": sum(s is None for s in scores),
-        "meta_scores": result.get("meta_scores"),
+        "meta_scores": meta,
     } | ({"group_size": result["group_size"]} if "group_size" in result else {})
 
 
