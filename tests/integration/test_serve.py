@@ -191,6 +191,95 @@ def test_concurrent_requests_are_all_answered(client):
         check_scored(reply.json(), n=1, k=1)
 
 
+class Recording:
+    """The module's real scorer, recording the size of every engine call and item it makes."""
+
+    def __init__(self, scorer):
+        self.inner, self.calls = scorer, []
+        for name in ("model", "has_meta", "template", "low", "high"):
+            setattr(self, name, getattr(scorer, name))
+
+    def check(self, item):
+        return self.inner.check(item)
+
+    def score(self, items, k, temperature, k_meta, use_meta):
+        self.calls.append([item.n for item in items])
+        return self.inner.score(items, k, temperature, k_meta, use_meta)
+
+
+def test_concurrent_requests_share_engine_calls_and_score_as_alone(scorer, tiny_model_dir):
+    """16 clients at once: fewer engine calls than requests, and each reply equal to the reply to
+    the same request sent alone (sampling seeds follow the item, not the batch)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    recording = Recording(scorer)
+    options = {**app_options(config(str(tiny_model_dir))), "batch_window_ms": 50.0}
+    requests = [{"query": f"What is {i} + {i}?", "responses": [str(2 * i), str(i)], "k": 2, "meta": False}
+                for i in range(16)]
+    with BackgroundServer(make_app(recording, **options)) as url, httpx.Client(base_url=url, timeout=300) as c:
+        with ThreadPoolExecutor(16) as pool:
+            together = [r.json() for r in pool.map(lambda body: c.post("/score", json=body), requests)]
+        calls = len(recording.calls)
+        alone = [c.post("/score", json=body).json() for body in requests[:3]]
+    assert calls < 8, recording.calls
+    for reply in together:
+        check_scored(reply, n=2, k=2)
+    assert [r["scores"] for r in alone] == [r["scores"] for r in together[:3]]
+
+
+def test_trl_grpo_trainer_with_the_grm_as_its_reward(scorer, tiny_model_dir, tmp_path):
+    """TRL's GRPOTrainer, two steps, its reward the spct GRM through the server: every step's
+    completions of a prompt are judged together in one GRM prompt."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from spct.integrations.trl import GRMReward
+    from spct.models import load_tokenizer
+
+    recording = Recording(scorer)
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(4)]
+    args = GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=8, max_steps=2, use_cpu=True, report_to="none", save_strategy="no",
+                      logging_steps=1, learning_rate=1e-5, dataloader_num_workers=0, seed=0)
+    options = app_options(config(str(tiny_model_dir)))
+    with BackgroundServer(make_app(recording, **options)) as url:
+        reward = GRMReward(url, k=2, meta=False, num_generations=2)
+        trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                              reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=load_tokenizer(tiny_model_dir))
+        trainer.train()
+    logged = [h for h in trainer.state.log_history if "rewards/spct_grm/mean" in h]
+    assert len(logged) == 2 and all(0.0 <= h["rewards/spct_grm/mean"] <= 1.0 for h in logged)
+    assert all("spct_grm/parse_failure_rate" in h for h in logged)
+    judged = [n for call in recording.calls for n in call]
+    assert judged and all(n == 2 for n in judged), recording.calls  # a prompt's 2 completions together
+
+
+def test_openrlhf_single_requests_form_groups_on_the_engines(scorer, tiny_model_dir):
+    """OpenRLHF's shape: one query per request, a prompt's samples near-simultaneous."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spct.models import load_tokenizer
+
+    recording = Recording(scorer)
+    prompt = load_tokenizer(tiny_model_dir).apply_chat_template(
+        [{"role": "user", "content": "What is 2+3?"}], tokenize=False, add_generation_prompt=True)
+    with BackgroundServer(make_app(recording, **app_options(config(str(tiny_model_dir))))) as url:
+        def post(answer):
+            body = {"query": [prompt + answer + "<|end|>"], "prompts": [prompt], "labels": ["5"]}
+            return httpx.post(url + "/openrlhf?group=true&group_size=3&meta=false", json=body, timeout=300)
+
+        with ThreadPoolExecutor(3) as pool:
+            replies = list(pool.map(post, ["5", "6", "five"]))
+    assert recording.calls == [[3]]
+    for reply in replies:
+        assert reply.status_code == 200, reply.text
+        (r,) = reply.json()["rewards"]
+        assert 0.0 <= r <= 1.0
+
+
 class TableScorer:
     """Fixed per-sample scores and meta scores for each response text: a GRM whose output parses,
     to check the arithmetic the random tiny model cannot exercise."""
