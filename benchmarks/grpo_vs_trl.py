@@ -13,7 +13,9 @@ weight sync, Ray actors); TRL runs GRPOTrainer with transformers generation in o
 Each side runs in its own process, one after the other; the first step of each (compilation,
 caches) is dropped and the median of the rest is reported.
 
-Prints samples/s for both, the ratio, spct's per-step breakdown (generate, reward, train,
+TRL runs twice: with GRPOConfig's defaults (gradient checkpointing on) and with checkpointing
+off, as a user tuning it for speed would (spct's CPU learner does not checkpoint); the ratio
+against each is printed. Prints samples/s for both, the ratios, spct's per-step breakdown (generate, reward, train,
 sync, idle) and the mean completion length of each side (the two must generate alike for the
 ratio to mean anything), and writes everything to OUT/results.json. Each `--variant NAME
 OVERRIDE...` adds a row: spct again with those overrides, against the same TRL measurement.
@@ -140,11 +142,17 @@ def run_spct(a: argparse.Namespace, model: Path, out: Path, extra: tuple[str, ..
     }
 
 
-def run_trl(a: argparse.Namespace, model: Path, out: Path) -> dict:
+# The TRL rows: GRPOConfig as it comes (gradient checkpointing on), and as a user tuning TRL for
+# speed would run it on a model that fits (off, like spct's CPU learner).
+TRL_RUNS = {"TRL, checkpointing off": False, "TRL defaults": True}
+
+
+def run_trl(a: argparse.Namespace, model: Path, out: Path, checkpointing: bool) -> dict:
     cmd = [sys.executable, __file__, "--trl-worker", str(model), "--out", str(out),
            *[f"--{k.replace('_', '-')}={v}" for k, v in (("steps", a.steps), ("prompts", a.prompts),
              ("group", a.group), ("max_new_tokens", a.max_new_tokens), ("temperature", a.temperature),
-             ("beta", a.beta), ("lr", a.lr), ("threads", a.threads), ("seed", a.seed), ("dtype", a.dtype))]]
+             ("beta", a.beta), ("lr", a.lr), ("threads", a.threads), ("seed", a.seed), ("dtype", a.dtype))],
+           *(["--trl-checkpointing"] if checkpointing else [])]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL if a.quiet else None)
     return json.loads((out / "trl.json").read_text())
@@ -196,6 +204,7 @@ def trl_worker(a: argparse.Namespace) -> None:
         epsilon=0.2,
         loss_type="grpo",  # per-sequence token mean, then the batch mean: spct's loss
         max_steps=a.steps,
+        gradient_checkpointing=a.trl_checkpointing,
         use_cpu=True,
         bf16=a.dtype == "bfloat16",  # mixed precision (autocast) over fp32 weights
         logging_steps=1,
@@ -253,6 +262,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="hide the two sides' own output")
     ap.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--trl-checkpointing", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dry-run", action="store_true", help="check every configuration it would run; start nothing")
     return ap
 
@@ -280,26 +290,33 @@ def main() -> None:
         for name, *overrides in a.variant:
             res["spct"][name] = run_spct(a, model, out, tuple(overrides), name)
         if not a.skip_trl:
-            res["trl"] = run_trl(a, model, out)
-            res["ratio"] = {k: v["samples_per_s"] / res["trl"]["samples_per_s"] for k, v in res["spct"].items()}
+            res["trl"] = {name: run_trl(a, model, out, on) for name, on in TRL_RUNS.items()}
+            res["ratio"] = {name: {k: v["samples_per_s"] / t["samples_per_s"] for k, v in res["spct"].items()}
+                            for name, t in res["trl"].items()}
         results[size] = res
     settings = {k: v for k, v in vars(a).items() if k not in ("out", "trl_worker")}
     (a.out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1))
 
     print(f"\nGRPO step, {a.prompts} prompts x G={a.group}, {a.max_new_tokens} new tokens, "
           f"{a.threads} threads, {a.dtype}, median of {a.steps - 1} steps")
-    print("| size | run | spct samples/s | TRL samples/s | ratio | spct generate / reward / train / sync / idle (s) "
-          "| completion length spct / TRL |")
-    print("|---|---|---|---|---|---|---|")
+    if not a.skip_trl:
+        print("| size | TRL run | TRL samples/s | TRL completion length |")
+        print("|---|---|---|---|")
+        for size, r in results.items():
+            for name, t in r["trl"].items():
+                print(f"| {size} | {name} | {t['samples_per_s']:.1f} | {t['completion_length']:.0f} |")
+        print()
+    peers = list(TRL_RUNS) if not a.skip_trl else []
+    print("| size | run | spct samples/s | " + " | ".join(f"vs {p}" for p in peers)
+          + " | spct generate / reward / train / sync / idle (s) | spct completion length |")
+    print("|---|---|---|" + "---|" * len(peers) + "---|---|")
     for size, r in results.items():
-        t = r.get("trl")
         for name, s in r["spct"].items():
             b = s["breakdown_s"]
             parts = " / ".join(f"{b[k]:.2f}" for k in ("generate", "reward", "train", "weight_sync", "idle"))
-            peer = f"{t['samples_per_s']:.1f} | {r['ratio'][name]:.2f}x" if t else "- | -"
-            length = f"{t['completion_length']:.0f}" if t else "-"
-            print(f"| {size} | {name} | {s['samples_per_s']:.1f} | {peer} | {parts} | "
-                  f"{s['completion_length']:.0f} / {length} |")
+            ratios = "".join(f"{r['ratio'][p][name]:.2f}x | " for p in peers)
+            print(f"| {size} | {name} | {s['samples_per_s']:.1f} | {ratios}{parts} | {s['completion_length']:.0f} |")
+
 
 if __name__ == "__main__":
     main()

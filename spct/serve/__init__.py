@@ -6,10 +6,11 @@
 Endpoints (docs/serving.md has the request and response shapes):
     POST /score        one query and n responses -> voted per-response rewards
     POST /batch_score  many of those in one call
-    POST /openrlhf     OpenRLHF's `--remote_rm_url` contract: prompt+response strings -> [0, 1]
+    POST /openrlhf     OpenRLHF's `--reward.remote_url` contract: prompt+response strings -> [0, 1]
     GET  /health
 
-The HTTP layer (`make_app`) only validates and reshapes; scoring goes through any object with
+The HTTP layer (`make_app`) validates and reshapes, and its batcher (`spct.serve.batching`)
+gathers concurrent requests into engine batches and groups; scoring goes through any object with
 the `Scorer` interface, in production a `GRMScorer` over a `GRMRewardPool` and, optionally, a
 meta RM actor. Every request is checked before it reaches the engines: a bad field costs a 4xx
 naming it, never engine time, and an oversized body is refused before it is read.

@@ -74,3 +74,29 @@ def test_policy_reward_reads_runs_and_reports_paired_differences(tmp_path):
     assert "| GRM Voting@8 | 75.0 |" in summary and "| untrained policy (floor) | 37.5 |" in summary
     assert "GRM Voting@8 - GRM greedy (k=1): +25.0" in summary
     assert (tmp_path / "policy_reward.png").stat().st_size > 0
+
+
+def test_trl_runs_once_with_its_defaults_and_once_with_checkpointing_off(tmp_path, monkeypatch):
+    """TRL's GRPOConfig checkpoints gradients by default; spct's CPU learner does not. Both TRL
+    rows are run, each worker told which."""
+    import dataclasses
+    import json
+
+    from trl import GRPOConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    assert defaults["gradient_checkpointing"] is True  # what "defaults" means
+    commands = []
+
+    def fake_run(cmd, **kwargs):
+        commands.append(cmd)
+        (tmp_path / "trl.json").write_text(json.dumps({"samples_per_s": 1.0}))
+
+    monkeypatch.setattr(grpo.subprocess, "run", fake_run)
+    a = grpo.parser().parse_args([])
+    for name, on in grpo.TRL_RUNS.items():
+        grpo.run_trl(a, tmp_path / "model", tmp_path, on)
+    flags = [("--trl-checkpointing" in cmd) for cmd in commands]
+    assert dict(zip(grpo.TRL_RUNS, flags, strict=True)) == {"TRL, checkpointing off": False, "TRL defaults": True}
+    worker = grpo.parser().parse_args(commands[1][2:])
+    assert worker.trl_checkpointing and worker.trl_worker == str(tmp_path / "model")
