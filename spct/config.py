@@ -230,6 +230,10 @@ class PolicyRewardConfig:
     # `a+b=c ; ...`) gets reward 0 whatever the GRM says, as RL recipes pair a model reward with
     # a rule-based format reward: a GRM never saw such answers and can be exploited by them.
     format_gate: bool = True
+    # Streaming: the step's prompts are generated in this many chunks, and each chunk's rollouts
+    # go to the GRM as soon as they are done, so GRM sampling overlaps the rest of generation
+    # (1: judge after the whole batch). GRM seeds then follow each judged item, not its place.
+    stream_chunks: int = 1
 
 
 @dataclass
@@ -599,6 +603,8 @@ def _validate_policy(c: Config, ch: Checks) -> None:
     one_of(ch, rw.mode, ("group", "single"), "policy.reward.mode")
     need(rw.k_meta is None or 1 <= rw.k_meta <= rw.k, "policy.reward.k_meta", f"null or in [1, k = {rw.k}]")
     need(rw.k_meta is None or pc.meta_rm is not None, "policy.reward.k_meta", "policy.meta_rm to be set")
+    need(rw.stream_chunks == 1 or not c.rollout.colocate, "policy.reward.stream_chunks",
+         "1 with rollout.colocate (colocated engines sleep between calls, so chunks cannot queue)")
     need(pc.group_size >= 2, "policy.group_size", ">= 2 (a group of one has no baseline)")
     one_of(ch, pc.kl_kind, KL_KINDS, "policy.kl_kind")
     one_of(ch, pc.eval_split, SPLITS, "policy.eval_split")
@@ -616,7 +622,7 @@ POSITIVE = frozenset("""
     rl.steps rl.prompts_per_step rl.lr rl.clip_eps
     meta_rm.samples_per_item meta_rm.steps meta_rm.batch_size meta_rm.lr meta_rm.max_length
     eval.k_max eval.bootstrap eval.k_meta_ratio
-    policy.grm_engines policy.reward.k policy.reward.k_meta policy.sft_steps policy.sft_batch_size
+    policy.grm_engines policy.reward.k policy.reward.k_meta policy.reward.stream_chunks policy.sft_steps policy.sft_batch_size
     policy.sft_lr policy.steps policy.prompts_per_step policy.lr policy.clip_eps policy.max_new_tokens
     policy.eval_samples checkpoint.keep_last cluster.nodes cluster.num_cpus
 """.split())

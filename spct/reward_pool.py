@@ -52,7 +52,21 @@ class GRMRewardPool:
         stream: str = "pool",
         keyed: bool = False,
     ) -> list[list[dict[str, Any]]]:
-        """k samples per item: {order, prompt, text, scores (input order, None on a parse failure)}.
+        """k samples per item (`submit` and wait)."""
+        return self.submit(items, k, temperature, seed, hint, stream, keyed)()
+
+    def submit(
+        self,
+        items: Sequence[Item],
+        k: int,
+        temperature: float = 0.5,
+        seed: int | str = 0,
+        hint: bool = False,
+        stream: str = "pool",
+        keyed: bool = False,
+    ) -> Callable[[], list[list[dict[str, Any]]]]:
+        """Start sampling and return at once; calling the result waits for the k samples per
+        item: {order, prompt, text, scores (input order, None on a parse failure)}.
 
         Each sample shows the responses in a fresh random order, drawn from a generator seeded
         by (seed, stream, item); another `stream` gives other orders (e.g. the greedy sample's).
@@ -77,9 +91,13 @@ class GRMRewardPool:
             if any(item.id is None for item in items):
                 raise ValueError("keyed: every item needs an id")
             seeds = [seed_of(f"{seed}:{stream}:{item.id}:{j}") for item in items for j in range(k)]
-        results = self.group.generate([s.text for s in shown], sampling, seed=seeds)
-        records = [t.record() for s, r in zip(shown, results, strict=True) for t in read(s, r)]
-        return [records[i * k : (i + 1) * k] for i in range(len(items))]
+        pending = self.group.submit([s.text for s in shown], sampling, seed=seeds)
+
+        def result() -> list[list[dict[str, Any]]]:
+            records = [t.record() for s, r in zip(shown, pending.result(), strict=True) for t in read(s, r)]
+            return [records[i * k : (i + 1) * k] for i in range(len(items))]
+
+        return result
 
     def score(
         self,
@@ -96,7 +114,25 @@ class GRMRewardPool:
         `meta_score`, when given, maps a list of {prompt, completion} trajectories to meta-RM
         scores; then only the k_meta best-rated samples of each item count. `keyed` as in `sample`.
         """
-        samples = self.sample(items, k, temperature, seed, keyed=keyed)
+        return self.submit_score(items, k, temperature, seed, k_meta, meta_score, keyed)()
+
+    def submit_score(
+        self,
+        items: Sequence[Item],
+        k: int = 1,
+        temperature: float = 0.5,
+        seed: int | str = 0,
+        k_meta: int | None = None,
+        meta_score: Callable[[list[dict[str, Any]]], list[float]] | None = None,
+        keyed: bool = False,
+    ) -> Callable[[], list[dict[str, Any]]]:
+        """`score` started: the GRM samples are generated while the caller goes on; calling the
+        result waits for them, asks the meta RM and votes."""
+        sampled = self.submit(items, k, temperature, seed, keyed=keyed)
+        return lambda: self._voted(items, sampled(), k_meta, meta_score)
+
+    def _voted(self, items: Sequence[Item], samples: list[list[dict[str, Any]]], k_meta: int | None,
+               meta_score: Callable[[list[dict[str, Any]]], list[float]] | None) -> list[dict[str, Any]]:
         if meta_score is not None:  # one call for the whole batch
             rated = meta_score([{"prompt": s["prompt"], "completion": s["text"]} for its in samples for s in its])
             for s, m in zip((s for its in samples for s in its), rated, strict=True):

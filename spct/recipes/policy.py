@@ -116,10 +116,41 @@ class PolicyReward:
         if self.kind == "oracle":
             return [check_answer(it, text) / len(it.meta["operands"]) for it, texts in zip(items, rollouts, strict=True)
                     for text in texts], {}
-        judged = [j for i, (it, texts) in enumerate(zip(items, rollouts, strict=True))
-                  for j in judged_items(it, texts, self.mode, f"{step}:{i}")]
-        scored = self.pool.score(judged, self.k, self.temperature, f"{self.seed}:{step}", self.k_meta,
-                                 self.meta_score)
+        scored = self.pool.score(self.judged(items, rollouts, step), self.k, self.temperature, f"{self.seed}:{step}",
+                                 self.k_meta, self.meta_score)
+        return self.finish(items, rollouts, scored)
+
+    def judged(self, items, rollouts: list[list[str]], step: int, first: int = 0) -> list[Item]:
+        """The GRM items judging items[i]'s rollouts; `first` is items[0]'s place in the step."""
+        return [j for i, (it, texts) in enumerate(zip(items, rollouts, strict=True), first)
+                for j in judged_items(it, texts, self.mode, f"{step}:{i}")]
+
+    def streamed(self, rollout, items, prompts, sampling, key: str, step: int, chunks: int, timings):
+        """Generate the step's rollouts in `chunks` calls queued on the policy's engines and send
+        each chunk's rollouts to the GRM engines as soon as they are done; returns the rollout
+        results and the rewards. Every prompt samples with the seed it has unchunked."""
+        from spct.rollout import request_seeds, split_contiguous
+
+        seeds = request_seeds(key, len(prompts))
+        parts = [r for r in split_contiguous(len(prompts), chunks) if r]
+        with timings("generate"):
+            pending = [rollout.submit([prompts[j] for j in r], sampling, seed=[seeds[j] for j in r]) for r in parts]
+            results, scoring = [], []
+            for r, chunk in zip(parts, pending, strict=True):
+                done = chunk.result()
+                results += done
+                if self.kind != "oracle":
+                    texts = [[s["text"] for s in res["samples"]] for res in done]
+                    scoring.append(self.pool.submit_score(
+                        self.judged(items[r.start:r.stop], texts, step, r.start), self.k, self.temperature,
+                        f"{self.seed}:{step}", self.k_meta, self.meta_score, keyed=True))
+        rollouts = [[s["text"] for s in res["samples"]] for res in results]
+        with timings("reward"):
+            if self.kind == "oracle":
+                return results, self(items, rollouts, step)
+            return results, self.finish(items, rollouts, [x for wait in scoring for x in wait()])
+
+    def finish(self, items, rollouts: list[list[str]], scored) -> tuple[list[float], dict[str, float]]:
         template = self.pool.template
         rewards, failures, drawn = rollout_rewards(scored, template.low, template.high, self.k_meta)
         info = {"grm_parse_failure_rate": failures / max(drawn, 1), "grm_samples": drawn}
@@ -199,11 +230,16 @@ def run_policy_rl(p: Context) -> dict[str, float]:
         start = time.perf_counter()
         rng = random.Random(f"{seed}:policy_rl:{step}")
         items = rng.sample(p.data["train"], pc.prompts_per_step)
-        with p.timings("generate"):
-            results = rollout.generate([policy_prompt(it) for it in items], sampling, seed=f"{seed}:policy_rl:{step}")
+        prompts, key = [policy_prompt(it) for it in items], f"{seed}:policy_rl:{step}"
+        if pc.reward.stream_chunks > 1:
+            results, (rewards, info) = reward.streamed(rollout, items, prompts, sampling, key, step,
+                                                       pc.reward.stream_chunks, p.timings)
+        else:
+            with p.timings("generate"):
+                results = rollout.generate(prompts, sampling, seed=key)
+            with p.timings("reward"):
+                rewards, info = reward(items, [[s["text"] for s in r["samples"]] for r in results], step)
         texts = [[s["text"] for s in r["samples"]] for r in results]
-        with p.timings("reward"):
-            rewards, info = reward(items, texts, step)
         batch, skipped = grpo_batch(results, rewards, scale=pc.scale_advantages)
         metrics = {"skipped_prompts": skipped}
         if batch is not None:  # else every query overflowed the context: nothing to train on

@@ -246,7 +246,8 @@ def test_policy_trained_with_the_runs_grm_as_its_reward(quick_run, tmp_path):
 
 def test_policy_on_a_prompts_file_judged_one_rollout_at_a_time(quick_run, tmp_path):
     """A prompts-only file (text and message lists, one multi-turn) for policy_rl, with a GRM from
-    elsewhere judging each rollout alone (n = 1), MetaRM-guided. The meta RM starts before the
+    elsewhere judging each rollout alone (n = 1), MetaRM-guided, each half of a step's prompts
+    judged as soon as its rollouts are done (stream_chunks=2). The meta RM starts before the
     policy's learner and scores beside the placement group, so the learner gets its bundle: a
     run that waited forever when the meta RM took it."""
     src, _ = quick_run
@@ -258,6 +259,7 @@ def test_policy_on_a_prompts_file_judged_one_rollout_at_a_time(quick_run, tmp_pa
     grm, meta_rm = src / "checkpoints" / "rl-final" / "model", src / "checkpoints" / "meta_rm-final" / "model"
     log = _finish(_train(out, "experiment=policy", f"output_dir={out}", "data=files", f"data.train={prompts}",
                          "phases=[policy_rl]", *POLICY_QUICK, f"policy.grm={grm}", "policy.reward.mode=single",
+                         "policy.reward.stream_chunks=2",
                          "policy.reward.k=2", f"policy.meta_rm={meta_rm}"), timeout=300)
     assert "no held-out accuracy is measured" in log
     steps = [r for r in _records(out) if r["phase"] == "policy_rl" and "reward_mean" in r]
