@@ -32,14 +32,18 @@ KINDS = {  # short name: (label, overrides)
     "voting8": ("GRM Voting@8", ["policy.reward.k=8"]),
     "metarm8": ("GRM MetaRM@8", ["policy.reward.k=8", "policy.meta_rm={meta_rm}"]),
     "oracle": ("oracle (checker)", ["policy.reward.kind=oracle"]),
+    # Opt-in (--kinds): Voting@8 with each quarter of a step's prompts judged as soon as its
+    # rollouts are done, GRM sampling overlapping the rest of generation.
+    "voting8-stream": ("GRM Voting@8, streamed", ["policy.reward.k=8", "policy.reward.stream_chunks=4"]),
 }
+DEFAULT_KINDS = ["greedy", "voting8", "metarm8", "oracle"]
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grm-run", required=True, help="output_dir of a finished GRM run (rl-final and meta_rm-final)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    ap.add_argument("--kinds", nargs="+", default=DEFAULT_KINDS, choices=list(KINDS))
     ap.add_argument("--split", default="test", help="held-out split (tune on validation)")
     ap.add_argument("--out", default="outputs/bench/policy_reward")
     ap.add_argument("--dry-run", action="store_true", help="check every run's configuration; start nothing")

@@ -108,27 +108,37 @@ class RolloutGroup:
             # vLLM's CPU worker pins its OpenMP threads to the NUMA node's cores starting at
             # core 0; two engines on one node would then share a core and leave the rest idle.
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        actor_cls = ray.remote(VLLMEngine)
-        self.engines = []
-        for i in range(num_engines):
-            options: dict[str, Any] = dict(
-                num_cpus=num_cpus_per_engine,
-                num_gpus=num_gpus_per_engine,
-                runtime_env={"env_vars": env},
-            )
-            if placement_group is not None:
-                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group,
-                    placement_group_bundle_index=i,
-                    placement_group_capture_child_tasks=True,
-                )
-            self.engines.append(actor_cls.options(**options).remote(self.model, **kwargs))
+        self._kwargs, self._placement = kwargs, placement_group
+        self._options: dict[str, Any] = dict(num_cpus=num_cpus_per_engine, num_gpus=num_gpus_per_engine,
+                                             runtime_env={"env_vars": env})
+        self.engines = [self._start(i) for i in range(num_engines)]
         # Surface a failed start (bad path, version mismatch, a lost node) here, not at first use.
         from spct.placement import wait_ready
 
         wait_ready([e.version.remote() for e in self.engines], placement_group, f"{name} engines")
         self._rest()
         log.info("%s: %d engine(s) of %s ready", name, num_engines, self.model)
+
+    def _start(self, i: int) -> Any:
+        options = dict(self._options)
+        if self._placement is not None:
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=self._placement,
+                placement_group_bundle_index=i,
+                placement_group_capture_child_tasks=True,
+            )
+        return ray.remote(VLLMEngine).options(**options).remote(self.model, **self._kwargs)
+
+    def restart(self, i: int) -> None:
+        """Replace engine i (dead, or to be dropped) by a fresh one on the group's model path,
+        in its bundle; returns once it is ready. It serves the weights at `self.model`: a group
+        whose weights were pushed since must be sent them again."""
+        ray.kill(self.engines[i])
+        self.engines[i] = self._start(i)
+        from spct.placement import wait_ready
+
+        wait_ready([self.engines[i].version.remote()], self._placement, f"{self.name} engine {i}")
+        log.warning("%s: engine %d restarted", self.name, i)
 
     @property
     def num_engines(self) -> int:

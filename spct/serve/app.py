@@ -65,6 +65,22 @@ class Gate:
         return read_json_bytes(bytes(body))
 
 
+def restart(scorer: Scorer) -> tuple[str, dict[str, str] | None]:
+    """After an engine or the meta RM died under a request: restart what died (the scorer's
+    `recover`, when it has one). The client's 503 says whether to retry or to restart the server."""
+    recover = getattr(scorer, "recover", None)
+    if recover is not None:
+        try:
+            restarted = recover()
+        except Exception:
+            log.exception("restarting the GRM's engines failed")
+        else:
+            log.warning("restarted after a failure: %s", ", ".join(restarted) or "nothing had died")
+            return "the GRM's engine or the meta RM had stopped and was restarted; retry the request", \
+                {"Retry-After": "1"}
+    return "the GRM's engine or the meta RM has stopped; this server cannot score until it is restarted", None
+
+
 def engine_call(scorer: Scorer, k_meta: int | None) -> Any:
     """The batcher's scoring function: `scorer.score` with the meta RM's `k_meta` (capped at k),
     each result carrying the `k_meta` its vote kept; a failure becomes the client's 503 or 500."""
@@ -80,8 +96,7 @@ def engine_call(scorer: Scorer, k_meta: int | None) -> Any:
             from spct.cluster import actor_fault
 
             if actor_fault(e) is not None:
-                raise RequestError(503, None, "the GRM's engine or the meta RM has stopped; this server cannot "
-                                   "score until it is restarted") from None
+                raise RequestError(503, None, *restart(scorer)) from None
             raise RequestError(500, None, f"scoring failed ({type(e).__name__}); see the server's log") from None
         return [dict(result, k_meta=kept) for result in results]
 
@@ -101,26 +116,17 @@ def make_app(
     temperature: float,
     k_meta: int | None,
     end_markers: Sequence[str],
-    openrlhf_group: bool = False,
-    batch_window_ms: float = 10.0,
-    group_window_s: float = 1.0,
-    max_batch_prompts: int = 256,
-    max_queue_prompts: int = 4096,
-    request_timeout_s: float = 600.0,
+    openrlhf_group: bool,
+    batch_window_ms: float,
+    group_window_s: float,
+    max_batch_prompts: int,
+    max_queue_prompts: int,
+    request_timeout_s: float,
 ) -> FastAPI:
     """The FastAPI app. With a `token`, every endpoint wants `Authorization: Bearer <token>`.
     `openrlhf_group` is /openrlhf's default mode (a request may set `group` in its URL). The
     batching settings are `ServeConfig`'s (docs/serving.md, "Batching")."""
-    limits = Limits(
-        max_body_bytes,
-        max_items,
-        max_responses,
-        max_chars_per_text,
-        default_k,
-        max_k,
-        temperature,
-        k_meta,
-    )
+    limits = Limits(max_body_bytes, max_items, max_responses, max_chars_per_text, default_k, max_k, temperature)
     gate = Gate(token, max_body_bytes)
     markers = list(end_markers)
     batcher = Batcher(engine_call(scorer, k_meta), scorer.check, window_s=batch_window_ms / 1000,

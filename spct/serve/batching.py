@@ -7,11 +7,12 @@ meta), and answers each job with its own result. While a batch is on the engines
 one gathers; so under load the batches grow by themselves and the engines stay busy.
 
 Grouped jobs (the same `group` key and sampling settings: a prompt's rollouts sent one per
-request, as OpenRLHF and veRL send them) are merged into one item, judged in one GRM prompt:
-the group is ready when `group_size` responses have arrived, or when `group_window_s` has
-passed since its first one; an incomplete group is then judged with the responses it has. A
-group larger than `max_responses` is cut into consecutive parts, each judged alone; a job's
-responses always stay in one part.
+request, as OpenRLHF and veRL send them) are merged into one item, judged in one GRM prompt.
+With a `group_size` the group is ready when that many responses have arrived, or when
+`group_window_s` has passed since its first one (it is then judged with the responses it has);
+without one, it holds what arrives within the batch window. A group larger than
+`max_responses` is cut into consecutive parts, each judged alone; a job's responses always stay
+in one part.
 
 Pure asyncio: no engine, Ray or HTTP import. The scorer and the prompt check are plain
 callables, run in a thread so that the event loop keeps answering.
@@ -107,7 +108,7 @@ class Batcher:
     score: ScoreFn
     check: CheckFn
     window_s: float = 0.01
-    group_window_s: float = 1.0
+    group_window_s: float = 30.0
     max_batch_prompts: int = 256
     max_queue_prompts: int = 4096
     max_responses: int = 16
@@ -175,7 +176,9 @@ class Batcher:
             size = sum(e.job.item.n for e in entries)
             expected = max((e.job.group_size or 0) for e in entries)
             deadline = first.arrived + self.group_window_s
-            if expected and size >= expected:
+            if not expected:  # what arrives within the batch window
+                fire_at = first.arrived + self.window_s
+            elif size >= expected:
                 fire_at = min(entries[-1].arrived + self.window_s, deadline)
             elif now >= deadline:
                 fire_at = deadline
@@ -214,7 +217,12 @@ class Batcher:
                 taken = {id(e) for u in batch for e in u.entries}
                 self._queue = [e for e in self._queue if id(e) not in taken]
                 started = time.monotonic()
-                await self._run(batch)
+                try:
+                    await self._run(batch)
+                except Exception as e:  # e.g. the prompt check failed: the batch's requests learn it
+                    for unit in batch:
+                        for entry in unit.entries:
+                            _settle(entry.future, exc=e)
                 self._last_batch_s = time.monotonic() - started
                 self.batches += 1
                 continue

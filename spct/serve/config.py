@@ -84,9 +84,9 @@ class ServeConfig:
     openrlhf_group: bool = False
     # Batching (docs/serving.md, "Batching"): requests arriving within batch_window_ms of the
     # first are scored in one engine call of up to max_batch_prompts GRM prompts (k per item);
-    # grouped requests wait up to group_window_s for the rest of their group.
+    # a group with a group_size waits up to group_window_s for the rest of its responses.
     batch_window_ms: float = 10.0
-    group_window_s: float = 1.0
+    group_window_s: float = 30.0
     max_batch_prompts: int = 256
     max_queue_prompts: int = 4096  # beyond: 503 with Retry-After
     request_timeout_s: float = 600.0  # a request not scored by then: 504
@@ -160,7 +160,7 @@ def plan(c: ServeConfig, sources: Mapping[str, str], warnings: list[str], token:
              f"  listens on  http://{c.host}:{c.port} ({'bearer token required' if token else 'no token'})",
              f"  scoring     k {c.default_k} by default (up to {c.max_k}), temperature {c.temperature}",
              f"  batching    requests within {c.batch_window_ms:g} ms in one engine call of up to "
-             f"{c.max_batch_prompts} GRM prompts; groups wait up to {c.group_window_s:g} s; "
+             f"{c.max_batch_prompts} GRM prompts; a sized group waits up to {c.group_window_s:g} s; "
              f"{c.max_queue_prompts} prompts may wait"]
     return "\n".join(lines + [f"  warning     {w}" for w in warnings])
 

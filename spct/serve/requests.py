@@ -37,7 +37,6 @@ class Limits:
     default_k: int
     max_k: int
     temperature: float
-    k_meta: int | None
 
 
 SCORE_FIELDS = ("conversation", "query", "responses", "k", "temperature", "meta", "group", "group_size")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -20,7 +20,8 @@ class Scorer(Protocol):
     "scores" (per sample: the parsed scores in input order, or None on a parse failure) and
     "meta_scores" (one per sample when the meta RM chose the samples, else None).
     `check` says why an item cannot be scored (e.g. its prompt overflows the context), or None.
-    `health` (optional) lists what cannot score now, e.g. a dead engine.
+    `health` (optional) lists what cannot score now, e.g. a dead engine; `recover` (optional)
+    restarts it after a request failed on it.
     """
 
     model: str
@@ -52,6 +53,7 @@ class GRMScorer:
         meta_rm: Any = None,
         seed: int = 0,
         tokenizer: Any = None,
+        start_meta_rm: Callable[[], Any] | None = None,
     ) -> None:
         if tokenizer is None:
             from transformers import AutoTokenizer
@@ -59,7 +61,7 @@ class GRMScorer:
             tokenizer = AutoTokenizer.from_pretrained(model)
         self.pool, self.model, self.seed = pool, model, seed
         self.tokenizer = tokenizer
-        self.meta_rm = meta_rm
+        self.meta_rm, self.start_meta_rm = meta_rm, start_meta_rm
         self.has_meta = meta_rm is not None
         self.template = pool.template.name
         self.low, self.high = pool.template.low, pool.template.high
@@ -107,19 +109,39 @@ class GRMScorer:
     def health(self) -> list[str]:
         """What cannot score: each engine or the meta RM whose actor has died (a busy one, which
         answers after its current call, is alive)."""
+        return [f"{name} has stopped" for name, _ in self._dead()]
+
+    def recover(self) -> list[str]:
+        """Restart every engine (and the meta RM, when built by `build_scorer`) whose actor has
+        died; returns what was restarted. Raises when one cannot be restarted."""
         import ray
 
-        actors = [(f"GRM engine {i}", e) for i, e in enumerate(self.pool.group.engines)]
-        actors += [("meta RM", self.meta_rm)] if self.meta_rm is not None else []
-        probes = [a.__ray_ready__.remote() for _, a in actors]
+        dead = self._dead()
+        for _, which in dead:
+            if which == "meta":
+                if self.start_meta_rm is None:
+                    raise RuntimeError("the meta RM has stopped and this scorer cannot restart it")
+                self.meta_rm = self.start_meta_rm()
+                ray.get(self.meta_rm.score.remote([]))
+            else:
+                self.pool.group.restart(which)
+        return [name for name, _ in dead]
+
+    def _dead(self) -> list[tuple[str, int | str]]:
+        import ray
+
+        actors: list[tuple[str, int | str, Any]] = [(f"GRM engine {i}", i, e)
+                                                    for i, e in enumerate(self.pool.group.engines)]
+        actors += [("meta RM", "meta", self.meta_rm)] if self.meta_rm is not None else []
+        probes = [a.__ray_ready__.remote() for _, _, a in actors]
         done, _ = ray.wait(probes, num_returns=len(probes), timeout=2.0)
         dead = []
-        for (name, _), probe in zip(actors, probes, strict=True):
+        for (name, which, _), probe in zip(actors, probes, strict=True):
             if probe in done:
                 try:
                     ray.get(probe)
                 except ray.exceptions.RayError:
-                    dead.append(f"{name} has stopped")
+                    dead.append((name, which))
         return dead
 
     def _meta_score(self, trajectories: list[dict[str, Any]]) -> list[float]:
@@ -153,23 +175,19 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
         num_cpus_per_engine=r.num_cpus_per_engine,
         num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size),
     )
+    def start_meta_rm() -> Any:
+        from spct.meta_rm import MetaRM
+
+        return (ray.remote(MetaRM).options(num_cpus=1, num_gpus=c.cluster.gpus(1))
+                .remote(model=c.meta_rm.path, dtype=c.meta_rm.dtype, max_length=c.meta_rm.max_length, seed=c.seed))
+
     meta = None
     try:
         if c.meta_rm.path is not None:
-            from spct.meta_rm import MetaRM
-
-            meta = (
-                ray.remote(MetaRM)
-                .options(num_cpus=1, num_gpus=c.cluster.gpus(1))
-                .remote(
-                    model=c.meta_rm.path,
-                    dtype=c.meta_rm.dtype,
-                    max_length=c.meta_rm.max_length,
-                    seed=c.seed,
-                )
-            )
+            meta = start_meta_rm()
             ray.get(meta.score.remote([]))  # a bad path fails here, not at the first request
-        return GRMScorer(pool, m.path, m.max_model_len, meta_rm=meta, seed=c.seed)
+        return GRMScorer(pool, m.path, m.max_model_len, meta_rm=meta, seed=c.seed,
+                         start_meta_rm=start_meta_rm if meta is not None else None)
     except BaseException:
         pool.shutdown()
         raise

@@ -484,17 +484,26 @@ def test_config_composes_and_is_validated(tmp_path, tiny_model_dir):
     assert run.returncode != 0 and "model: expected an existing file or folder" in run.stdout + run.stderr
 
 
-def test_a_dead_engine_turns_health_to_503_and_scores_to_503_without_ray_internals(client, scorer):
-    """Runs last: it kills the module's engine. /health names what stopped instead of "ok", and
-    /score says the server cannot score, with no actor id, PID, address or namespace."""
+def test_a_dead_engine_is_reported_then_restarted_by_the_next_request(client, scorer):
+    """Runs last: it kills the module's engine. /health names what stopped instead of "ok"; the
+    next /score finds it dead, restarts it and answers 503 with Retry-After (no actor id, PID,
+    address or namespace); the retry is scored, and spct.client retries by itself."""
     import ray
+
+    from spct.client import Client
 
     assert client.get("/health").json()["status"] == "ok"
     ray.kill(scorer.pool.group.engines[0])
     health = client.get("/health")
     assert health.status_code == 503 and health.json() == {"status": "unavailable",
                                                            "problems": ["GRM engine 0 has stopped"]}
-    reply = client.post("/score", json={"query": "2+2?", "responses": ["4", "5"], "meta": False})
-    assert reply.status_code == 503, reply.text
-    assert "cannot score" in reply.json()["error"]
+    body = {"query": "2+2?", "responses": ["4", "5"], "meta": False}
+    reply = client.post("/score", json=body)
+    assert reply.status_code == 503 and reply.headers["retry-after"] == "1", reply.text
+    assert "restarted; retry" in reply.json()["error"]
     assert not any(leak in reply.text for leak in ("actor_id", "pid", "ip:", "namespace", "127.0.0.1"))
+    assert client.get("/health").json()["status"] == "ok"
+    check_scored(client.post("/score", json=body).json(), n=2, k=1)
+    ray.kill(scorer.pool.group.engines[0])
+    with Client(str(client.base_url), backoff_s=0.1) as retrying:
+        check_scored(retrying.score("2+2?", ["4", "5"], meta=False), n=2, k=1)

@@ -94,7 +94,7 @@ def test_trl_runs_once_with_its_defaults_and_once_with_checkpointing_off(tmp_pat
 
     monkeypatch.setattr(grpo.subprocess, "run", fake_run)
     a = grpo.parser().parse_args([])
-    for name, on in grpo.TRL_RUNS.items():
+    for on in grpo.TRL_RUNS.values():
         grpo.run_trl(a, tmp_path / "model", tmp_path, on)
     flags = [("--trl-checkpointing" in cmd) for cmd in commands]
     assert dict(zip(grpo.TRL_RUNS, flags, strict=True)) == {"TRL, checkpointing off": False, "TRL defaults": True}

@@ -108,21 +108,30 @@ def test_an_incomplete_group_is_judged_when_its_window_closes():
     assert [r[0]["rewards"] for r in replies] == [[1.0], [2.0], [3.0]] and replies[0][0]["group_size"] == 3
 
 
-def test_groups_without_a_size_wait_the_window_and_split_at_max_responses():
+def test_groups_without_a_size_hold_what_the_batch_window_gathers_and_split_at_max_responses():
     rec = Recorder()
-    b = batcher(rec, group_window_s=0.2, max_responses=3)
-    requests = [[job("P", r, group="P")] for r in ("a", "b", "c", "d", "e")]
-    requests.append([job("P", "f", "g", group="P")])  # a request's own responses stay in one part
-    replies = asyncio.run(concurrently(b, requests))
-    assert rec.calls[0][0] == [["a", "b", "c"], ["d", "e"], ["f", "g"]]
+    b = batcher(rec, group_window_s=30, max_responses=3)
+
+    async def scenario():
+        first = [[job("P", r, group="P")] for r in ("a", "b", "c", "d", "e")]
+        first.append([job("P", "f", "g", group="P")])  # a request's own responses stay in one part
+        replies = await concurrently(b, first)
+        late = await b.submit([job("P", "h", group="P")])  # after the window: a group of its own
+        return replies, late
+
+    started = time.monotonic()
+    replies, late = asyncio.run(scenario())
+    assert time.monotonic() - started < 5  # no group_size: nothing waits for group_window_s
+    assert rec.calls[0][0] == [["a", "b", "c"], ["d", "e"], ["f", "g"]] and rec.calls[1][0] == [["h"]]
     assert replies[5][0]["rewards"] == [1.0, 1.0] and replies[5][0]["group_size"] == 2
+    assert late[0]["group_size"] == 1
 
 
 def test_the_same_group_key_with_other_settings_is_another_group():
     rec = Recorder()
     requests = [[job("P", "a", group="P", size=2)], [job("P", "b", group="P", size=2, k=2)],
                 [job("P", "c", group="P", size=2)]]
-    asyncio.run(concurrently(batcher(rec, group_window_s=0.2), requests))
+    asyncio.run(concurrently(batcher(rec, group_window_s=0.2), requests))  # b's group never completes
     judged = sorted((tuple(map(tuple, items)), k) for items, k, _, _ in rec.calls)
     assert judged == [((("a", "c"),), 1), ((("b",),), 2)]
 
@@ -191,3 +200,24 @@ def test_share_of_cuts_every_per_response_list():
     result = {"rewards": [1.0, 2.0, 3.0], "scores": [[1, 2, 3], None], "meta_scores": [0.5, 0.1], "k_meta": 1}
     assert share_of(result, 1, 2) == {"rewards": [2.0, 3.0], "scores": [[2, 3], None], "meta_scores": [0.5, 0.1],
                                       "k_meta": 1, "group_size": 3}
+
+
+def test_a_failing_check_fails_its_batch_and_the_batcher_goes_on():
+    rec = Recorder()
+    broken = {"on": True}
+
+    def check(item):
+        if broken["on"]:
+            raise ValueError("tokenizer exploded")
+        return None
+
+    b = batcher(rec, check=check)
+
+    async def scenario():
+        failed = await concurrently(b, [[job("P", "a", group="P")], [job("P", "b", group="P")]])
+        broken["on"] = False
+        return failed, await b.submit([job("P", "c", group="P"), job("P", "d", group="P")])
+
+    failed, after = asyncio.run(scenario())
+    assert all(isinstance(r, ValueError) for r in failed)
+    assert [r["rewards"] for r in after] == [[1.0], [1.0]] and rec.calls[0][0] == [["c", "d"]]
