@@ -141,6 +141,11 @@ class RunStore:
         state = self.read()
         if state is None:
             return None
+        missing = self.missing_outside(state)
+        if missing:
+            raise CheckpointError(
+                f"{self.path} names local folders outside the run folder that do not exist (moved or deleted?):\n  "
+                + "\n  ".join(missing) + "\nPut them back where they were to resume this run.")
         problems = self.problems(state)
         if not problems:
             if self.fell_back:  # from an unreadable state.json
@@ -190,6 +195,14 @@ class RunStore:
                 if problem:
                     found.append(f"{key} {path}: {problem}")
         return found
+
+    def missing_outside(self, state: RunState) -> list[str]:
+        """Stored local paths outside the run folder (a base model, a GRM from another run) that
+        are gone; a hub id (not an absolute path) is not checked here."""
+        inside = self.dir.parent.resolve()
+        return [f"{key} {path}" for key in PATH_FIELDS
+                if (path := getattr(state, key)) and Path(path).is_absolute()
+                and not Path(path).resolve().is_relative_to(inside) and not Path(path).exists()]
 
     def prune(self, state: RunState, keep: int) -> None:
         """Drop old step checkpoints; phase-final ones and the ones in use stay."""

@@ -30,6 +30,7 @@ from spct.serve.requests import (
 from spct.serve.scorer import Scorer
 
 log = logging.getLogger("spct.serve")
+INLINE_PARSE_BYTES = 64 * 1024
 
 class Gate:
     """What every request passes before its fields are read: the token (compared in constant
@@ -62,6 +63,8 @@ class Gate:
             body += chunk
             if len(body) > limit:
                 raise RequestError(413, "body", f"more than the limit of {limit} bytes")
+        if len(body) > INLINE_PARSE_BYTES:  # a large body parses in a worker thread, off the event loop
+            return await run_in_threadpool(read_json_bytes, bytes(body))
         return read_json_bytes(bytes(body))
 
 

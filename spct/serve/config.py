@@ -90,6 +90,9 @@ class ServeConfig:
     max_batch_prompts: int = 256
     max_queue_prompts: int = 4096  # beyond: 503 with Retry-After
     request_timeout_s: float = 600.0  # a request not scored by then: 504
+    # A dead engine or meta RM is restarted by the next request that finds it, this many times
+    # in the server's life; after that the server answers 503 until it is restarted.
+    max_restarts: int = 3
     dry_run: bool = False  # check the command and print the plan; start nothing
 
 

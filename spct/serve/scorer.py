@@ -54,6 +54,7 @@ class GRMScorer:
         seed: int = 0,
         tokenizer: Any = None,
         start_meta_rm: Callable[[], Any] | None = None,
+        max_restarts: int = 3,
     ) -> None:
         if tokenizer is None:
             from transformers import AutoTokenizer
@@ -62,6 +63,7 @@ class GRMScorer:
         self.pool, self.model, self.seed = pool, model, seed
         self.tokenizer = tokenizer
         self.meta_rm, self.start_meta_rm = meta_rm, start_meta_rm
+        self.restarts_left = max_restarts
         self.has_meta = meta_rm is not None
         self.template = pool.template.name
         self.low, self.high = pool.template.low, pool.template.high
@@ -113,10 +115,14 @@ class GRMScorer:
 
     def recover(self) -> list[str]:
         """Restart every engine (and the meta RM, when built by `build_scorer`) whose actor has
-        died; returns what was restarted. Raises when one cannot be restarted."""
+        died, at most `max_restarts` times in the server's life; returns what was restarted.
+        Raises when one cannot be restarted."""
         import ray
 
         dead = self._dead()
+        if dead and self.restarts_left <= 0:
+            raise RuntimeError(f"{', '.join(name for name, _ in dead)} stopped again after the last allowed restart")
+        self.restarts_left -= bool(dead)
         for _, which in dead:
             if which == "meta":
                 if self.start_meta_rm is None:
@@ -187,7 +193,7 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
             meta = start_meta_rm()
             ray.get(meta.score.remote([]))  # a bad path fails here, not at the first request
         return GRMScorer(pool, m.path, m.max_model_len, meta_rm=meta, seed=c.seed,
-                         start_meta_rm=start_meta_rm if meta is not None else None)
+                         start_meta_rm=start_meta_rm if meta is not None else None, max_restarts=c.max_restarts)
     except BaseException:
         pool.shutdown()
         raise

@@ -487,7 +487,8 @@ def test_config_composes_and_is_validated(tmp_path, tiny_model_dir):
 def test_a_dead_engine_is_reported_then_restarted_by_the_next_request(client, scorer):
     """Runs last: it kills the module's engine. /health names what stopped instead of "ok"; the
     next /score finds it dead, restarts it and answers 503 with Retry-After (no actor id, PID,
-    address or namespace); the retry is scored, and spct.client retries by itself."""
+    address or namespace); the retry is scored, and spct.client retries by itself. Past
+    max_restarts the 503 says to restart the server."""
     import ray
 
     from spct.client import Client
@@ -507,3 +508,10 @@ def test_a_dead_engine_is_reported_then_restarted_by_the_next_request(client, sc
     ray.kill(scorer.pool.group.engines[0])
     with Client(str(client.base_url), backoff_s=0.1) as retrying:
         check_scored(retrying.score("2+2?", ["4", "5"], meta=False), n=2, k=1)
+    # Restarts are bounded (max_restarts): past them the server says to restart it.
+    scorer.restarts_left = 0
+    ray.kill(scorer.pool.group.engines[0])
+    reply = client.post("/score", json=body)
+    assert reply.status_code == 503 and "retry-after" not in reply.headers, reply.text
+    assert "cannot score until it is restarted" in reply.json()["error"]
+    assert client.get("/health").status_code == 503

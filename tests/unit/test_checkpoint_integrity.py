@@ -209,3 +209,20 @@ def test_a_copied_or_moved_run_reads_its_own_checkpoints(tmp_path):
     store.write(hub)
     assert json.loads((moved / "checkpoints" / "state.json").read_text())["model"] == "Qwen/Qwen2.5-7B-Instruct"
     assert store.read().model == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_a_stored_folder_outside_the_run_that_is_gone_is_named(tmp_path):
+    """A local base model or GRM outside output_dir is stored absolute; when it is gone the
+    resume stops naming it (no snapshot would help), before any actor starts."""
+    import shutil
+
+    store, ckpt = run_with_checkpoints(tmp_path)
+    base = hf_folder(tmp_path / "my-base-model")
+    state = store.load()
+    state.phase_start = str(base)
+    store.write(state)
+    assert store.load().phase_start == str(base)
+    shutil.rmtree(base)
+    with pytest.raises(CheckpointError) as err:
+        store.load()
+    assert f"phase_start {base}" in str(err.value) and "outside the run folder" in str(err.value)

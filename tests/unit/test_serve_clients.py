@@ -198,3 +198,23 @@ def test_async_client_requests_are_coalesced(url, grm):
 
     replies = asyncio.run(many())
     assert all(r["unit_rewards"] == [1.0] for r in replies) and len(grm.groups) == 16
+
+
+def test_measuring_a_prompt_does_not_block_the_event_loop():
+    """The prompt check tokenizes (about 0.5 s for a maximal body); it runs in a worker thread,
+    so /health answers at once meanwhile."""
+    import time
+
+    class SlowCheck(TableGRM):
+        def check(self, item):
+            time.sleep(1.0)
+            return None
+
+    with BackgroundServer(make_app(SlowCheck(), **app_options(ServeConfig()))) as address, ThreadPoolExecutor(1) as pool:
+        scoring = pool.submit(httpx.post, address + "/score", json={"query": "Q", "responses": ["a"]}, timeout=30)
+        time.sleep(0.3)
+        start = time.monotonic()
+        health = httpx.get(address + "/health", timeout=30)
+        took = time.monotonic() - start
+        assert scoring.result().status_code == 200
+    assert health.status_code == 200 and took < 0.5, took
