@@ -99,31 +99,40 @@ class GRMReward:
         if self._limits is None:
             self._limits = self.client.health()
         most = self._limits["max_responses"]
-
-        def one(conversation: list[dict[str, str]], members: list[int], partial: bool) -> dict[str, Any] | None:
+        requests = []  # (index in work, the part's responses, conversation, grouped?, group size)
+        for w, (conversation, members, partial) in enumerate(work):
             parts = [members[at : at + most] for at in range(0, len(members), most)]
-            group = partial or len(parts) > 1
+            grouped = partial or len(parts) > 1  # the server joins the parts (and the other halves)
             size = self.num_generations if partial else len(members)
-            replies = []
-            for part in parts:
-                try:
-                    replies.append(self.client.score(
-                        conversation=conversation, responses=[texts[i] for i in part], k=self.k,
-                        temperature=self.temperature, meta=self.meta, group=True if group else None,
-                        group_size=size if group else None))
-                except ServerError as e:
-                    if e.status != 413:
-                        raise
-                    log.warning("%s: a group gets %s unscored: %s", self.__name__, self.failure_reward, e.message)
-                    return None
-            return {"unit_rewards": [r for reply in replies for r in reply["unit_rewards"]],
-                    "parse_failures": sum(reply["parse_failures"] for reply in replies),
-                    "scores": [s for reply in replies for s in reply["scores"]]}
+            requests += [(w, part, conversation, grouped, size) for part in parts]
 
-        if not work:
+        def send(request: tuple) -> dict[str, Any] | None:
+            _, part, conversation, grouped, size = request
+            try:
+                return self.client.score(conversation=conversation, responses=[texts[i] for i in part], k=self.k,
+                                         temperature=self.temperature, meta=self.meta,
+                                         group=True if grouped else None, group_size=size if grouped else None)
+            except ServerError as e:
+                if e.status != 413:
+                    raise
+                log.warning("%s: a group gets %s unscored: %s", self.__name__, self.failure_reward, e.message)
+                return None
+
+        if not requests:
             return []
-        with ThreadPoolExecutor(min(len(work), 64)) as pool:
-            return list(pool.map(lambda w: one(*w), work))
+        # All at once: a group's parts must reach the server together to be judged as one.
+        with ThreadPoolExecutor(min(len(requests), 64)) as pool:
+            answers = list(pool.map(send, requests))
+        replies: list[dict[str, Any] | None] = []
+        for w in range(len(work)):
+            parts = [a for (i, *_), a in zip(requests, answers, strict=True) if i == w]
+            if any(a is None for a in parts):
+                replies.append(None)
+                continue
+            replies.append({"unit_rewards": [r for a in parts for r in a["unit_rewards"]],
+                            "parse_failures": sum(a["parse_failures"] for a in parts),
+                            "scores": [s for a in parts for s in a["scores"]]})
+        return replies
 
     def _local(self, work: list, texts: list[str]) -> list[dict[str, Any] | None]:
         from spct.grm.voting import rescaled_vote

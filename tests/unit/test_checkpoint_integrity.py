@@ -181,7 +181,7 @@ def test_a_copied_or_moved_run_reads_its_own_checkpoints(tmp_path):
 
     store, ckpt = run_with_checkpoints(tmp_path)
     state = store.load()
-    state.phase_start = str(tmp_path / "base_model")  # outside output_dir
+    state.phase_start = str(hf_folder(tmp_path / "base_model"))  # outside output_dir
     store.write(state)
     stored = json.loads((ckpt / "state.json").read_text())
     assert stored["model"] == "./checkpoints/rl-step000020/model"

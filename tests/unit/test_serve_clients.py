@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -153,9 +154,11 @@ def test_trl_reward_joins_a_group_split_across_processes_and_cuts_big_groups(url
     assert out[0] == pytest.approx([1.0, unit(7), 1.0]) and out[1] == pytest.approx([unit(4), 0.0, 0.0])
     assert sorted(grm.groups) == [["a0", "b0"], ["a1", "c1"]]  # q2 overflowed: unscored, not an error
     grm.groups.clear()
+    started = time.monotonic()
     big = GRMReward(url, token=TOKEN)(prompts=["q"] * 6, completions=list("abcabc"))
     assert big == pytest.approx([1.0, unit(7), unit(4)] * 2)
     assert sorted(map(len, grm.groups)) == [2, 4]  # max_responses = 4
+    assert time.monotonic() - started < 4  # the parts went together: none waited out group_window_s (5 s)
 
 
 def test_trl_reward_in_process_needs_no_server():
@@ -203,7 +206,6 @@ def test_async_client_requests_are_coalesced(url, grm):
 def test_measuring_a_prompt_does_not_block_the_event_loop():
     """The prompt check tokenizes (about 0.5 s for a maximal body); it runs in a worker thread,
     so /health answers at once meanwhile."""
-    import time
 
     class SlowCheck(TableGRM):
         def check(self, item):
