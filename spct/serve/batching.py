@@ -105,6 +105,9 @@ class _Unit:
 
 @dataclass
 class Batcher:
+    """Gathers the jobs of concurrent requests into scorer calls (module docstring); one loop
+    task per event loop, started by the first `submit`."""
+
     score: ScoreFn
     check: CheckFn
     window_s: float = 0.01
@@ -116,7 +119,6 @@ class Batcher:
     _wake: asyncio.Event | None = None
     _task: asyncio.Task | None = None
     _last_batch_s: float = 1.0
-    batches: int = 0  # engine batches run so far (for /health and the tests)
 
     async def submit(self, jobs: Sequence[ScoreJob], timeout_s: float | None = None) -> list[Any]:
         """Queue the jobs of one request; each result is a scorer dict or an `Unscorable`.
@@ -125,7 +127,7 @@ class Batcher:
         withdrawn); a scorer error is raised as is.
         """
         self._start()
-        waiting = sum(e.job.k for e in self._queue)
+        waiting = self.waiting_prompts()
         incoming = sum(j.k for j in jobs)
         if waiting and waiting + incoming > self.max_queue_prompts:
             raise QueueFull(waiting, self.max_queue_prompts, max(1, math.ceil(self._last_batch_s)))
@@ -224,7 +226,6 @@ class Batcher:
                         for entry in unit.entries:
                             _settle(entry.future, exc=e)
                 self._last_batch_s = time.monotonic() - started
-                self.batches += 1
                 continue
             wake_at = min(t for t in (fire_at, later) if t is not None) if (units or later) else None
             self._wake.clear()
