@@ -220,3 +220,16 @@ def test_measuring_a_prompt_does_not_block_the_event_loop():
         took = time.monotonic() - start
         assert scoring.result().status_code == 200
     assert health.status_code == 200 and took < 0.5, took
+
+
+@pytest.mark.parametrize(("extra", "field", "says"), [
+    ({"group": 5}, "group", "a group id string"), ({"group": ""}, "group", "1..256 characters"),
+    ({"group_size": 4}, "group_size", "only with 'group'"), ({"group": True, "group_size": 0}, "group_size", "1.."),
+    ({"group": "g", "group_size": "4"}, "group_size", "an integer")])
+def test_bad_group_fields_are_named(url, extra, field, says):
+    reply = httpx.post(url + "/score", json={"query": "Q", "responses": ["a"], **extra},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert reply.status_code == 422 and reply.json()["field"] == field and says in reply.json()["error"], reply.text
+    reply = httpx.post(url + "/openrlhf?group=true&group_size=0", json={"query": ["Pa"], "prompts": ["P"]},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert reply.status_code == 422 and reply.json()["field"] == "group_size"
