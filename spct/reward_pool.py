@@ -42,18 +42,9 @@ class GRMRewardPool:
             name="reward_pool",
         )
 
-    def sample(
-        self,
-        items: Sequence[Item],
-        k: int,
-        temperature: float = 0.5,
-        seed: int | str = 0,
-        hint: bool = False,
-        stream: str = "pool",
-        keyed: bool = False,
-    ) -> list[list[dict[str, Any]]]:
-        """k samples per item (`submit` and wait)."""
-        return self.submit(items, k, temperature, seed, hint, stream, keyed)()
+    def sample(self, items: Sequence[Item], k: int, *args: Any, **kwargs: Any) -> list[list[dict[str, Any]]]:
+        """k samples per item: `submit` with the same arguments, waited for."""
+        return self.submit(items, k, *args, **kwargs)()
 
     def submit(
         self,

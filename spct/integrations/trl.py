@@ -135,8 +135,11 @@ class GRMReward:
         return replies
 
     def _local(self, work: list, texts: list[str]) -> list[dict[str, Any] | None]:
-        from spct.grm.voting import rescaled_vote
+        """Score in this process, replies shaped as the server's (`score_response`), with the
+        server's defaults for what was not given."""
         from spct.item import Item
+        from spct.serve.config import ServeConfig
+        from spct.serve.requests import score_response
 
         items, at = [], []
         for conversation, members, _ in work:
@@ -148,16 +151,9 @@ class GRMReward:
             else:
                 log.warning("%s: a group gets %s unscored: %s", self.__name__, self.failure_reward, reason)
                 at.append(None)
+        defaults = ServeConfig()
+        k = self.k or defaults.default_k
+        temperature = defaults.temperature if self.temperature is None else self.temperature
         meta = self.scorer.has_meta if self.meta is None else self.meta
-        results = self.scorer.score(items, self.k or 1, 0.5 if self.temperature is None else self.temperature,
-                                    None, meta) if items else []
-        replies: list[dict[str, Any] | None] = []
-        for j in at:
-            if j is None:
-                replies.append(None)
-                continue
-            r = results[j]
-            unit = rescaled_vote(r["scores"], items[j].n, self.scorer.low, self.scorer.high, None, r["meta_scores"])
-            replies.append({"unit_rewards": unit, "scores": r["scores"],
-                            "parse_failures": sum(s is None for s in r["scores"])})
-        return replies
+        results = self.scorer.score(items, k, temperature, None, meta) if items else []
+        return [None if j is None else score_response(results[j], k, self.scorer.low, self.scorer.high) for j in at]
