@@ -90,22 +90,9 @@ class GRMRewardPool:
 
         return result
 
-    def score(
-        self,
-        items: Sequence[Item],
-        k: int = 1,
-        temperature: float = 0.5,
-        seed: int | str = 0,
-        k_meta: int | None = None,
-        meta_score: Callable[[list[dict[str, Any]]], list[float]] | None = None,
-        keyed: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Per item: {"rewards": voted per-response totals in input order, "samples": [...]}.
-
-        `meta_score`, when given, maps a list of {prompt, completion} trajectories to meta-RM
-        scores; then only the k_meta best-rated samples of each item count. `keyed` as in `sample`.
-        """
-        return self.submit_score(items, k, temperature, seed, k_meta, meta_score, keyed)()
+    def score(self, items: Sequence[Item], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """`submit_score` with the same arguments, waited for."""
+        return self.submit_score(items, *args, **kwargs)()
 
     def submit_score(
         self,
@@ -117,8 +104,13 @@ class GRMRewardPool:
         meta_score: Callable[[list[dict[str, Any]]], list[float]] | None = None,
         keyed: bool = False,
     ) -> Callable[[], list[dict[str, Any]]]:
-        """`score` started: the GRM samples are generated while the caller goes on; calling the
-        result waits for them, asks the meta RM and votes."""
+        """Start scoring and return at once: the GRM samples are generated while the caller goes
+        on; calling the result waits for them, asks the meta RM and votes. Per item:
+        {"rewards": voted per-response totals in input order, "samples": [...]}.
+
+        `meta_score`, when given, maps a list of {prompt, completion} trajectories to meta-RM
+        scores; then only the k_meta best-rated samples of each item count. `keyed` as in `submit`.
+        """
         sampled = self.submit(items, k, temperature, seed, keyed=keyed)
         return lambda: self._voted(items, sampled(), k_meta, meta_score)
 
