@@ -262,17 +262,17 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
 
             init_ray(c.cluster.address, c.cluster.num_cpus, c.cluster.num_gpus)
             r = c.rollout
+            if c.meta_rm.path:  # first: the meta RM loads while the engines start
+                from spct.meta_rm import meta_scorer
+
+                score_meta, actor = meta_scorer(c.meta_rm.path, c.meta_rm.dtype, c.meta_rm.max_length,
+                                                num_gpus=c.cluster.gpus(1))
             pool = GRMRewardPool(
                 c.model.path, r.num_engines,
                 engine_kwargs(c.model, r, c.seed),
                 template=c.model.template, max_new_tokens=c.model.max_new_tokens,
                 num_cpus_per_engine=r.num_cpus_per_engine,
                 num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size))
-            if c.meta_rm.path:
-                from spct.meta_rm import meta_scorer
-
-                score_meta, actor = meta_scorer(c.meta_rm.path, c.meta_rm.dtype, c.meta_rm.max_length,
-                                                num_gpus=c.cluster.gpus(1))
         tables = run_benchmarks(pool, benchmarks, out, k_max=c.k_max, temperature=c.temperature,
                                 k_meta_ratio=c.k_meta_ratio, meta_score=score_meta, rescore=c.rescore,
                                 bootstrap=c.bootstrap, seed=c.seed, tracker=tracker)

@@ -113,10 +113,11 @@ class Pipeline:
         starts it) with the latest GRM weights and their version."""
         return self._grm_engines()[0]
 
-    def _grm_engines(self):
-        """(the GRM's rollout group, its weight sync), started together on first use."""
+    def _grm_engines(self, wait: bool = True):
+        """(the GRM's rollout group, its weight sync), started together on first use (with
+        `wait=False`, returned while the engines start)."""
         if self._rollout is None:
-            self._rollout = self.engines(self.state.model)
+            self._rollout = self.engines(self.state.model, wait=wait)
             self._sync = self.weight_sync(self._rollout)
             if self.state.weight_version:  # resumed: the engines report the weights' version
                 with self.timings("weight_sync"):
@@ -131,9 +132,10 @@ class Pipeline:
         broadcast = self.cfg.cluster.gpus(1) and not self.cfg.rollout.colocate
         return make_weight_sync("broadcast" if broadcast else "ray", group)
 
-    def engines(self, model: str, name: str = "rollout", owned: bool = False):
+    def engines(self, model: str, name: str = "rollout", owned: bool = False, wait: bool = True):
         """A vLLM engine group serving `model` with the run's rollout settings; `owned` ones
-        are shut down with the run."""
+        are shut down with the run. `wait=False` returns while the engines start, unless they
+        share GPUs with the learner (rollout.colocate: they must be asleep before it loads)."""
         from spct.rollout import RolloutGroup
 
         r = self.cfg.rollout
@@ -143,7 +145,8 @@ class Pipeline:
                                  engine_kwargs=engine_kwargs(self.cfg.model, r, self.cfg.seed),
                                  num_cpus_per_engine=r.num_cpus_per_engine,
                                  num_gpus_per_engine=self._gpus(r.tensor_parallel_size), name=name,
-                                 placement_group=self.placement, colocated=r.colocate, on_shutdown=give_back)
+                                 placement_group=self.placement, colocated=r.colocate, on_shutdown=give_back,
+                                 wait=wait or r.colocate)
         except BaseException:
             give_back()
             raise
@@ -257,17 +260,20 @@ class Pipeline:
         sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
         return (group or self.rollout).submit(prompts, sampling, seed=f"{self.cfg.seed}:{key}")
 
-    def grm_pool(self, model: str, single: bool = False, num_engines: int | None = None, owned: bool = False):
+    def grm_pool(self, model: str, single: bool = False, num_engines: int | None = None, owned: bool = False,
+                 wait: bool = True):
         """A GRM reward pool serving the frozen GRM `model` with the run's engine settings and the
         GRM's own (what its checkpoint's card records: spct.config.grm_settings), judging with its
-        template (its single-response one if `single`); an `owned` one is shut down with the run."""
+        template (its single-response one if `single`); an `owned` one is shut down with the run;
+        `wait=False` returns while its engines start."""
         from spct.reward_pool import GRMRewardPool
 
         r, m = self.cfg.rollout, grm_settings(model, self.cfg.model)
         pool = GRMRewardPool(
             model, num_engines or r.num_engines, engine_kwargs(m, r, self.cfg.seed),
             template=m.single_template if single else m.template, max_new_tokens=m.max_new_tokens,
-            num_cpus_per_engine=r.num_cpus_per_engine, num_gpus_per_engine=self.cfg.cluster.gpus(r.tensor_parallel_size))
+            num_cpus_per_engine=r.num_cpus_per_engine, num_gpus_per_engine=self.cfg.cluster.gpus(r.tensor_parallel_size),
+            wait=wait)
         if owned:
             self.own(pool.shutdown)
         return pool
@@ -319,6 +325,11 @@ class Pipeline:
         from spct.learner import LearnerGroup, LearnerSpec
 
         self.close_learner()
+        if (model is None and task == "causal_lm" and self._rollout is None and not self.cfg.rollout.colocate
+                and not self.state.weight_version):
+            # A GRM phase's engines serve the weights the phase starts from until its first push:
+            # they start now, beside the learner, instead of after it.
+            self._grm_engines(wait=False)
         lc = self.cfg.learner
         start = model or self.state.model
         if self.state.phase_start is None:

@@ -29,7 +29,9 @@ class GRMRewardPool:
         num_cpus_per_engine: float = 1,
         num_gpus_per_engine: float = 0,
         placement_group=None,
+        wait: bool = True,
     ) -> None:
+        """`wait=False`: return while the engines start (`self.group.ready()` waits)."""
         self.template = load_template(template)
         self.max_new_tokens = max_new_tokens
         self.group = RolloutGroup(
@@ -40,6 +42,7 @@ class GRMRewardPool:
             num_gpus_per_engine=num_gpus_per_engine,
             placement_group=placement_group,
             name="reward_pool",
+            wait=wait,
         )
 
     def sample(self, items: Sequence[Item], k: int, *args: Any, **kwargs: Any) -> list[list[dict[str, Any]]]:

@@ -69,7 +69,11 @@ class Pending:
 
 class RolloutGroup:
     """N `VLLMEngine` actors. With a placement group, engine i takes bundle i (which must hold
-    its CPUs and GPUs); `engine_kwargs` are `VLLMEngine`'s arguments other than `model`."""
+    its CPUs and GPUs); `engine_kwargs` are `VLLMEngine`'s arguments other than `model`.
+
+    The engines start at construction and the group waits for them there, unless `wait=False`:
+    then other actors can start while the engines load, and `ready()` waits (the first use
+    waits too)."""
 
     def __init__(
         self,
@@ -82,6 +86,7 @@ class RolloutGroup:
         name: str = "rollout",
         colocated: bool = False,
         on_shutdown: Callable[[], None] | None = None,
+        wait: bool = True,
     ) -> None:
         if num_engines < 1:
             raise ValueError(f"{name}.num_engines: expected >= 1, got {num_engines}")
@@ -112,12 +117,21 @@ class RolloutGroup:
         self._options: dict[str, Any] = dict(num_cpus=num_cpus_per_engine, num_gpus=num_gpus_per_engine,
                                              runtime_env={"env_vars": env})
         self.engines = [self._start(i) for i in range(num_engines)]
-        # Surface a failed start (bad path, version mismatch, a lost node) here, not at first use.
-        from spct.placement import wait_ready
+        self._starting: list[Any] | None = [e.version.remote() for e in self.engines]
+        if wait:
+            self.ready()
 
-        wait_ready([e.version.remote() for e in self.engines], placement_group, f"{name} engines")
-        self._rest()
-        log.info("%s: %d engine(s) of %s ready", name, num_engines, self.model)
+    def ready(self) -> RolloutGroup:
+        """Wait for the engines to start; a failed start (bad path, version mismatch, a lost
+        node) is raised here, not at first use."""
+        if self._starting is not None:
+            from spct.placement import wait_ready
+
+            starting, self._starting = self._starting, None
+            wait_ready(starting, self._placement, f"{self.name} engines")
+            self._rest()
+            log.info("%s: %d engine(s) of %s ready", self.name, self.num_engines, self.model)
+        return self
 
     def _start(self, i: int) -> Any:
         options = dict(self._options)
@@ -209,6 +223,7 @@ class RolloutGroup:
         self._asleep = False
 
     def _wake(self) -> None:
+        self.ready()
         if self.colocated and self._asleep:
             self.wake_up()
 

@@ -93,9 +93,10 @@ def run_policy_sft(p: Context) -> None:
 
 class PolicyReward:
     """Rewards of a step's rollouts, from the GRM reward pool (with an optional meta RM) or the
-    program checker."""
+    program checker. With `wait=False` the GRM engines start in the background (`ready()`
+    waits)."""
 
-    def __init__(self, p: Context) -> None:
+    def __init__(self, p: Context, wait: bool = True) -> None:
         pc, rw = p.cfg.policy, p.cfg.policy.reward
         self.kind, self.mode, self.k, self.seed = rw.kind, rw.mode, rw.k, p.cfg.seed
         self.format_gate = rw.format_gate
@@ -105,10 +106,14 @@ class PolicyReward:
         if rw.kind == "oracle":
             return
         self.pool = p.grm_pool(pc.grm or p.state.model, single=rw.mode == "single", num_engines=pc.grm_engines,
-                               owned=True)
+                               owned=True, wait=wait)
         if pc.meta_rm:
             self.meta_score, _ = p.meta_scorer(pc.meta_rm, owned=True)
             self.k_meta = rw.k_meta or max(1, rw.k // 2)
+
+    def ready(self) -> None:
+        if self.pool is not None:
+            self.pool.group.ready()
 
     def __call__(self, items, rollouts: list[list[str]], step: int) -> tuple[list[float], dict[str, float]]:
         """One reward per rollout (flattened in item order) and the GRM's metrics (parse-failure
@@ -202,12 +207,15 @@ def evaluate_policy(rollout, items, pc, path: Path, seed: str) -> dict[str, floa
 def run_policy_rl(p: Context) -> dict[str, float]:
     pc, seed = p.cfg.policy, p.cfg.seed
     model = policy_model(p)
-    rollout = p.engines(model, name="policy_rollout", owned=True)
+    # The policy's engines, the GRM's engines, the meta RM and the learner all start at once.
+    rollout = p.engines(model, name="policy_rollout", owned=True, wait=False)
+    reward = PolicyReward(p, wait=False)
+    learner = p.new_learner(pc.lr, 0, pc.steps, with_reference=pc.beta > 0, model=model)
+    rollout.ready()
+    reward.ready()
     if p.state.policy_version:  # resumed: the engines report the weights' version
         rollout.update_weights_from_path(model, p.state.policy_version)
     sync = p.weight_sync(rollout)
-    reward = PolicyReward(p)
-    learner = p.new_learner(pc.lr, 0, pc.steps, with_reference=pc.beta > 0, model=model)
     checkable = [it for it in p.data.get(pc.eval_split) or [] if "operands" in it.meta][: pc.eval_items]
     if not checkable:
         log.warning("policy_rl: data.%s holds no items the program checker can check (the synthetic task's), so "

@@ -180,7 +180,9 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
         max_new_tokens=m.max_new_tokens,
         num_cpus_per_engine=r.num_cpus_per_engine,
         num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size),
+        wait=False,  # the meta RM loads while the engines start
     )
+
     def start_meta_rm() -> Any:
         from spct.meta_rm import MetaRM
 
@@ -191,9 +193,13 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
     try:
         if c.meta_rm.path is not None:
             meta = start_meta_rm()
+        pool.group.ready()
+        if meta is not None:
             ray.get(meta.score.remote([]))  # a bad path fails here, not at the first request
         return GRMScorer(pool, m.path, m.max_model_len, meta_rm=meta, seed=c.seed,
                          start_meta_rm=start_meta_rm if meta is not None else None, max_restarts=c.max_restarts)
     except BaseException:
         pool.shutdown()
+        if meta is not None:
+            ray.kill(meta)
         raise

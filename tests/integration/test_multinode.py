@@ -199,8 +199,8 @@ def test_a_run_the_cluster_cannot_hold_fails_before_any_actor_starts(cluster, tm
 def test_losing_a_node_mid_run_stops_cleanly_and_the_rerun_resumes(cluster, tmp_path):
     """Runs last: it takes the worker node away (and brings a fresh one back)."""
     out = tmp_path / "run"
-    overrides = ("cluster.placement_strategy=STRICT_SPREAD", "warmup.steps=24", "checkpoint.every_steps=5",
-                 "logger=none")
+    overrides = ("cluster.placement_strategy=STRICT_SPREAD", "phases=[warmup]", "warmup.steps=24",
+                 "checkpoint.every_steps=5", "logger=none")
     proc = _train(cluster, out, *overrides)
     deadline = time.time() + 300
     metrics = out / "metrics.jsonl"
