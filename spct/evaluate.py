@@ -17,10 +17,12 @@ and MetaRM@k (k_meta = k * k_meta_ratio) for k = 1, 2, 4, ..., k_max come from s
 the same samples, and each benchmark is scored by its own rule (spct.scoring). Written per
 benchmark under output_dir/<benchmark>/: generations.jsonl (every sample: item, order, text,
 parsed scores, meta score), table.md, table.csv, scaling.png; and output_dir/summary.md, a
-table of every benchmark's headline per method and k; output_dir/evaluate.yaml, the settings.
+table of every benchmark's headline per method and k (with their mean, and the paper's Overall
+when RewardBench, PPE Preference, PPE Correctness and RMB ran); output_dir/evaluate.yaml, the
+settings.
 
-A benchmark is a name (synthetic, rewardbench, rmb, judgebench, rm-bench, realmistake) with
-its default source, `name:path` for a local copy (or `"name=path"`, quoted: Hydra reads `=`
+A benchmark is a name (synthetic, rewardbench, rewardbench2, ppe_preference, ppe_correctness,
+rmb, judgebench, rm-bench, realmistake; docs/benchmarks.md) with its default source, `name:path` for a local copy (or `"name=path"`, quoted: Hydra reads `=`
 inside a list only in a quoted string), or any file spct.data.load_items reads. `rescore=true`
 reads the benchmarks, items and samples of an earlier evaluation in output_dir (its
 evaluate.yaml and generations) and recomputes the tables, with this command's k_meta_ratio
@@ -63,20 +65,22 @@ from spct.config import (
     structured,
 )
 from spct.data import Item, load_items
-from spct.evaluation import run_benchmarks
+from spct.evaluation import judged, rule_of, run_benchmarks
 from spct.scaling import Row
-from spct.scoring import BENCHMARKS, both_orders
+from spct.scoring import BENCHMARKS
 
 log = logging.getLogger("spct")
 
 # Where a benchmark named without a path comes from (Hugging Face hub, loaded with `datasets`).
 DEFAULT_SOURCES = {
     "rewardbench": ("allenai/reward-bench", "filtered"),
+    "rewardbench2": ("allenai/reward-bench-2", "test"),
     "judgebench": ("ScalerLab/JudgeBench", "gpt"),
     "rm-bench": ("THU-KEG/RM-Bench", "train"),
+    "ppe_preference": ("lmarena-ai/PPE-Human-Preference-V1", "test"),
+    "ppe_correctness": ("lmarena-ai/PPE-{}-Best-of-K", "train"),  # one per set of PPE_CORRECTNESS_SETS
 }
-# A file's detected format decides its scoring rule.
-FORMAT_RULES = {"judgebench": "judgebench", "rmbench": "rm-bench", "rmb_pairwise": "rmb", "rmb_bon": "rmb"}
+PPE_CORRECTNESS_SETS = ("MMLU-Pro", "MATH", "GPQA", "IFEval", "MBPP-Plus")
 SAVED = "evaluate.yaml"
 # What the generations depend on: a re-score reads these from the evaluation it re-scores.
 GENERATION_KEYS = ("model", "meta_rm", "data", "benchmarks", "k_max", "temperature", "max_items", "seed")
@@ -183,21 +187,41 @@ def resolve_benchmark(spec: str, data: DataConfig, seed: int, max_items: int = 0
     name, path = split_spec(spec)
     if not path and (os.path.exists(spec) or name not in BENCHMARKS):
         items = load_items(spec, limit=max_items or None)
-        rule = FORMAT_RULES.get(items.format, "generic")
-        return Path(spec).stem, rule, _judged(rule, items)
+        rule = rule_of(items.format)
+        return Path(spec).stem, rule, judged(rule, items)
     if name == "synthetic" and not path:
         from spct.data.synthetic import SyntheticConfig, make_items
 
         items = make_items(max_items or data.test_size, seed, "test", SyntheticConfig(**data.task))
         return name, name, items
     source, split = (path, "train") if path else DEFAULT_SOURCES[name]
-    items = load_items(source, format=BENCHMARKS[name].loader_format, split=split, limit=max_items or None)
-    return name, name, _judged(name, items)
+    fmt = BENCHMARKS[name].loader_format
+    if name == "ppe_correctness":  # five sets, each its own columns: read one by one
+        sources = ppe_correctness_sources(path) if path else hub_ids(name)
+        items = [it for src in sources for it in load_items(src, format=fmt, split=split, limit=max_items or None)]
+        return name, name, items
+    items = load_items(source, format=fmt, split=split, limit=max_items or None)
+    return name, name, judged(name, items)
 
 
-def _judged(rule: str, items: list[Item]) -> list[Item]:
-    """JudgeBench is judged in both orders: each pair twice, the second time swapped."""
-    return both_orders(items) if rule == "judgebench" else list(items)
+def hub_ids(name: str) -> list[str]:
+    """The hub datasets a benchmark named without a path is read from."""
+    hub = DEFAULT_SOURCES[name][0]
+    return [hub.format(s) for s in PPE_CORRECTNESS_SETS] if name == "ppe_correctness" else [hub]
+
+
+def ppe_correctness_sources(path: str) -> list[str]:
+    """A local copy of PPE's correctness sets: a file (one set), or a folder holding one folder
+    per set (each as the hub has it, e.g. PPE-MATH-Best-of-K/data/train-*.parquet) or one file
+    per set."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return [path]
+    data = (".jsonl", ".json", ".parquet", ".csv", ".gz")
+    sets = [p for p in sorted(folder.iterdir()) if p.is_dir() and any(f.suffix in data for f in p.rglob("*"))]
+    sets += [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in data]
+    return [str(p) for p in sets] or [path]
+
 
 
 # ------------------------------------------------------------------------------------ main
@@ -226,7 +250,7 @@ def _describe(spec: str, c: EvaluateConfig) -> str:
     if name == "synthetic" and not os.path.exists(spec):
         return f"synthetic: {c.max_items or c.data.test_size} generated test items"
     if name in DEFAULT_SOURCES:
-        return f"{name}: {DEFAULT_SOURCES[name][0]} (split {DEFAULT_SOURCES[name][1]}, from the hub)"
+        return f"{name}: {', '.join(hub_ids(name))} (split {DEFAULT_SOURCES[name][1]}, from the hub)"
     return f"{Path(spec).stem}: {spec} (scored by its detected format)"
 
 
@@ -234,7 +258,8 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
     c, sources = load_config(cfg)
     warnings = [] if c.rescore else check_sources(
         {"model.path": (c.model.path, "model"), "meta_rm.path": (c.meta_rm.path, "model"),
-         **{f"benchmarks ({b})": (DEFAULT_SOURCES[b][0], "dataset") for b in c.benchmarks if b in DEFAULT_SOURCES}},
+         **{f"benchmarks ({b}: {hub})": (hub, "dataset") for b in c.benchmarks if b in DEFAULT_SOURCES
+            for hub in hub_ids(b)}},
         strict=not c.dry_run)
     gpu = None if c.rescore else local_gpu_problem(c.cluster)
     if gpu and not c.dry_run:

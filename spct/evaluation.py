@@ -24,9 +24,24 @@ from spct.scaling import (
     write_table_csv,
     write_table_markdown,
 )
-from spct.scoring import benchmark_table, score_benchmark
+from spct.scoring import benchmark_table, both_orders, score_benchmark
 
 log = logging.getLogger("spct")
+
+# A file whose detected format is a benchmark's own layout is scored by that benchmark's rule.
+FORMAT_RULES = {"judgebench": "judgebench", "rmbench": "rm-bench", "rmb_pairwise": "rmb", "rmb_bon": "rmb",
+                "rewardbench2": "rewardbench2", "ppe_preference": "ppe_preference",
+                "ppe_correctness": "ppe_correctness"}
+
+
+def rule_of(format: str | None) -> str:
+    """The scoring rule of items read in `format` (plain accuracy unless a benchmark's layout)."""
+    return FORMAT_RULES.get(format or "", "generic")
+
+
+def judged(rule: str, items: Sequence[Item]) -> list[Item]:
+    """The items as the rule judges them: JudgeBench's pairs twice, the second time swapped."""
+    return both_orders(items) if rule == "judgebench" else list(items)
 
 
 # ------------------------------------------------------------------------------ generation
@@ -92,29 +107,42 @@ def report(label: str, rule: str, sets: Sequence[SampleSet], out: Path, k_max: i
     return rows, details
 
 
-def summary_markdown(tables: dict[str, list[Row]]) -> str:
-    """Rows: method and k; columns: each benchmark's headline (%) and their mean (Overall)."""
+# The paper's Overall (Tables 2-3): the mean of these four benchmarks' headlines.
+PAPER_OVERALL = ("rewardbench", "ppe_preference", "ppe_correctness", "rmb")
+
+
+def summary_markdown(tables: dict[str, list[Row]], rules: dict[str, str] | None = None) -> str:
+    """Rows: method and k; columns: each benchmark's headline (%), their mean when several ran,
+    and the paper's Overall (the mean of RewardBench, PPE Preference, PPE Correctness and RMB)
+    when each of those four ran once (by scoring rule: `rules` maps a label to its rule)."""
     keys = sorted({(r.method, r.k) for rows in tables.values() for r in rows},
                   key=lambda mk: ((GREEDY, VOTING, METARM).index(mk[0]), mk[1]))
     names = list(tables)
-    lines = ["| method | k | " + " | ".join(names) + (" | Overall |" if len(names) > 1 else ""),
-             "|---|---:|" + "---:|" * (len(names) + (len(names) > 1))]
+    labels_of = {r: [label for label in names if (rules or {}).get(label) == r] for r in PAPER_OVERALL}
+    paper = [labels_of[r][0] for r in PAPER_OVERALL] if all(len(v) == 1 for v in labels_of.values()) else None
+    extra = ([f"mean of {len(names)}"] if len(names) > 1 else []) + (["Overall (paper)"] if paper else [])
+    lines = ["| method | k | " + " | ".join([*names, *extra]) + " |", "|---|---:|" + "---:|" * (len(names) + len(extra))]
+
+    def mean(labels: list[str], method: str, k: int) -> str:
+        got = [r.accuracy for n in labels for r in tables[n] if (r.method, r.k) == (method, k)]
+        return f"{100 * sum(got) / len(got):.1f}" if len(got) == len(labels) else "-"
+
     for method, k in keys:
         cells = [next((r for r in tables[n] if (r.method, r.k) == (method, k)), None) for n in names]
         vals = [f"{100 * r.accuracy:.1f} ({100 * r.ci_low:.1f}-{100 * r.ci_high:.1f})" if r else "-" for r in cells]
-        line = f"| {method} | {k} | " + " | ".join(vals) + " |"
-        if len(names) > 1:
-            got = [r.accuracy for r in cells if r]
-            line += f" {100 * sum(got) / len(got):.1f} |" if len(got) == len(names) else " - |"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
+        vals += [mean(names, method, k)] if len(names) > 1 else []
+        vals += [mean(paper, method, k)] if paper else []
+        lines.append(f"| {method} | {k} | " + " | ".join(vals) + " |")
+    note = ("\nOverall (paper): the mean of RewardBench, PPE Preference, PPE Correctness and RMB, as the "
+            "paper's Tables 2-3 report it.\n" if paper else "")
+    return "\n".join(lines) + "\n" + note
 
 
 def run_benchmarks(pool, benchmarks: list[tuple[str, str, list[Item]]], out: Path, *, k_max: int,
                    temperature: float, k_meta_ratio: float, meta_score=None, rescore: bool = False,
                    bootstrap: int = 1000, seed: int = 0, tracker=None, step: int = 0) -> dict[str, list[Row]]:
     """Sample (or reload), score, and write every benchmark's report; returns the tables."""
-    tables = {}
+    tables, rules = {}, {label: rule for label, rule, _ in benchmarks}
     for label, rule, items in benchmarks:
         folder = out / label
         path = folder / "generations.jsonl"
@@ -131,5 +159,5 @@ def run_benchmarks(pool, benchmarks: list[tuple[str, str, list[Item]]], out: Pat
             tracker.log_table(f"eval/{label}/table", ["method", "k", "accuracy", "ci_low", "ci_high", "n"],
                               [list(dataclasses.astuple(r)) for r in rows], step=step)
             tracker.log_image(f"eval/{label}/scaling", folder / "scaling.png", step=step)
-    (out / "summary.md").write_text(summary_markdown(tables))
+    (out / "summary.md").write_text(summary_markdown(tables, rules))
     return tables

@@ -140,8 +140,9 @@ def validate(item: Item, where: str = "<item>") -> Item:
             shown = repr(r) if len(repr(r)) <= 40 else f"{repr(r)[:37]}..."
             raise DataError(where, f"rewards[{i}]", f"expected a finite number within float range, got {shown}")
     top = max(rew)
-    if sum(1 for r in rew if r == top) != 1:
-        raise DataError(where, "rewards", f"expected one unique maximum, got {rew}")
+    if sum(1 for r in rew if r == top) != 1 and not (isinstance(item.meta, dict) and item.meta.get("several_best")):
+        raise DataError(where, "rewards", f"expected one unique maximum (or meta.several_best: true, several "
+                        f"right answers), got {rew}")
     _check_optional(item, where)
     return item
 

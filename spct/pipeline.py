@@ -326,9 +326,10 @@ class Pipeline:
 
         self.close_learner()
         if (model is None and task == "causal_lm" and self._rollout is None and not self.cfg.rollout.colocate
-                and not self.state.weight_version):
-            # A GRM phase's engines serve the weights the phase starts from until its first push:
-            # they start now, beside the learner, instead of after it.
+                and not self.state.weight_version and not self.state.phase_step):
+            # A GRM phase's engines serve the weights the phase starts from (the base model or a
+            # final checkpoint, never pruned) until its first push: they start now, beside the
+            # learner, instead of after it.
             self._grm_engines(wait=False)
         lc = self.cfg.learner
         start = model or self.state.model

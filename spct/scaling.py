@@ -49,13 +49,14 @@ class SampleSet:
 class Outcome:
     """One item judged by one method: the verdict, the summed scores and how many samples
     were summed (`counted`). `tied` is how many candidates share the top with the right
-    answer (1 when correct, 0 when wrong)."""
+    answer (1 when correct, 0 when wrong; with several right answers, the candidates at the
+    top per right one among them)."""
 
     verdict: str
     totals: tuple[float, ...]
     best: int
     counted: int
-    tied: int
+    tied: float
 
     def credit(self, tie: float | None = None) -> float:
         """1 if correct, 0 if wrong; a tie earns `tie`, or by default 1/#tied, which is the
@@ -87,7 +88,7 @@ def judge(
     to compare: wrong.
     """
     n = len(rewards)
-    best = best_index(rewards)
+    best = best_index(rewards, several=True)
     totals = tuple(vote(samples, n))
     parsed = [s for s in samples if s is not None]
     if n == 1:
@@ -98,6 +99,14 @@ def judge(
         return _verdict(totals, best, len(parsed), winners, target)
     top = max(totals)
     winners = [i for i, t in enumerate(totals) if t == top]
+    right = [i for i, r in enumerate(rewards) if r == rewards[best]]
+    if len(right) > 1:  # several right answers (RewardBench 2's Ties): credit is the share of right winners
+        hits = [w for w in winners if w in right]
+        if not hits:
+            return Outcome(WRONG, totals, best, len(parsed), 0)
+        if len(hits) == len(winners):
+            return Outcome(CORRECT, totals, best, len(parsed), 1)
+        return Outcome(TIE, totals, best, len(parsed), len(winners) / len(hits))
     return _verdict(totals, best, len(parsed), winners, best)
 
 

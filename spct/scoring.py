@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from spct.data.formats import PPE_FLAGS
 from spct.item import Item
 from spct.scaling import TIE, WRONG, Outcome, Row, ScalingResults, row_order
 
@@ -415,6 +416,124 @@ def score_realmistake(items: Sequence[Item], outcomes: Outcomes) -> Metrics:
     return metrics
 
 
+# --- PPE ----------------------------------------------------------------------------------------
+
+def score_ppe_preference(items: Sequence[Item], outcomes: Outcomes, tie: float | None = None) -> Metrics:
+    """PPE Human Preference: accuracy against the human vote over the pairs people did not tie
+    (the loader leaves their ties out), pooled over all pairs as PPE's `overall` accuracy; the
+    same on each prompt flag PPE reports (hard, easy, instruction following, math, code) and
+    per language. A GRM tie earns 1/#tied (0.5), the paper's random tie-break in expectation."""
+    out = _aligned(items, outcomes, "ppe_preference")
+    credits = [o.credit(tie) for o in out]
+    metrics: Metrics = {"score": _mean(credits), "n": len(out)}
+    groups: dict[str, list[float]] = defaultdict(list)
+    for item, c in zip(items, credits, strict=True):
+        for flag in PPE_FLAGS:
+            if item.meta.get(flag):
+                groups[f"category/{flag}"].append(c)
+        if isinstance(item.meta.get("language"), str):
+            groups[f"language/{item.meta['language']}"].append(c)
+    metrics.update({k: _mean(v) for k, v in sorted(groups.items())})
+    return metrics
+
+
+def score_ppe_correctness(items: Sequence[Item], outcomes: Outcomes, tie: float | None = None) -> Metrics:
+    """PPE Correctness: pairwise accuracy on each set's sampled conflict pairs (one correct
+    and one incorrect response to the same prompt), per set, and their unweighted mean over the
+    sets present as the headline (the paper's PPE Correctness averages MMLU-Pro, MATH, GPQA,
+    MBPP-Plus and IFEval); `pooled` is the accuracy over all pairs. A GRM tie earns 1/#tied."""
+    out = _aligned(items, outcomes, "ppe_correctness")
+    by_set: dict[str, list[float]] = defaultdict(list)
+    for item, o in zip(items, out, strict=True):
+        by_set[item.subset or "unknown"].append(o.credit(tie))
+    per_set = {k: _mean(v) for k, v in sorted(by_set.items())}
+    metrics: Metrics = {"score": _mean(list(per_set.values())), "n": len(out),
+                        "pooled": _mean([c for v in by_set.values() for c in v])}
+    metrics.update({f"set/{k}": v for k, v in per_set.items()})
+    return metrics
+
+
+# --- RewardBench 2 -------------------------------------------------------------------------------
+
+REWARDBENCH2_SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
+
+
+def _ties_stats(scores: Sequence[float], n_correct: int) -> tuple[bool, float, float | None]:
+    """(accurate, worst right - best wrong, best right - worst right or None with one right)."""
+    right, wrong = scores[:n_correct], scores[n_correct:]
+    margin = min(right) - max(wrong)
+    return margin > 0, margin, (max(right) - min(right)) if len(right) > 1 else None
+
+
+def rewardbench2_ties(items: Sequence[Item], outcomes: Sequence[Outcome]) -> float | None:
+    """RewardBench 2's Ties score (rewardbench.utils.process_single_model): each prompt is
+    accurate when its worst right answer scores strictly above its best wrong one; over the
+    "tied:N" prompts (several right answers) and their "ref:N" twins (one),
+    0.30 tied accuracy + 0.30 ref accuracy + 0.20 P(the tied prompt's right-wrong margin exceeds
+    the spread of its right answers) + 0.20 the same with the smaller of both prompts' margins +
+    0.01 mean tanh(smaller margin / spread - 1). Scores are each response's mean over parsed
+    samples (all 0 when none parsed: not accurate). None when no "tied:N" has its "ref:N" twin
+    (e.g. `max_items` cut them apart): the margin terms have nothing to average."""
+    stats: dict[str, dict[str, tuple[bool, float, float | None]]] = {"ref": {}, "tied": {}}
+    for item, o in zip(items, outcomes, strict=True):
+        kind, _, pid = str(item.id).partition(":")
+        if kind not in stats or not pid:
+            raise ValueError(f"rewardbench2: Ties item id {item.id!r}: expected 'ref:N' or 'tied:N'")
+        scores = o.mean_scores() or [0.0] * item.n
+        stats[kind][pid] = _ties_stats(scores, sum(1 for r in item.rewards if r == max(item.rewards)))
+    ref_acc = _mean([s[0] for s in stats["ref"].values()]) if stats["ref"] else math.nan
+    tied_acc = _mean([s[0] for s in stats["tied"].values()]) if stats["tied"] else math.nan
+    both = sorted(set(stats["ref"]) & set(stats["tied"]))
+    if not both:
+        return None
+    cp, cp_hard, margins = [], [], []
+    for pid in both:
+        _, tied_margin, spread = stats["tied"][pid]
+        smaller = min(stats["ref"][pid][1], tied_margin)
+        if spread is None:
+            raise ValueError(f"rewardbench2: Ties item 'tied:{pid}' has one right answer, expected several")
+        cp.append(tied_margin > spread)
+        cp_hard.append(smaller > spread)
+        ratio = smaller / spread - 1 if spread else (math.nan if smaller == 0 else math.copysign(math.inf, smaller))
+        margins.append(0.0 if math.isnan(ratio) else math.tanh(ratio))
+    return 0.30 * tied_acc + 0.30 * ref_acc + 0.20 * _mean(cp) + 0.20 * _mean(cp_hard) + 0.01 * _mean(margins)
+
+
+def score_rewardbench2(items: Sequence[Item], outcomes: Outcomes) -> Metrics:
+    """RewardBench 2: outside Ties, an item (one right and three wrong completions, judged
+    together) earns 1/#tied when the right one has the highest total, else 0, and a subset
+    is its items' mean (rewardbench.utils.reroll_and_score_dataset); Ties by its own rule
+    (`rewardbench2_ties`); the headline is the unweighted mean of the subsets present, as the
+    leaderboard averages its six. Ties items none of which has its twin are left out of it and
+    counted as `ties_unpaired`."""
+    out = _aligned(items, outcomes, "rewardbench2")
+    by_subset: dict[str, list[float]] = defaultdict(list)
+    ties: list[tuple[Item, Outcome]] = []
+    for item, o in zip(items, out, strict=True):
+        if item.subset not in REWARDBENCH2_SUBSETS:
+            raise ValueError(f"rewardbench2: item {item.id!r}: subset {item.subset!r}, expected one of "
+                             f"{', '.join(REWARDBENCH2_SUBSETS)}")
+        if item.subset == "Ties":
+            ties.append((item, o))
+        else:
+            by_subset[item.subset].append(o.credit(None))
+    per_subset = {s: _mean(v) for s, v in by_subset.items()}
+    unpaired = 0
+    if ties:
+        score = rewardbench2_ties(*zip(*ties, strict=True))
+        if score is None:
+            unpaired = len(ties)
+        else:
+            per_subset["Ties"] = score
+    if not per_subset:
+        raise ValueError("rewardbench2: only Ties items, none with its twin ('tied:N' with 'ref:N')")
+    metrics: Metrics = {"score": _mean(list(per_subset.values())), "n": len(out)}
+    if unpaired:
+        metrics["ties_unpaired"] = unpaired
+    metrics.update({f"subset/{s}": per_subset[s] for s in REWARDBENCH2_SUBSETS if s in per_subset})
+    return metrics
+
+
 # --- plain accuracy ------------------------------------------------------------------------------
 
 
@@ -450,6 +569,9 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "rewardbench": Benchmark(score_rewardbench, "pairwise"),
+    "rewardbench2": Benchmark(score_rewardbench2, "rewardbench2", keyed=True),
+    "ppe_preference": Benchmark(score_ppe_preference, "ppe_preference"),
+    "ppe_correctness": Benchmark(score_ppe_correctness, "ppe_correctness"),
     "rmb": Benchmark(score_rmb, None),  # rmb_pairwise or rmb_bon, one per file
     "judgebench": Benchmark(score_judgebench, "judgebench", keyed=True),
     "rm-bench": Benchmark(score_rmbench, "rmbench", keyed=True),

@@ -208,3 +208,114 @@ def prompts(path: Path, n: int = 16) -> Path:
             {"prompt": [{"role": "user", "content": f"Solve: {i}+{i + 2}"}]} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+# ------------------------------------------------------------------- lmarena-ai/PPE-Human-Preference-V1
+def ppe_preference_rows(n: int) -> list[dict]:
+    """The card's columns: `prompt`, `response_1` (model_a's), `response_2` (model_b's) are
+    strings; `winner` is model_a / model_b or a tie (every 5th row: "tie", "tie (bothbad)")."""
+    rows = []
+    for i in range(n):
+        winner = ("tie" if i % 10 == 4 else "tie (bothbad)") if i % 5 == 4 else ("model_a", "model_b")[i % 2]
+        rows.append({
+            "question_id": f"{i:032x}", "model_a": "gpt-4o-2024-05-13", "model_b": "llama-3-70b-instruct",
+            "winner": winner, "prompt": f"What is {i} times 3?", "response_1": f"{i} times 3 is {3 * i}.",
+            "response_2": f"It is {3 * i + 1}.", "language": "English" if i % 3 else "Chinese",
+            "conv_metadata": {"context_a_tokens": 9, "context_b_tokens": 9, "sum_assistant_a_tokens": 8,
+                              "sum_assistant_b_tokens": 5, "sum_user_tokens": 9, "turns": 1},
+            "is_code": i % 4 == 0, "is_refusal": False,
+            "category_tag": {"criteria_v0.1": {"complexity": False, "creativity": False, "domain_knowledge": True,
+                                               "problem_solving": True, "real_world": False, "specificity": True,
+                                               "technical_accuracy": True},
+                             "if_v0.1": {"if": False, "score": 1}, "math_v0.1": {"math": True}},
+            "sim": 0.5, "length_a": 20, "length_b": 12, "token_diff": 0.25, "longer_won": "yes",
+            "hard_prompt": i % 2 == 0, "easy_prompt": i % 2 == 1, "if_prompt": False, "math_prompt": True,
+        })
+    return rows
+
+
+def ppe_preference(root: Path, n: int = 20) -> Path:
+    """data/test-00000-of-00001.parquet: the one split, test."""
+    _parquet(root / "data" / "test-00000-of-00001.parquet", ppe_preference_rows(n))
+    return root
+
+
+# ------------------------------------------------------------------- lmarena-ai/PPE-*-Best-of-K
+PPE_SET_COLUMNS = {  # the columns only each set has (its card's dataset_info)
+    "MMLU-Pro": lambda i: {"question": f"Q{i}", "options": ["a", "b", "c", "d"], "answer": "B", "answer_index": 1,
+                           "category": "math"},
+    "MATH": lambda i: {"problem": f"Compute {i}+{i}.", "level": "Level 2", "type": "Algebra",
+                       "solution": f"\\boxed{{{2 * i}}}", "sanitized_solution": f"{2 * i}"},
+    "GPQA": lambda i: {"Question": f"Q{i}", "Subdomain": "Physics", "Record ID": f"rec{i}",
+                       "High-level domain": "Physics", "choices": ["w", "x", "y", "z"], "correct_choice_index": 2,
+                       "correct_choice": "y", "canary_string": "BENCHMARK DATA SHOULD NEVER APPEAR"},
+    "IFEval": lambda i: {"ifeval_prompt": f"Write {i} words.", "key": i, "instruction_id_list": ["length"],
+                         "kwargs": [{"num_words": i}], "score_data": []},
+    "MBPP-Plus": lambda i: {"task_id": i, "code": "def f(): pass", "source_file": "mbpp.jsonl",
+                            "test_imports": [], "test_list": ["assert f() is None"], "test": ""},
+}
+
+
+def ppe_correctness_rows(name: str, n: int, k: int = 8) -> list[dict]:
+    """`response_1` ... `response_K`, `scores` (K booleans), `conflict_pairs` and a sample of
+    them in `sampled_conflict_pairs` (0-based, either order); the hub's K is 32."""
+    rows = []
+    for i in range(n):
+        scores = [(i + j) % 3 != 0 for j in range(k)]
+        conflicts = [[a, b] for a in range(k) for b in range(a + 1, k) if scores[a] != scores[b]]
+        sampled = [p if m % 2 else p[::-1] for m, p in enumerate(conflicts[:3])]
+        rows.append({"question_id": f"{name}-{i}", "model_name": "gpt-4o-mini-2024-07-18",
+                     "prompt": f"[{name}] Solve problem {i}.",
+                     **{f"response_{j + 1}": f"Answer {j} to {i}: {'right' if scores[j] else 'wrong'}" for j in range(k)},
+                     "scores": scores, "mean_score": sum(scores) / k, "conflict_pairs": conflicts,
+                     "sampled_conflict_pairs": sampled,
+                     "parsed_outputs": [str(j) for j in range(k)] if name in ("MMLU-Pro", "MATH", "GPQA") else None,
+                     **PPE_SET_COLUMNS[name](i)})
+        if rows[-1]["parsed_outputs"] is None:
+            del rows[-1]["parsed_outputs"]
+    return rows
+
+
+def ppe_correctness(root: Path, n: int = 4, sets: tuple[str, ...] = tuple(PPE_SET_COLUMNS)) -> Path:
+    """One folder per set as the hub has it: PPE-<set>-Best-of-K/data/train-00000-of-00001.parquet."""
+    for name in sets:
+        _parquet(root / f"PPE-{name}-Best-of-K" / "data" / "train-00000-of-00001.parquet",
+                 ppe_correctness_rows(name, n))
+    return root
+
+
+# ------------------------------------------------------------------- allenai/reward-bench-2
+RB2_METADATA = {"category": None, "correct": None, "index": None, "instruction_id_list": None, "label": None,
+                "method": None, "models": None, "prompt_norm": None, "subcategory": None, "valid": None}
+
+
+RB2_SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus")
+
+
+def rewardbench2_rows(per_subset: int = 2, ties: int = 2, subsets: tuple[str, ...] = RB2_SUBSETS) -> list[dict]:
+    """One right (`chosen`) and three wrong (`rejected`) completions per prompt in five subsets;
+    in Ties, "tied:N" prompts with several right answers and their "ref:N" twins with one."""
+    rows = []
+    n = 0
+    for subset in subsets:
+        for _ in range(per_subset):
+            rows.append({"id": str(n), "prompt": f"What is {n} + 1?", "chosen": [f"{n + 1}."],
+                         "rejected": [f"{n + 2}.", f"{n}.", f"{n + 3}."], "num_correct": 1, "num_incorrect": 3,
+                         "total_completions": 4, "models": ["m1", "m2", "m3", "m4"], "subset": subset,
+                         "additional_metadata": dict(RB2_METADATA)})
+            n += 1
+    for t in range(ties):
+        rows.append({"id": f"tied:{t}", "prompt": f"Name an odd number below {5 + t}.", "chosen": ["1", "3"],
+                     "rejected": ["2", "4"], "num_correct": 2, "num_incorrect": 2, "total_completions": 4,
+                     "models": ["m1"] * 4, "subset": "Ties", "additional_metadata": dict(RB2_METADATA)})
+        rows.append({"id": f"ref:{t}", "prompt": f"Name the smallest odd number above {t}.",
+                     "chosen": [str(t + 1 if t % 2 == 0 else t + 2)], "rejected": ["0", "8"], "num_correct": 1,
+                     "num_incorrect": 2, "total_completions": 3, "models": ["m1"] * 3, "subset": "Ties",
+                     "additional_metadata": dict(RB2_METADATA)})
+    return rows
+
+
+def rewardbench2(root: Path, per_subset: int = 2, ties: int = 2, subsets: tuple[str, ...] = RB2_SUBSETS) -> Path:
+    """data/test-00000-of-00001.parquet: the one split, test."""
+    _parquet(root / "data" / "test-00000-of-00001.parquet", rewardbench2_rows(per_subset, ties, subsets))
+    return root

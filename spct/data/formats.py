@@ -491,6 +491,109 @@ def _from_skywork(rec: Record) -> list[Item]:
     return items
 
 
+# --- PPE and RewardBench 2 ------------------------------------------------------------------------
+
+# lmarena-ai/PPE-Human-Preference-V1's `winner`: which model's response people preferred; any
+# other value (Chatbot Arena's "tie", "tie (bothbad)") is a tie, left out as PPE's accuracy does.
+_PPE_WINNERS = {"model_a": [1.0, 0.0], "model_b": [0.0, 1.0]}
+# The prompt flags PPE reports accuracy on (besides the pooled headline).
+PPE_FLAGS = ("hard_prompt", "easy_prompt", "if_prompt", "math_prompt", "is_code")
+
+
+def _from_ppe_preference(rec: Record) -> list[Item]:
+    """lmarena-ai/PPE-Human-Preference-V1 (split test): prompt (text, or a message list),
+    response_1 (model_a's) and response_2 (model_b's), winner; the prompt flags and the language
+    go to meta for the per-category accuracies."""
+    winner = _field(rec, "winner")
+    if not isinstance(winner, str):
+        raise DataError(rec.where, "winner", f'expected "model_a", "model_b" or a tie, got {winner!r}')
+    if winner not in _PPE_WINNERS:
+        if "tie" not in winner:
+            raise DataError(rec.where, "winner", f'expected "model_a", "model_b" or a tie, got {winner!r}')
+        raise Skip(f"a tie (winner = {winner})")
+    responses = [_text(_field(rec, "response_1"), "response_1", rec.where),
+                 _text(_field(rec, "response_2"), "response_2", rec.where)]
+    meta = {k: bool(rec.data[k]) for k in PPE_FLAGS if rec.data.get(k) is not None}
+    if isinstance(rec.data.get("language"), str):
+        meta["language"] = rec.data["language"]
+    item = Item(_prompt(rec), responses, list(_PPE_WINNERS[winner]), _id(rec, "question_id"), _source(rec),
+                None, meta)
+    return [validate(item, rec.where)]
+
+
+# Which of PPE's five correctness sets a record is from, by the columns only that set has.
+PPE_CORRECTNESS_SETS = {
+    "mmlu_pro": ("answer_index", "options"),
+    "math": ("problem", "level"),
+    "gpqa": ("Question", "correct_choice_index"),
+    "ifeval": ("instruction_id_list", "ifeval_prompt"),
+    "mbpp_plus": ("task_id", "test_list"),
+}
+
+
+def ppe_set(data: dict[str, Any]) -> str | None:
+    return next((name for name, keys in PPE_CORRECTNESS_SETS.items() if all(k in data for k in keys)), None)
+
+
+def _from_ppe_correctness(rec: Record) -> list[Item]:
+    """One of the lmarena-ai/PPE-*-Best-of-K sets (split train): a prompt, response_1 ...
+    response_K sampled from one model, `scores` (each response's correctness) and
+    `sampled_conflict_pairs`, 0-based index pairs into `scores` whose correctness differs. Each
+    pair is an item (the correct response labelled best, the pair's own order kept), its set (by
+    the set's own columns, else `subset`) as the subset, as PPE's pairwise accuracy counts them."""
+    scores = _field(rec, "scores")
+    if not isinstance(scores, list) or not scores or not all(isinstance(s, bool) for s in scores):
+        raise DataError(rec.where, "scores", "expected a non-empty list of booleans (each response's correctness)")
+    pairs = _field(rec, "sampled_conflict_pairs")
+    if not isinstance(pairs, list):
+        raise DataError(rec.where, "sampled_conflict_pairs", "expected a list of [i, j] index pairs")
+    if not pairs:
+        raise Skip("no sampled conflict pairs (every response equally correct)")
+    conversation = _prompt(rec)
+    qid, model = _id(rec, "question_id"), rec.data.get("model_name")
+    group = f"{qid}:{model}" if isinstance(model, str) else qid
+    subset = ppe_set(rec.data) or rec.data.get("subset")
+    items = []
+    for n, pair in enumerate(pairs):
+        name = f"sampled_conflict_pairs[{n}]"
+        if (not isinstance(pair, list | tuple) or len(pair) != 2
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair)):
+            raise DataError(rec.where, name, f"expected [i, j], two indices into scores, got {pair!r}")
+        i, j = pair
+        if not (0 <= i < len(scores) and 0 <= j < len(scores)):
+            raise DataError(rec.where, name, f"expected indices in 0..{len(scores) - 1}, got {list(pair)}")
+        if scores[i] == scores[j]:
+            raise DataError(rec.where, name, f"expected a conflict pair (scores differ), got scores[{i}] == "
+                            f"scores[{j}] == {scores[i]}")
+        responses = [_text(_field(rec, f"response_{k + 1}"), f"response_{k + 1}", rec.where) for k in (i, j)]
+        item = Item([dict(t) for t in conversation], responses, [float(scores[i]), float(scores[j])],
+                    f"{group}:{n}", _source(rec), subset, {"group": group, "pair": [i, j]})
+        items.append(validate(item, rec.where))
+    return items
+
+
+def _from_rewardbench2(rec: Record) -> list[Item]:
+    """allenai/reward-bench-2 (split test): a prompt, `chosen` (one correct completion; in the
+    Ties subset, `num_correct` of them) and `rejected` (the incorrect ones), judged together
+    in one GRM prompt; `subset` is one of its six (Factuality, Precise IF, Math, Safety, Focus,
+    Ties). Ties ids are "ref:N" / "tied:N", kept as given for its own rule."""
+    chosen, rejected = _field(rec, "chosen"), _field(rec, "rejected")
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, list) or not value:
+            raise DataError(rec.where, name, "expected a non-empty list of completions")
+    subset = _text(_field(rec, "subset"), "subset", rec.where, "subset")
+    if subset != "Ties" and len(chosen) != 1:
+        raise DataError(rec.where, "chosen", f"expected one completion outside the Ties subset, got {len(chosen)}")
+    responses = [_text(v, f"chosen[{i}]", rec.where) for i, v in enumerate(chosen)]
+    responses += [_text(v, f"rejected[{i}]", rec.where) for i, v in enumerate(rejected)]
+    meta: dict[str, Any] = {"several_best": True} if len(chosen) > 1 else {}
+    if subset == "Ties":  # "ref:N" and "tied:N" are scored together: one unit when resampled
+        meta["group"] = _id(rec).partition(":")[2]
+    item = Item(_user(_field(rec, "prompt"), rec.where), responses, [1.0] * len(chosen) + [0.0] * len(rejected),
+                _id(rec), _source(rec), subset, meta)
+    return [validate(item, rec.where)]
+
+
 CONVERTERS: dict[str, Callable[[Record], list[Item]]] = {
     "items": _from_items,
     "pairwise": _from_pairwise,
@@ -507,6 +610,9 @@ CONVERTERS: dict[str, Callable[[Record], list[Item]]] = {
     "gsm8k": _from_gsm8k,
     "verifiable": _from_verifiable,
     "prompts": _from_prompts,
+    "ppe_preference": _from_ppe_preference,
+    "ppe_correctness": _from_ppe_correctness,
+    "rewardbench2": _from_rewardbench2,
 }
 
 # Formats whose item spans consecutive records with the same value of a key.
@@ -522,12 +628,18 @@ HUB_SPLITS: dict[str, dict[str, str]] = {
     "helpsteer2": {"validation": "train", "test": "train"},  # one file; rows carry their split
     "helpsteer2_ratings": {"test": "validation"},
     "helpsteer3": {"test": "validation"},
+    "ppe_preference": {"train": "test", "validation": "test"},  # one split each
+    "ppe_correctness": {"validation": "train", "test": "train"},
+    "rewardbench2": {"train": "test", "validation": "test"},
 }
 
 # Checked in order; the first whose keys are all present wins (rmbench before pairwise: same
 # keys; hh_rlhf is pairwise strings without a prompt; prompts last: any record has a prompt).
 _SIGNATURES: dict[str, tuple[str, ...]] = {
     "items": ("conversation", "responses", "rewards"),
+    "ppe_preference": ("question_id", "prompt", "response_1", "response_2", "winner"),
+    "ppe_correctness": ("prompt", "response_1", "scores", "sampled_conflict_pairs"),
+    "rewardbench2": ("prompt", "chosen", "rejected", "num_correct", "subset"),
     "judgebench": ("pair_id", "question", "response_A", "response_B", "label"),
     "rmb_pairwise": ("pair_uid", "conversation_input", "chosen", "reject"),
     "rmb_bon": ("bon_uid", "conversation_input", "bon_best", "loser_list"),

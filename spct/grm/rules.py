@@ -61,8 +61,9 @@ def map_back(prompt_scores: Sequence[int] | None, order: Sequence[int]) -> list[
     return original
 
 
-def best_index(rewards: Sequence[float]) -> int:
-    """Index of the unique maximum reward; ValueError when there is none (the label is ambiguous)."""
+def best_index(rewards: Sequence[float], several: bool = False) -> int:
+    """Index of the unique maximum reward; ValueError when there is none (the label is ambiguous),
+    unless `several` (several right answers: the first of them)."""
     if not rewards:
         raise ValueError("rewards: expected at least one reward")
     for i, r in enumerate(rewards):
@@ -70,7 +71,7 @@ def best_index(rewards: Sequence[float]) -> int:
             raise ValueError(f"rewards[{i}]: expected a number, got {r!r}")
     top = max(rewards)
     winners = [i for i, r in enumerate(rewards) if r == top]
-    if len(winners) != 1:
+    if len(winners) != 1 and not several:
         raise ValueError(f"rewards: expected one unique maximum, got {list(rewards)}")
     return winners[0]
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from spct.evaluation import run_benchmarks
+from spct.evaluation import judged, rule_of, run_benchmarks
 from spct.recipes.context import Context
 from spct.reward_pool import GRMRewardPool
 
 
 def run_eval(p: Context) -> dict:
     c = p.cfg.eval
-    items = p.data[c.split][: c.max_items or None]
+    split = p.data[c.split]
+    # A benchmark's file is scored by its rule (its detected format says which).
+    rule = "synthetic" if p.cfg.data.kind == "synthetic" else rule_of(getattr(split, "format", None))
+    items = judged(rule, split[: c.max_items or None])
     pool = GRMRewardPool.from_group(p.rollout, p.cfg.model.template, p.cfg.model.max_new_tokens)
     score_meta = stop_meta = None
     if p.state.meta_rm:
         score_meta, stop_meta = p.meta_scorer(p.state.meta_rm)
-    rule = "synthetic" if p.cfg.data.kind == "synthetic" else "generic"
     try:
         with p.timings("generate"):
             tables = run_benchmarks(pool, [(c.split, rule, items)], p.out / "eval", k_max=c.k_max,

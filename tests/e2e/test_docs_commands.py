@@ -118,6 +118,8 @@ def sandbox(quick_run, tmp_path_factory) -> Path:
         (data / f"{name}.jsonl").write_text(pairwise_rows(6, name))
     shutil.copy(REPO / "tests" / "fixtures" / "benchmarks" / "judgebench_gpt4o_sample40.jsonl",
                 data / "judgebench.jsonl")
+    shutil.copy(REPO / "tests" / "fixtures" / "benchmarks" / "rmb_pairwise_helpfulness_chat_sample20.json",
+                data / "rmb_pairwise.json")
     (root / "shared").mkdir()
     for name in ("launch", "benchmarks", "conf", "Makefile", "pyproject.toml"):
         (root / name).symlink_to(REPO / name)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import layouts
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -26,10 +27,18 @@ def _evaluate(out: Path, *overrides: str) -> str:
     return proc.stdout + proc.stderr
 
 
+# Benchmarks read from a local copy in their hub layout (name:PATH), written by layouts.py.
+COPIES = ("rewardbench2", "ppe_preference", "ppe_correctness")
+
+
 @pytest.fixture(scope="module")
 def evaluated(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    specs = ["synthetic", *(str(p) for p in FILES)]
+    data = tmp_path_factory.mktemp("copies")
+    copies = {"rewardbench2": layouts.rewardbench2(data / "reward-bench-2", per_subset=1, ties=1, subsets=("Factuality",)),
+              "ppe_preference": layouts.ppe_preference(data / "PPE-Human-Preference-V1", n=5),
+              "ppe_correctness": layouts.ppe_correctness(data / "ppe", n=1)}
+    specs = ["synthetic", *(str(p) for p in FILES), *(f"{name}:{path}" for name, path in copies.items())]
     # A model spct did not train has no card: its settings are given.
     log = _evaluate(out, f"model={tiny_model_dir}", "model.template=compact", "model.max_model_len=512",
                     "model.dtype=float32", "model.max_new_tokens=24", f"benchmarks=[{','.join(specs)}]", "k_max=2",
@@ -39,7 +48,7 @@ def evaluated(tiny_model_dir, tmp_path_factory):
 
 def test_every_benchmark_gets_a_table_a_plot_and_its_generations(evaluated):
     out, _ = evaluated
-    labels = ["synthetic", *(p.stem for p in FILES)]
+    labels = ["synthetic", *(p.stem for p in FILES), *COPIES]
     greedy_orders = []
     for label in labels:
         folder = out / label
@@ -57,7 +66,12 @@ def test_every_benchmark_gets_a_table_a_plot_and_its_generations(evaluated):
     # The greedy sample is shuffled too: the loaders put the labelled-best response first.
     assert any(o != sorted(o) for o in greedy_orders) and any(o == sorted(o) for o in greedy_orders)
     summary = (out / "summary.md").read_text()
-    assert all(label in summary for label in labels) and "Overall" in summary
+    assert all(label in summary for label in labels) and f"mean of {len(labels)}" in summary
+    assert "Overall" not in summary  # the paper's needs RewardBench, PPE and one RMB set
+    metrics = json.loads((out / "rewardbench2" / "metrics.json").read_text())["Voting@2"]
+    assert {k for k in metrics if k.startswith("subset/")} == {"subset/Factuality", "subset/Ties"}
+    metrics = json.loads((out / "ppe_correctness" / "metrics.json").read_text())["Greedy@1"]
+    assert len([k for k in metrics if k.startswith("set/")]) == 5
 
 
 def test_judgebench_is_judged_in_both_orders(evaluated):

@@ -232,7 +232,10 @@ _KEYS = {"ultrafeedback": ("prompt", "chosen", "rejected", "score_chosen", "scor
          "helpsteer3": ("domain", "context", "response1", "response2", "overall_preference"),
          "skywork": ("chosen", "rejected", "source"), "hh_rlhf": ("chosen", "rejected"),
          "math": ("problem", "solution", "level", "type"), "gsm8k": ("question", "answer"),
-         "verifiable": ("prompt", "completion", "label"), "prompts": ("prompt", "completion")}
+         "verifiable": ("prompt", "completion", "label"), "prompts": ("prompt", "completion"),
+         "ppe_preference": ("winner", "question_id", "prompt", "response_1", "response_2", "hard_prompt", "language"),
+         "ppe_correctness": ("sampled_conflict_pairs", "prompt", "scores", "response_1", "response_2", "model_name"),
+         "rewardbench2": ("subset", "id", "prompt", "chosen", "rejected", "num_correct")}
 _messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", 3]),
                                             "content": st.text(max_size=6)}), max_size=3)
 
@@ -249,7 +252,10 @@ def test_any_record_of_a_named_format_gives_items_or_a_clear_error(tmp_path, fmt
     except DataError as e:
         assert "r.jsonl, line 1" in str(e) and (e.field is not None or "no items" in str(e) or "expected" in str(e))
         return
-    assert len(items) + sum(items.dropped.values()) == 1 or fmt == "prompts" and len(items) == 1
+    if fmt == "ppe_correctness":  # one item per sampled conflict pair
+        assert len(items) == len(record["sampled_conflict_pairs"]) or sum(items.dropped.values()) == 1
+    else:
+        assert len(items) + sum(items.dropped.values()) == 1 or fmt == "prompts" and len(items) == 1
     for item in items:
         assert item.responses or fmt == "prompts"
 

@@ -387,12 +387,13 @@ def test_generic_accuracy_and_registry():
         == m
     )
     assert set(BENCHMARKS) == {
-        "rewardbench", "rmb", "judgebench", "rm-bench", "realmistake", "synthetic", "generic"
+        "rewardbench", "rewardbench2", "ppe_preference", "ppe_correctness", "rmb", "judgebench", "rm-bench",
+        "realmistake", "synthetic", "generic"
     }  # fmt: skip
     for b in BENCHMARKS.values():
         assert b.loader_format is None or b.loader_format in CONVERTERS
     with pytest.raises(ValueError, match="unknown benchmark 'ppe'"):
-        score_benchmark("ppe", items, outcomes)
+        score_benchmark("ppe", items, outcomes)  # PPE is two benchmarks: ppe_preference, ppe_correctness
     with pytest.raises(ValueError, match="3 outcomes for 4 items"):
         score_accuracy(items, outcomes[:3])
     with pytest.raises(ValueError, match=r"no outcome for item id\(s\) \['d'\]"):
