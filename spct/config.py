@@ -175,6 +175,12 @@ class RFTConfig:
     # trajectories with general instruction data (synthetic task only; other data ignores it,
     # with a warning).
     warmup_mix: float = 0.0
+    # General instruction data mixed into the fine-tuning batches, as the paper mixes 1,070K
+    # general conversations with 186K of reward data: any source data.train takes (a path, a hub
+    # id, or {path, subset, split, format, columns}); each item's best response is the target.
+    # general_mix is its share of each batch (the paper's: about 0.85).
+    general_data: Any = None
+    general_mix: float = 0.85
 
 
 @dataclass
@@ -691,6 +697,9 @@ def validate(c: Config) -> None:
     need(c.rl.group_size >= 2, "rl.group_size", ">= 2 (a group of one has no baseline)")
     one_of(ch, c.rl.kl_kind, KL_KINDS, "rl.kl_kind")
     need(c.rft.warmup_mix < 1, "rft.warmup_mix", "a share in [0, 1)")
+    need(0 <= c.rft.general_mix < 1, "rft.general_mix", "a share in [0, 1)")
+    need(c.rft.general_data is None or not c.rft.warmup_mix or c.data.kind != "synthetic", "rft.general_data",
+         "null when rft.warmup_mix > 0 on the synthetic task (one source of mixed-in data: set rft.warmup_mix=0)")
     need(c.eval.k_meta_ratio <= 1, "eval.k_meta_ratio", "in (0, 1]")
     need(c.meta_rm.neutral_label <= 1, "meta_rm.neutral_label", "a target in [0, 1]")
     after_eval = c.phases[c.phases.index("eval") + 1:] if "eval" in c.phases else []
@@ -864,9 +873,10 @@ def sources(c: Config) -> dict[str, tuple[str | None, str]]:
     named = {"model.path": (c.model.path, "model"), "rft.teacher": (c.rft.teacher, "model"),
              "meta_rm.model": (c.meta_rm.model, "model"), "policy.model": (c.policy.model, "model"),
              "policy.grm": (c.policy.grm, "model"), "policy.meta_rm": (c.policy.meta_rm, "model")}
-    if c.data.kind == "files":
-        for s in SPLITS:
-            value = getattr(c.data, s)
-            named[f"data.{s}" + (".path" if isinstance(value, Mapping) else "")] = (
-                value.get("path") if isinstance(value, Mapping) else value, "dataset")
+    data = {f"data.{s}": getattr(c.data, s) for s in SPLITS} if c.data.kind == "files" else {}
+    if "rft" in c.phases:
+        data["rft.general_data"] = c.rft.general_data
+    for key, value in data.items():
+        named[key + (".path" if isinstance(value, Mapping) else "")] = (
+            value.get("path") if isinstance(value, Mapping) else value, "dataset")
     return named

@@ -39,7 +39,7 @@ from spct.config import (
     grm_settings,
     split_problems,
 )
-from spct.data import Item, load_splits
+from spct.data import Item, load_items, load_splits, to_source
 from spct.grm import build_prompt, load_template, random_order
 from spct.grm.trajectory import Shown, Trajectory, read
 from spct.run_state import RunState, RunStore
@@ -64,6 +64,7 @@ class Pipeline:
         self.learner = None
         self.tracker: Tracker | None = None
         self._owned: list[Any] = []  # other actor groups a phase started (policy engines, GRM pool)
+        self.general: list[Item] = []
         self.layout = None  # where the engines and learner ranks go (spct.placement)
         self.placement = None  # their placement group, reserved at setup
         self.bundles = None  # who holds which place of it (spct.placement.Bundles)
@@ -77,6 +78,7 @@ class Pipeline:
         self.state = loaded or self.state
         # Bad data fails here, before any actor starts.
         self.data = load_splits(seed=self.cfg.seed, **dataclasses.asdict(self.cfg.data))
+        self.general = self._general_data()
         problems = split_problems(cfg, self.data)
         if problems:
             raise ConfigError("invalid configuration for this data:\n  " + "\n  ".join(problems))
@@ -176,6 +178,21 @@ class Pipeline:
         from spct.models import ensure_tiny_model
 
         return str(ensure_tiny_model(self.out / "base_model", preset=m.tiny_preset, seed=self.cfg.seed))
+
+    def _general_data(self) -> list[Item]:
+        """rft.general_data's items, read (and checked) before any actor starts."""
+        c = self.cfg.rft
+        if c.general_data is None or "rft" not in self.cfg.phases:
+            return []
+        src = to_source(c.general_data, "rft.general_data")
+        items = load_items(src, skip_invalid=self.cfg.data.skip_invalid, split="train")
+        bare = sum(not it.responses for it in items)
+        if bare:
+            raise ConfigError(f"invalid configuration for this data:\n  rft.general_data: conversations with a "
+                              f"response to train on, but {bare} of its {len(items)} items ({src.describe('train')}) "
+                              "are prompts only")
+        log.info("rft.general_data: %d items from %s (%s)", len(items), src.describe("train"), items.format)
+        return items
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> RunState:

@@ -308,7 +308,10 @@ def _phase_line(c: Config, phase: str) -> str:
         "warmup": lambda: f"{c.warmup.steps} SFT steps x {c.warmup.batch_size}, lr {c.warmup.lr:g}",
         "rft": lambda: (f"{r.items or 'all'} items x {r.n_samples} samples"
                         + (" + 1 hinted" if r.hinted else "") + f" from {r.teacher or 'the model being trained'}, "
-                        f"{r.sft_steps} SFT steps x {r.batch_size}, lr {r.lr:g}"),
+                        f"{r.sft_steps} SFT steps x {r.batch_size}, lr {r.lr:g}"
+                        + (f", {r.general_mix:.0%} of each batch general data" if r.general_data is not None else
+                           f", {r.warmup_mix:.0%} of each batch warm-up data"
+                           if r.warmup_mix and c.data.kind == "synthetic" else "")),
         "rl": lambda: (f"{c.rl.steps} GRPO steps x {c.rl.prompts_per_step} prompts x {c.rl.group_size} rollouts, "
                        f"lr {c.rl.lr:g}, beta {c.rl.beta:g}"),
         "meta_rm": lambda: (f"{c.meta_rm.items or 'all'} items x {c.meta_rm.samples_per_item} samples, "

@@ -187,6 +187,8 @@ def _from_rmbench(rec: Record) -> list[Item]:
     conversation = _user(_field(rec, "prompt"), rec.where)
     chosen, rejected = _styles(rec, "chosen"), _styles(rec, "rejected")
     group, source, subset = _id(rec), _source(rec), rec.data.get("subset")
+    # The hub copy and total_dataset.json name each record's domain (chat, code, math, safety-*).
+    domain = {"domain": rec.data["domain"]} if isinstance(rec.data.get("domain"), str) else {}
     return [
         validate(
             Item(
@@ -196,7 +198,7 @@ def _from_rmbench(rec: Record) -> list[Item]:
                 f"{group}:{i}-{j}",
                 source,
                 subset,
-                {"group": group, "chosen_style": i, "rejected_style": j},
+                {"group": group, "chosen_style": i, "rejected_style": j, **domain},
             ),
             rec.where,
         )

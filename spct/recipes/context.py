@@ -29,6 +29,7 @@ class Context(Protocol):
     # What the run holds.
     cfg: Config
     data: dict[str, list[Item]]  # the splits, by name
+    general: list[Item]  # rft.general_data's items (empty without it)
     out: Path  # output_dir
     state: RunState  # what a checkpoint records; a recipe updates its own phase's part
     timings: Timings  # `with p.timings("train"): ...` sums wall time per section

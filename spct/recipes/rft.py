@@ -11,6 +11,9 @@ trajectories with general instruction data, `warmup_mix` of each fine-tuning bat
 warm-up trajectories (the synthetic task's SFT data). Every sample (kept or not, with its label) is appended to
 rft/trajectories.jsonl as it comes, so an interrupted run loses nothing and the meta RM can
 later train on the non-hinted ones.
+With `rft.general_data` (general instruction conversations, as the paper mixes 1,070K of them
+with 186K of reward data), `general_mix` of each batch is drawn from it instead, each item's best
+response the target; a conversation longer than the model's context is drawn again and counted.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import random
 from tqdm import tqdm
 
 from spct.grm import random_order, rft_accept
+from spct.item import DataError
 from spct.recipes.context import Context
 from spct.recipes.sft import encode_sft, sft_batch
 from spct.recipes.warmup import warmup_examples
@@ -50,21 +54,44 @@ def run_rft(p: Context) -> None:
         return
 
     learner = p.new_learner(c.lr, c.warmup_steps, c.sft_steps, with_reference=False)
-    n_general = round(c.batch_size * c.warmup_mix)
-    if n_general and p.cfg.data.kind != "synthetic":
+    n_general = round(c.batch_size * (c.general_mix if p.general else c.warmup_mix))
+    if n_general and not p.general and p.cfg.data.kind != "synthetic":  # warmup_mix without warm-up data
         log.warning("rft.warmup_mix=%s ignored: warm-up data exists for data.kind=synthetic only", c.warmup_mix)
         n_general = 0
     for step, done in p.steps(c.sft_steps, desc="rft sft"):
         rng = random.Random(f"{seed}:rft:{step}")
         batch = [kept[rng.randrange(len(kept))] for _ in range(c.batch_size - n_general)]
         examples = [encode_sft(p.tokenizer, t["prompt"], t["completion"]) for t in batch]
-        if n_general:
+        extra: dict[str, float] = {}
+        if n_general and p.general:
+            general, extra["general_too_long"] = general_examples(p, rng, n_general)
+            examples += general
+            extra["general_share"] = n_general / c.batch_size
+        elif n_general:
             examples += warmup_examples(p, rng, n_general)
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
-        done(metrics, loss=f"{metrics['loss']:.3f}")
+        done(metrics | extra, loss=f"{metrics['loss']:.3f}")
     p.checkpoint(final=True)
     p.sync_weights()
+
+
+def general_examples(p: Context, rng: random.Random, n: int) -> tuple[list[tuple[list[int], int]], int]:
+    """n encoded (conversation, best response) examples drawn from rft.general_data, and how
+    many draws were too long for the model's context (drawn again, up to 10 times per example)."""
+    limit = p.cfg.model.max_model_len
+    examples, too_long = [], 0
+    while len(examples) < n:
+        item = p.general[rng.randrange(len(p.general))]
+        ids, prompt_len = encode_sft(p.tokenizer, item.conversation, item.responses[item.best])
+        if limit and len(ids) > limit:
+            too_long += 1
+            if too_long > 10 * n:
+                raise DataError(f"rft.general_data, item {item.id}", "responses", f"{too_long} of the drawn "
+                                f"conversations are longer than the model's context (model.max_model_len={limit})")
+            continue
+        examples.append((ids, prompt_len))
+    return examples, too_long
 
 
 def _sample(p: Context, items, path, teacher) -> None:

@@ -274,9 +274,11 @@ def test_a_grm_trained_on_helpsteer3_and_evaluated_on_ultrafeedback(tmp_path):
     hinted sample), eval on UltraFeedback's test_prefs, then policy_sft on the chosen answers."""
     hs3, uf = layouts.helpsteer3(tmp_path / "HelpSteer3"), layouts.ultrafeedback(tmp_path / "ultrafeedback")
     out = tmp_path / "run"
-    _finish(_train(out, "data=files", f"data.train={{path:{hs3},subset:preference}}", "data.format=helpsteer3",
+    log = _finish(_train(out, "data=files", f"data.train={{path:{hs3},subset:preference}}", "data.format=helpsteer3",
                    f"data.test={{path:{uf},format:ultrafeedback}}", "phases=[rft,rl,eval,policy_sft]",
-                   "rft.hint_min_strength=2", "eval.k_max=2", *POLICY_QUICK[:3]))
+                   "rft.hint_min_strength=2", "eval.k_max=2", *POLICY_QUICK[:3],
+                   # General instruction data in RFT's batches: UltraFeedback's SFT split.
+                   f"rft.general_data={{path:{uf},split:train_sft}}", "rft.general_mix=0.5"))
     results = json.loads((out / "results.json").read_text())["results"]
     assert list(results) == ["rft", "rl", "eval", "policy_sft"]
     assert results["eval"]["scaling"]
@@ -288,6 +290,8 @@ def test_a_grm_trained_on_helpsteer3_and_evaluated_on_ultrafeedback(tmp_path):
     assert hinted and all(strength[i.rsplit(":", 1)[1]] >= 2 for i in hinted)
     assert {r["id"] for r in rows} - hinted  # items of strength 1 were sampled, not hinted
     assert (out / "checkpoints" / "policy_sft-final" / "model" / "spct.json").exists()
+    # Read with the data before Ray (how the batches mix it: tests/unit/test_rft_general.py).
+    assert log.index("rft.general_data: 2 items") < log.index("Started a local Ray instance")
 
 
 def test_a_policy_run_without_a_grm_fails_before_ray_starts(tmp_path):

@@ -223,6 +223,8 @@ def test_a_wrong_type_fails_naming_the_key(compose: Compose):
             ["warmup.carry_slip:", "warmup.carry_slip_max", "warmup.noise"],
         ),
         (["rft.warmup_mix=1"], ["rft.warmup_mix", "[0, 1)"]),
+        (["rft.general_data=/d/general.jsonl", "rft.general_mix=1"],
+         ["rft.general_mix: expected a share in [0, 1)", "rft.general_data: expected null when rft.warmup_mix > 0"]),
         (["phases=[eval,rl]"], ["'eval' after the GRM phases"]),
         (["policy.reward.kind=judge", "policy.reward.mode=pairs", "policy.reward.k=0", "policy.group_size=1"],
          ["policy.reward.kind", "policy.reward.mode", "policy.reward.k:", "policy.group_size"]),
@@ -310,10 +312,11 @@ def test_missing_local_paths_are_named_together_and_hub_ids_are_looked_up(compos
     assert asked == [("Qwen/Qwen2.5-7B-Instruct", "model"), ("gpt2", "model")]  # a local file is not looked up
     config = to_config(compose(["data=files", "phases=[rft]", f"data.train={present}",
                                 f"data.test={tmp_path}/missing.jsonl", f"model.path={tmp_path}/no/model",
-                                "meta_rm.model=./nowhere", "data.validation=data/train"]))
+                                "meta_rm.model=./nowhere", "data.validation=data/train",
+                                f"rft.general_data={{path:{tmp_path}/general}}"]))
     with pytest.raises(ConfigError) as err:
         check_sources(sources(config), lookup=lookup)
-    for key in ("data.test", "model.path", "meta_rm.model"):
+    for key in ("data.test", "model.path", "meta_rm.model", "rft.general_data.path"):
         assert f"{key}: expected an existing file or folder" in str(err.value)
     # A relative path that does not exist looks like a hub id: the hub says it has none.
     assert "data.validation: expected an existing file or folder or a dataset on the Hugging Face hub" in str(err.value)
@@ -344,3 +347,23 @@ def test_a_group_option_says_only_what_differs_from_the_schema(path):
                 yield f"{prefix}{key}"
 
     assert list(restated(OmegaConf.load(path), schema)) == []
+
+
+def test_rft_general_data_is_read_before_the_run_and_needs_responses(compose: Compose, tmp_path: Path):
+    """rft.general_data's conversations are read with the data, before Ray: each needs a response
+    to train on, and a prompts-only file is refused naming the key."""
+    import layouts
+
+    from spct.pipeline import Pipeline
+
+    uf = layouts.ultrafeedback(tmp_path / "uf")
+    config = to_config(compose(["phases=[rft]", "rft.warmup_mix=0", f"rft.general_data={{path:{uf},split:train_sft}}",
+                                f"output_dir={tmp_path / 'run'}"]))
+    items = Pipeline(config)._general_data()
+    assert len(items) == 2 and all(it.responses for it in items)
+    config = to_config(compose(["phases=[rft]", "rft.warmup_mix=0", f"rft.general_data={layouts.prompts(tmp_path / 'p.jsonl', n=4)}",
+                                f"output_dir={tmp_path / 'run'}"]))
+    with pytest.raises(ConfigError, match=r"rft.general_data: conversations with a response to train on, but 4 of"):
+        Pipeline(config)._general_data()
+    config = to_config(compose(["phases=[rl]", "rft.warmup_mix=0", f"rft.general_data={tmp_path / 'p.jsonl'}"]))
+    assert Pipeline(config)._general_data() == []  # no RFT phase: not read

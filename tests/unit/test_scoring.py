@@ -311,6 +311,25 @@ def test_rmbench_on_the_real_files():
     assert (halves["hard"], halves["normal"], halves["easy"]) == (1.0, 0.5, 0.0)
 
 
+def test_rmbench_total_file_keeps_each_records_domain(tmp_path):
+    """RM-Bench's hub copy and total_dataset.json hold every domain in one file, each record
+    naming its own: the per-domain matrices and the domain average come from that field."""
+    import json
+
+    rows = []
+    for path in ("rmbench_chat_sample15.json", "rmbench_code_sample10.json", "rmbench_safety-refuse_sample10.json"):
+        domain = path.split("_")[1]
+        rows += [{**r, "domain": domain} for r in json.loads((FIXTURES / path).read_text())[:3]]
+    total = tmp_path / "total_dataset.json"
+    total.write_text(json.dumps(rows))
+    items = load_items(total)
+    assert {it.meta["domain"] for it in items} == {"chat", "code", "safety-refuse"}
+    outcomes = [judge([[9 - it.meta["chosen_style"], 9 - it.meta["rejected_style"]]], it.rewards) for it in items]
+    m = score_benchmark("rm-bench", items, outcomes)
+    assert {k.split("/")[0] for k in m if "/" in k} == {"chat", "code", "safety-refuse", "safety"}
+    assert m["domain_avg"] == pytest.approx((m["chat/score"] + m["code/score"] + m["safety/score"]) / 3)
+
+
 # --- ReaLMistake ---------------------------------------------------------------------------------
 
 
