@@ -83,7 +83,8 @@ DEFAULT_SOURCES = {
 PPE_CORRECTNESS_SETS = ("MMLU-Pro", "MATH", "GPQA", "IFEval", "MBPP-Plus")
 SAVED = "evaluate.yaml"
 # What the generations depend on: a re-score reads these from the evaluation it re-scores.
-GENERATION_KEYS = ("model", "meta_rm", "data", "benchmarks", "k_max", "temperature", "max_items", "seed")
+GENERATION_KEYS = ("model", "meta_rm", "data", "benchmarks", "k_max", "temperature", "max_items", "seed",
+                   "with_reference")
 
 
 @dataclass
@@ -99,6 +100,9 @@ class EvaluateConfig:
     temperature: float = 0.5
     k_meta_ratio: float = 0.5
     max_items: int = 0  # per benchmark; 0 = all
+    # Show each item's reference answer (meta.reference) in its GRM prompts, as the paper's
+    # Table 9 does for PPE Correctness; items without one are judged as usual.
+    with_reference: bool = False
     rescore: bool = False  # score output_dir's saved generations instead of generating
     bootstrap: int = 1000
     output_dir: str = "outputs/eval"
@@ -236,7 +240,8 @@ def plan(c: EvaluateConfig, sources: dict[str, str], warnings: list[str]) -> str
     lines = ["spct.evaluate plan (dry_run: nothing started)", f"  GRM         {model}", f"  meta RM     {meta}",
              "  benchmarks  " + "\n              ".join(_describe(spec, c) for spec in c.benchmarks),
              f"  sampling    k_max {c.k_max} at temperature {c.temperature} + greedy; k_meta = k x {c.k_meta_ratio}; "
-             f"max_items {c.max_items or 'all'}",
+             f"max_items {c.max_items or 'all'}"
+             + ("; prompts show each item's reference answer" if c.with_reference else ""),
              f"  engines     {c.rollout.num_engines} x vLLM on "
              + (f"{c.cluster.num_gpus} GPU(s)" if c.cluster.num_gpus else "CPU"),
              f"  output_dir  {c.output_dir}"]
@@ -297,7 +302,7 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
                 engine_kwargs(c.model, r, c.seed),
                 template=c.model.template, max_new_tokens=c.model.max_new_tokens,
                 num_cpus_per_engine=r.num_cpus_per_engine,
-                num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size))
+                num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size), with_reference=c.with_reference)
         tables = run_benchmarks(pool, benchmarks, out, k_max=c.k_max, temperature=c.temperature,
                                 k_meta_ratio=c.k_meta_ratio, meta_score=score_meta, rescore=c.rescore,
                                 bootstrap=c.bootstrap, seed=c.seed, tracker=tracker)

@@ -30,9 +30,12 @@ class GRMRewardPool:
         num_gpus_per_engine: float = 0,
         placement_group=None,
         wait: bool = True,
+        with_reference: bool = False,
     ) -> None:
-        """`wait=False`: return while the engines start (`self.group.ready()` waits)."""
+        """`wait=False`: return while the engines start (`self.group.ready()` waits);
+        `with_reference`: prompts show an item's reference answer (meta.reference) when it has one."""
         self.template = load_template(template)
+        self.with_reference = with_reference
         self.max_new_tokens = max_new_tokens
         self.group = RolloutGroup(
             model,
@@ -77,8 +80,9 @@ class GRMRewardPool:
             rng = random.Random(f"{seed}:{stream}:{item.id if item.id is not None else i}")
             for _ in range(k):
                 order = random_order(item.n, rng)
-                shown.append(Shown(item, order, build_prompt(item, order, hint=hint or None, template=self.template),
-                                   scale))
+                prompt = build_prompt(item, order, hint=hint or None, template=self.template,
+                                      with_reference=self.with_reference)
+                shown.append(Shown(item, order, prompt, scale))
         sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens)
         seeds: str | list[int] = f"{seed}:{stream}"
         if keyed:
@@ -135,6 +139,7 @@ class GRMRewardPool:
         """A pool over engines that already exist (e.g. the training run's rollout group)."""
         pool = cls.__new__(cls)
         pool.template, pool.max_new_tokens, pool.group = load_template(template), max_new_tokens, group
+        pool.with_reference = False
         return pool
 
     def shutdown(self) -> None:

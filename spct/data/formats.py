@@ -537,12 +537,31 @@ def ppe_set(data: dict[str, Any]) -> str | None:
     return next((name for name, keys in PPE_CORRECTNESS_SETS.items() if all(k in data for k in keys)), None)
 
 
+def _ppe_reference(data: dict[str, Any]) -> str | None:
+    """The set's ground truth as a reference answer (the paper's Table 9): MMLU-Pro's letter and
+    option, GPQA's correct choice, MATH's boxed answer, MBPP-Plus's reference code; IFEval has none."""
+    kind = ppe_set(data)
+    if kind == "mmlu_pro" and isinstance(data.get("answer"), str):
+        options, index = data.get("options"), data.get("answer_index")
+        option = options[index] if isinstance(options, list) and isinstance(index, int) and \
+            0 <= index < len(options) else None
+        return f"{data['answer']}" + (f". {option}" if isinstance(option, str) else "")
+    if kind == "gpqa" and isinstance(data.get("correct_choice"), str):
+        return data["correct_choice"]
+    if kind == "math" and isinstance(data.get("solution"), str):
+        return last_boxed(data["solution"])
+    if kind == "mbpp_plus" and isinstance(data.get("code"), str):
+        return data["code"]
+    return None
+
+
 def _from_ppe_correctness(rec: Record) -> list[Item]:
     """One of the lmarena-ai/PPE-*-Best-of-K sets (split train): a prompt, response_1 ...
     response_K sampled from one model, `scores` (each response's correctness) and
     `sampled_conflict_pairs`, 0-based index pairs into `scores` whose correctness differs. Each
     pair is an item (the correct response labelled best, the pair's own order kept), its set (by
-    the set's own columns, else `subset`) as the subset, as PPE's pairwise accuracy counts them."""
+    the set's own columns, else `subset`) as the subset, as PPE's pairwise accuracy counts them;
+    the set's ground truth, where it has one, is meta.reference (`_ppe_reference`)."""
     scores = _field(rec, "scores")
     if not isinstance(scores, list) or not scores or not all(isinstance(s, bool) for s in scores):
         raise DataError(rec.where, "scores", "expected a non-empty list of booleans (each response's correctness)")
@@ -552,6 +571,7 @@ def _from_ppe_correctness(rec: Record) -> list[Item]:
     if not pairs:
         raise Skip("no sampled conflict pairs (every response equally correct)")
     conversation = _prompt(rec)
+    reference = _ppe_reference(rec.data)
     qid, model = _id(rec, "question_id"), rec.data.get("model_name")
     group = f"{qid}:{model}" if isinstance(model, str) else qid
     subset = ppe_set(rec.data) or rec.data.get("subset")
@@ -569,7 +589,8 @@ def _from_ppe_correctness(rec: Record) -> list[Item]:
                             f"scores[{j}] == {scores[i]}")
         responses = [_text(_field(rec, f"response_{k + 1}"), f"response_{k + 1}", rec.where) for k in (i, j)]
         item = Item([dict(t) for t in conversation], responses, [float(scores[i]), float(scores[j])],
-                    f"{group}:{n}", _source(rec), subset, {"group": group, "pair": [i, j]})
+                    f"{group}:{n}", _source(rec), subset,
+                    {"group": group, "pair": [i, j], **({"reference": reference} if reference else {})})
         items.append(validate(item, rec.where))
     return items
 

@@ -7,7 +7,8 @@ swapped template cannot disagree with the parser. Without the header the range i
 Variables a template sees: `conversation` (the list of {role, content} turns), `responses`
 (already in prompt order), `n`, `low` and `high` (the declared range), and for convenience
 `question` (content of the last user turn, or of the last turn when no turn is a user's)
-and `history` (the turns before it).
+and `history` (the turns before it); `reference`, a reference answer to judge against, or
+None (the shipped templates show it only when given: build_prompt's `with_reference`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Template:
         _compile(source, name)
         return cls(name=name, source=source, low=low, high=high)
 
-    def render(self, conversation: list[dict[str, str]], responses: Sequence[str]) -> str:
+    def render(self, conversation: list[dict[str, str]], responses: Sequence[str], reference: str | None = None) -> str:
         """The prompt text for responses already in prompt order, trailing whitespace removed."""
         q = _question_index(conversation)
         variables: dict[str, Any] = {
@@ -80,6 +81,7 @@ class Template:
             "high": self.high,
             "question": conversation[q]["content"],
             "history": conversation[:q],
+            "reference": reference,
         }
         try:
             text = _compile(self.source, self.name).render(variables)
@@ -190,13 +192,21 @@ def _fields(
     return conv, resp, rewards, where
 
 
+def _reference(item: Item | Mapping[str, Any]) -> str | None:
+    meta = item.meta if isinstance(item, Item) else item.get("meta")
+    value = meta.get("reference") if isinstance(meta, Mapping) else None
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def build_prompt(
     item: Item | Mapping[str, Any],
     order: Sequence[int],
     hint: bool | int | None = None,
     template: str | os.PathLike[str] | Template = "default",
+    with_reference: bool = False,
 ) -> str:
-    """The GRM's user message for `item` with its responses shown in `order`.
+    """The GRM's user message for `item` with its responses shown in `order`; with
+    `with_reference`, the item's reference answer (meta.reference) if it has one.
 
     Prompt position p shows response order[p]. `hint` is None (or False) for none, True for
     the position of the best response by the item's rewards, or a 1-based prompt position;
@@ -207,7 +217,8 @@ def build_prompt(
     n = len(responses)
     order = check_order(order, n)
     tmpl = template if isinstance(template, Template) else load_template(template)
-    text = tmpl.render(conv, [responses[o] for o in order])
+    reference = _reference(item) if with_reference else None
+    text = tmpl.render(conv, [responses[o] for o in order], reference)
     if hint is None or hint is False:
         return text
     if hint is True:

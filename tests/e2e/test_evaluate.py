@@ -42,7 +42,7 @@ def evaluated(tiny_model_dir, tmp_path_factory):
     # A model spct did not train has no card: its settings are given.
     log = _evaluate(out, f"model={tiny_model_dir}", "model.template=compact", "model.max_model_len=512",
                     "model.dtype=float32", "model.max_new_tokens=24", f"benchmarks=[{','.join(specs)}]", "k_max=2",
-                    "max_items=3", "data.test_size=6")
+                    "max_items=3", "data.test_size=6", "with_reference=true")
     return out, log
 
 
@@ -72,6 +72,11 @@ def test_every_benchmark_gets_a_table_a_plot_and_its_generations(evaluated):
     assert {k for k in metrics if k.startswith("subset/")} == {"subset/Factuality", "subset/Ties"}
     metrics = json.loads((out / "ppe_correctness" / "metrics.json").read_text())["Greedy@1"]
     assert len([k for k in metrics if k.startswith("set/")]) == 5
+    # with_reference=true: the sets with a ground truth show it (compact template: "Ref: ..."),
+    # IFEval has none; items without a reference elsewhere are prompted as before.
+    prompts = [json.loads(line)["prompt"] for line in (out / "ppe_correctness" / "generations.jsonl").open()]
+    assert sum("\nRef: " in x for x in prompts) == len(prompts) * 4 // 5
+    assert not any("Ref: " in json.loads(line)["prompt"] for line in (out / "synthetic" / "generations.jsonl").open())
 
 
 def test_judgebench_is_judged_in_both_orders(evaluated):

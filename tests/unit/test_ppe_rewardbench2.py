@@ -220,3 +220,26 @@ def test_a_file_in_a_benchmarks_layout_is_scored_by_its_rule(tmp_path):
     assert rule_of("rmb_bon") == "rmb" and rule_of("ppe_correctness") == "ppe_correctness"
     pairs = load_items(str(layouts.ppe_preference(tmp_path / "ppe", 5)), split="test")
     assert judged("generic", pairs) == list(pairs) and len(judged("judgebench", pairs)) == 2 * len(pairs)
+
+
+def test_ppe_correctness_items_carry_each_sets_ground_truth_as_reference(tmp_path):
+    """The paper's Table 9 judges PPE Correctness with reference answers: each set's own."""
+    root = layouts.ppe_correctness(tmp_path / "ppe", n=1)
+    refs = {name: {it.meta.get("reference") for it in load_items(str(root / f"PPE-{name}-Best-of-K"))}
+            for name in layouts.PPE_SET_COLUMNS}
+    assert refs == {"MMLU-Pro": {"B. b"}, "MATH": {"0"}, "GPQA": {"y"}, "IFEval": {None},
+                    "MBPP-Plus": {"def f(): pass"}}
+
+
+def test_a_reference_is_shown_only_when_asked_and_leaves_other_prompts_unchanged():
+    from spct.grm import build_prompt
+    from spct.item import Item
+
+    with_ref = Item([{"role": "user", "content": "What is 6 * 7?"}], ["42", "41"], [1.0, 0.0], meta={"reference": "42"})
+    plain = Item(with_ref.conversation, with_ref.responses, with_ref.rewards)
+    for template in ("default", "single", "compact"):
+        shown = build_prompt(with_ref, [1, 0], template=template, with_reference=True)
+        assert "42" in shown.replace("Response 1", "").split("41")[0]  # the reference, before the responses
+        assert build_prompt(with_ref, [1, 0], template=template) == build_prompt(plain, [1, 0], template=template)
+        assert build_prompt(plain, [1, 0], template=template, with_reference=True) == \
+            build_prompt(plain, [1, 0], template=template)
