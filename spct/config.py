@@ -196,6 +196,11 @@ class RLConfig:
     warmup_steps: int = 0
     # Generate step t + 1's rollouts while the learner trains on step t (one-step off-policy).
     async_generation: bool = False
+    # Before RL, leave out the train items a weaker GRM already judges right in each of
+    # prefilter_samples samples (the paper: 3 of 3): they teach nothing. prefilter_model is a
+    # path or hub id, or "warmup" (this run's warm-up checkpoint); null = no pre-filter.
+    prefilter_model: str | None = None
+    prefilter_samples: int = 3
 
 
 @dataclass
@@ -625,7 +630,7 @@ POSITIVE = frozenset("""
     rollout.gpu_memory_utilization rollout.kv_cache_gib rollout.block_size learner.num_ranks
     learner.micro_batch_size warmup.steps warmup.batch_size warmup.lr warmup.checks_min
     rft.n_samples rft.sft_steps rft.batch_size rft.lr rft.generate_batch
-    rl.steps rl.prompts_per_step rl.lr rl.clip_eps
+    rl.steps rl.prompts_per_step rl.lr rl.clip_eps rl.prefilter_samples
     meta_rm.samples_per_item meta_rm.steps meta_rm.batch_size meta_rm.lr meta_rm.max_length
     eval.k_max eval.bootstrap eval.k_meta_ratio
     policy.grm_engines policy.reward.k policy.reward.k_meta policy.reward.stream_chunks policy.sft_steps policy.sft_batch_size
@@ -695,6 +700,8 @@ def validate(c: Config) -> None:
                  f"a dataset path or hub name: the eval phase scores eval.split={c.eval.split!r}")
     need(c.rft.hint_min_strength <= 3, "rft.hint_min_strength", "a preference strength in 0..3 (0: hint every item)")
     need(c.rl.group_size >= 2, "rl.group_size", ">= 2 (a group of one has no baseline)")
+    need(c.rl.prefilter_model != "warmup" or "warmup" in c.phases or "rl" not in c.phases, "rl.prefilter_model",
+         "a path or hub id: 'warmup' names this run's warm-up checkpoint, and phases has no warmup")
     one_of(ch, c.rl.kl_kind, KL_KINDS, "rl.kl_kind")
     need(c.rft.warmup_mix < 1, "rft.warmup_mix", "a share in [0, 1)")
     need(0 <= c.rft.general_mix < 1, "rft.general_mix", "a share in [0, 1)")
@@ -871,6 +878,8 @@ def local_gpu_problem(c: ClusterConfig, gpus=visible_gpus) -> str | None:
 def sources(c: Config) -> dict[str, tuple[str | None, str]]:
     """The models and datasets a training run reads, by key."""
     named = {"model.path": (c.model.path, "model"), "rft.teacher": (c.rft.teacher, "model"),
+             "rl.prefilter_model": (None if c.rl.prefilter_model == "warmup" or "rl" not in c.phases
+                                    else c.rl.prefilter_model, "model"),
              "meta_rm.model": (c.meta_rm.model, "model"), "policy.model": (c.policy.model, "model"),
              "policy.grm": (c.policy.grm, "model"), "policy.meta_rm": (c.policy.meta_rm, "model")}
     data = {f"data.{s}": getattr(c.data, s) for s in SPLITS} if c.data.kind == "files" else {}

@@ -313,7 +313,9 @@ def _phase_line(c: Config, phase: str) -> str:
                            f", {r.warmup_mix:.0%} of each batch warm-up data"
                            if r.warmup_mix and c.data.kind == "synthetic" else "")),
         "rl": lambda: (f"{c.rl.steps} GRPO steps x {c.rl.prompts_per_step} prompts x {c.rl.group_size} rollouts, "
-                       f"lr {c.rl.lr:g}, beta {c.rl.beta:g}"),
+                       f"lr {c.rl.lr:g}, beta {c.rl.beta:g}"
+                       + (f", on the train items {'the warm-up checkpoint' if c.rl.prefilter_model == 'warmup' else c.rl.prefilter_model} does not judge right in all "
+                          f"{c.rl.prefilter_samples} samples" if c.rl.prefilter_model else "")),
         "meta_rm": lambda: (f"{c.meta_rm.items or 'all'} items x {c.meta_rm.samples_per_item} samples, "
                             f"{c.meta_rm.steps} BCE steps x {c.meta_rm.batch_size}, lr {c.meta_rm.lr:g}"),
         "eval": lambda: f"Greedy, Voting@k and MetaRM@k up to k = {c.eval.k_max} on the {c.eval.split} split",

@@ -153,3 +153,9 @@ def rft_accept(correct: Sequence[bool], hinted: bool = False) -> list[bool]:
     if not hinted and flags and all(flags):
         return [False] * len(flags)
     return flags
+
+
+def prefilter_keep(verdicts: Sequence[Sequence[bool]]) -> list[bool]:
+    """RL's pre-filter: per item, the correctness of each of a weaker GRM's samples; an item
+    judged right in every sample is left out (it teaches RL nothing), any other is kept."""
+    return [not (v and all(v)) for v in verdicts]

@@ -301,9 +301,9 @@ def test_a_policy_run_without_a_grm_fails_before_ray_starts(tmp_path):
     assert "Ray instance" not in out
 
 
-def test_async_rl_leaves_out_a_prompt_longer_than_the_context_not_a_crash(tmp_path):
-    """RL with generation one step ahead (`rl.async_generation=true`) on an HH-RLHF file, one of
-    whose prompts leaves no room to generate: the engine gives it empty samples, each step trains
+def test_async_rl_leaves_out_a_prompt_longer_than_the_context_not_a_crash(tmp_path, tiny_model_dir):
+    """RL with generation one step ahead (`rl.async_generation=true`), after the RL pre-filter,
+    on an HH-RLHF file, one of whose prompts leaves no room to generate: the engine gives it empty samples, each step trains
     on the other groups and counts the one it left out, and each step's rollouts come from the
     weights before the previous update (one step off-policy), never older."""
     layout = layouts.hh_rlhf(tmp_path / "hh-rlhf", n_train=3)  # Anthropic/hh-rlhf's train.jsonl.gz, named as a file
@@ -311,8 +311,13 @@ def test_async_rl_leaves_out_a_prompt_longer_than_the_context_not_a_crash(tmp_pa
     with gzip.open(layout / "helpful-base" / "train.jsonl.gz", "at") as f:
         f.write(json.dumps({"chosen": long + " a", "rejected": long + " b"}) + "\n")
     out = tmp_path / "run"
-    _finish(_train(out, "data=files", f"data.train={layout / 'helpful-base' / 'train.jsonl.gz'}", "phases=[rl]",
-                   "rl.steps=3", "rl.prompts_per_step=4", "rl.group_size=2", "rl.async_generation=true"))
+    # The RL pre-filter first: an untrained GRM judges no item right, so it keeps all four.
+    log = _finish(_train(out, "data=files", f"data.train={layout / 'helpful-base' / 'train.jsonl.gz'}", "phases=[rl]",
+                         "rl.steps=3", "rl.prompts_per_step=4", "rl.group_size=2", "rl.async_generation=true",
+                         f"rl.prefilter_model={tiny_model_dir}", "rl.prefilter_samples=2"))
+    prefilter = json.loads((out / "rl" / "prefilter.json").read_text())
+    assert (prefilter["prefilter_items"], prefilter["prefilter_dropped"], len(prefilter["kept"])) == (4, 0, 4)
+    assert "judged 0 of 4 train items right in all 2 samples" in log
     steps = [r for r in _records(out) if r["phase"] == "rl" and "skipped_prompts" in r]
     assert [r["phase_step"] for r in steps] == [1, 2, 3]
     assert all(r["skipped_prompts"] == 1 and "loss" in r for r in steps)  # all 4 items in every step
