@@ -65,7 +65,7 @@ from spct.config import (
     structured,
 )
 from spct.data import Item, load_items
-from spct.evaluation import judged, rule_of, run_benchmarks
+from spct.evaluation import RMB_MODES, judged, rule_of, run_benchmarks
 from spct.scaling import Row
 from spct.scoring import BENCHMARKS
 
@@ -84,7 +84,7 @@ PPE_CORRECTNESS_SETS = ("MMLU-Pro", "MATH", "GPQA", "IFEval", "MBPP-Plus")
 SAVED = "evaluate.yaml"
 # What the generations depend on: a re-score reads these from the evaluation it re-scores.
 GENERATION_KEYS = ("model", "meta_rm", "data", "benchmarks", "k_max", "temperature", "max_items", "seed",
-                   "with_reference")
+                   "with_reference", "rmb_mode")
 
 
 @dataclass
@@ -103,6 +103,9 @@ class EvaluateConfig:
     # Show each item's reference answer (meta.reference) in its GRM prompts, as the paper's
     # Table 9 does for PPE Correctness; items without one are judged as usual.
     with_reference: bool = False
+    # RMB's best-of-N items: judged with all responses in one prompt ("list"), or as one pair
+    # per loser ("pairs"), right only when the best wins every pair.
+    rmb_mode: str = "list"
     rescore: bool = False  # score output_dir's saved generations instead of generating
     bootstrap: int = 1000
     output_dir: str = "outputs/eval"
@@ -139,6 +142,7 @@ def validate(c: EvaluateConfig) -> None:
     check_numbers(ch, c, POSITIVE)
     ch.need(c.k_meta_ratio <= 1, "k_meta_ratio", "in (0, 1]")
     ch.need(bool(c.benchmarks), "benchmarks", "at least one benchmark")
+    ch.need(c.rmb_mode in RMB_MODES, "rmb_mode", f"one of {', '.join(RMB_MODES)}, got {c.rmb_mode!r}")
     for spec in c.benchmarks:
         problem = benchmark_problem(spec)
         if problem:
@@ -185,14 +189,15 @@ def benchmark_problem(spec: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------- data
-def resolve_benchmark(spec: str, data: DataConfig, seed: int, max_items: int = 0) -> tuple[str, str, list[Item]]:
+def resolve_benchmark(spec: str, data: DataConfig, seed: int, max_items: int = 0,
+                      rmb_mode: str = "list") -> tuple[str, str, list[Item]]:
     """(label, scoring rule, items) for "name", "name=path" or a file path (a spec
     `benchmark_problem` found nothing wrong with)."""
     name, path = split_spec(spec)
     if not path and (os.path.exists(spec) or name not in BENCHMARKS):
         items = load_items(spec, limit=max_items or None)
         rule = rule_of(items.format)
-        return Path(spec).stem, rule, judged(rule, items)
+        return Path(spec).stem, rule, judged(rule, items, rmb_mode)
     if name == "synthetic" and not path:
         from spct.data.synthetic import SyntheticConfig, make_items
 
@@ -205,7 +210,7 @@ def resolve_benchmark(spec: str, data: DataConfig, seed: int, max_items: int = 0
         items = [it for src in sources for it in load_items(src, format=fmt, split=split, limit=max_items or None)]
         return name, name, items
     items = load_items(source, format=fmt, split=split, limit=max_items or None)
-    return name, name, judged(name, items)
+    return name, name, judged(name, items, rmb_mode)
 
 
 def hub_ids(name: str) -> list[str]:
@@ -274,7 +279,7 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
         print(plan(c, sources, warnings))
         return {}
     out = Path(c.output_dir)
-    benchmarks = [resolve_benchmark(b, c.data, c.seed, c.max_items) for b in c.benchmarks]
+    benchmarks = [resolve_benchmark(b, c.data, c.seed, c.max_items, c.rmb_mode) for b in c.benchmarks]
     if not c.rescore:
         out.mkdir(parents=True, exist_ok=True)
         (out / SAVED).write_text(OmegaConf.to_yaml(OmegaConf.structured(c)))

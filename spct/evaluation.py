@@ -24,7 +24,7 @@ from spct.scaling import (
     write_table_csv,
     write_table_markdown,
 )
-from spct.scoring import benchmark_table, both_orders, score_benchmark
+from spct.scoring import benchmark_table, bon_pairs, both_orders, score_benchmark
 
 log = logging.getLogger("spct")
 
@@ -39,9 +39,18 @@ def rule_of(format: str | None) -> str:
     return FORMAT_RULES.get(format or "", "generic")
 
 
-def judged(rule: str, items: Sequence[Item]) -> list[Item]:
-    """The items as the rule judges them: JudgeBench's pairs twice, the second time swapped."""
-    return both_orders(items) if rule == "judgebench" else list(items)
+RMB_MODES = ("list", "pairs")
+
+
+def judged(rule: str, items: Sequence[Item], rmb_mode: str = "list") -> list[Item]:
+    """The items as the rule judges them: JudgeBench's pairs twice, the second time swapped;
+    with rmb_mode="pairs", an RMB best-of-N item as one pair per loser (best against it, each
+    its own GRM prompt), which `score_rmb` joins back: right only if every pair is."""
+    if rule == "judgebench":
+        return both_orders(items)
+    if rule == "rmb" and rmb_mode == "pairs":
+        return [pair for item in items for pair in bon_pairs(item)]
+    return list(items)
 
 
 # ------------------------------------------------------------------------------ generation

@@ -155,10 +155,21 @@ def _rmb_cell(item: Item) -> tuple[str, str | None]:
     path = (item.subset or "").split("/")
     kind = {"Pairwise_set": "pairwise", "BoN_set": "bon"}.get(path[0])
     if kind is None:
-        kind = "pairwise" if item.n == 2 else "bon"
+        kind = "pairwise" if item.n == 2 and "group" not in item.meta else "bon"
     if kind == "pairwise" and item.n != 2:
         raise ValueError(f"rmb: pairwise item {item.id!r} has {item.n} responses, expected 2")
     return kind, path[1] if len(path) > 1 and path[1] else None
+
+
+def bon_pairs(item: Item) -> list[Item]:
+    """An RMB best-of-N item (more than two responses) as one pair per loser, the best first,
+    each with meta.group = the item's id; a pair stays as it is."""
+    if item.n <= 2:
+        return [item]
+    best = item.best
+    return [dataclasses.replace(item, responses=[item.responses[best], r], rewards=[1.0, 0.0], id=f"{item.id}:{j}",
+                                meta={**item.meta, "group": item.id})
+            for j, r in enumerate(item.responses) if j != best]
 
 
 def score_rmb(items: Sequence[Item], outcomes: Outcomes, tie: float | None = 0.0) -> Metrics:
@@ -166,15 +177,23 @@ def score_rmb(items: Sequence[Item], outcomes: Outcomes, tie: float | None = 0.0
     total beats every loser's: Eq. 10 on all n responses), pooled, per goal and per category
     path. The headline is the mean over the (kind, goal) cells present: RMB's average of
     Helpfulness/Harmlessness x BoN/Pairwise. Sharing the top counts wrong, as RMB's own
-    evaluation compares chosen > rejected strictly; tie=None gives it 1/#tied."""
+    evaluation compares chosen > rejected strictly; tie=None gives it 1/#tied. Best-of-N items
+    judged as pairs (`bon_pairs`, meta.group) count as one: the product of their pairs' credits
+    (1 only if the best beats every loser)."""
     out = _aligned(items, outcomes, "rmb")
+    credits: dict[str, float] = {}
+    firsts: dict[str, Item] = {}
+    for i, (item, o) in enumerate(zip(items, out, strict=True)):
+        key = f"group:{item.meta['group']}" if "group" in item.meta else f"#{i}"
+        credits[key] = credits.get(key, 1.0) * o.credit(tie)
+        firsts.setdefault(key, item)
     cells: dict[tuple[str, str | None], list[float]] = defaultdict(list)
     subsets: dict[str, list[float]] = defaultdict(list)
-    for item, o in zip(items, out, strict=True):
-        cells[_rmb_cell(item)].append(o.credit(tie))
+    for key, item in firsts.items():
+        cells[_rmb_cell(item)].append(credits[key])
         if item.subset:
-            subsets[item.subset].append(o.credit(tie))
-    metrics: Metrics = {"score": _mean([_mean(v) for v in cells.values()]), "n": len(out)}
+            subsets[item.subset].append(credits[key])
+    metrics: Metrics = {"score": _mean([_mean(v) for v in cells.values()]), "n": len(firsts)}
     for kind in ("pairwise", "bon"):
         credits = [c for (k, _), v in cells.items() if k == kind for c in v]
         if credits:
@@ -572,7 +591,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "rewardbench2": Benchmark(score_rewardbench2, "rewardbench2", keyed=True),
     "ppe_preference": Benchmark(score_ppe_preference, "ppe_preference"),
     "ppe_correctness": Benchmark(score_ppe_correctness, "ppe_correctness"),
-    "rmb": Benchmark(score_rmb, None),  # rmb_pairwise or rmb_bon, one per file
+    "rmb": Benchmark(score_rmb, None, keyed=True),  # rmb_pairwise or rmb_bon, one per file
     "judgebench": Benchmark(score_judgebench, "judgebench", keyed=True),
     "rm-bench": Benchmark(score_rmbench, "rmbench", keyed=True),
     "realmistake": Benchmark(score_realmistake, "items"),

@@ -200,6 +200,32 @@ def test_rmb_on_the_real_files():
     assert set(m) >= {"pairwise", "bon", "pairwise/Helpfulness", "bon/Helpfulness"}
 
 
+def test_rmb_pair_mode_judges_each_loser_apart_and_joins_them_back():
+    """rmb_mode=pairs: a best-of-N item becomes one (best, loser) prompt per loser; it counts
+    once, right only when the best wins every pair. A judge that ranks each pair by the loser's
+    place in the file (the last loser beats the best) gets every BoN item wrong, though most
+    of its pairs are right; the list mode on the same preferences agrees."""
+    from spct.evaluation import judged
+
+    bn = load_items(FIXTURES / "rmb_bon_helpfulness_chat_sample15.json")
+    pairs = judged("rmb", bn, "pairs")
+    assert len(pairs) == sum(it.n - 1 for it in bn) and all(p.n == 2 and p.rewards == [1.0, 0.0] for p in pairs)
+    assert {p.meta["group"] for p in pairs} == {it.id for it in bn}
+
+    def pair_outcome(p):  # the best loses only to the item's last loser
+        item = next(it for it in bn if it.id == p.meta["group"])
+        last = p.responses[1] == item.responses[-1]
+        return judge([[1, 2] if last else [2, 1]], p.rewards)
+
+    m = score_rmb(pairs, [pair_outcome(p) for p in pairs])
+    assert m["n"] == len(bn) and m["score"] == 0.0 and m["bon"] == 0.0
+    listed = [judge([[5] + [1] * (it.n - 2) + [6]], it.rewards) for it in bn]
+    assert score_rmb(bn, listed)["score"] == 0.0
+    right = score_rmb(pairs, [judge([[2, 1]], p.rewards) for p in pairs])
+    assert right["score"] == 1.0 and right["n"] == len(bn)
+    assert judged("rmb", bn) == list(bn)  # the list mode, as before
+
+
 # --- JudgeBench ----------------------------------------------------------------------------------
 
 
