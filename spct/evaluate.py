@@ -78,9 +78,9 @@ DEFAULT_SOURCES = {
     "judgebench": ("ScalerLab/JudgeBench", "gpt"),
     "rm-bench": ("THU-KEG/RM-Bench", "train"),
     "ppe_preference": ("lmarena-ai/PPE-Human-Preference-V1", "test"),
-    "ppe_correctness": ("lmarena-ai/PPE-{}-Best-of-K", "train"),  # one per set of PPE_CORRECTNESS_SETS
+    "ppe_correctness": ("lmarena-ai/PPE-{}-Best-of-K", "train"),  # one per set of PPE_HUB_SETS
 }
-PPE_CORRECTNESS_SETS = ("MMLU-Pro", "MATH", "GPQA", "IFEval", "MBPP-Plus")
+PPE_HUB_SETS = ("MMLU-Pro", "MATH", "GPQA", "IFEval", "MBPP-Plus")
 SAVED = "evaluate.yaml"
 # What the generations depend on: a re-score reads these from the evaluation it re-scores.
 GENERATION_KEYS = ("model", "meta_rm", "data", "benchmarks", "k_max", "temperature", "max_items", "seed",
@@ -216,7 +216,7 @@ def resolve_benchmark(spec: str, data: DataConfig, seed: int, max_items: int = 0
 def hub_ids(name: str) -> list[str]:
     """The hub datasets a benchmark named without a path is read from."""
     hub = DEFAULT_SOURCES[name][0]
-    return [hub.format(s) for s in PPE_CORRECTNESS_SETS] if name == "ppe_correctness" else [hub]
+    return [hub.format(s) for s in PPE_HUB_SETS] if name == "ppe_correctness" else [hub]
 
 
 def ppe_correctness_sources(path: str) -> list[str]:

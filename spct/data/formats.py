@@ -524,7 +524,7 @@ def _from_ppe_preference(rec: Record) -> list[Item]:
 
 
 # Which of PPE's five correctness sets a record is from, by the columns only that set has.
-PPE_CORRECTNESS_SETS = {
+_PPE_SET_KEYS = {
     "mmlu_pro": ("answer_index", "options"),
     "math": ("problem", "level"),
     "gpqa": ("Question", "correct_choice_index"),
@@ -534,7 +534,8 @@ PPE_CORRECTNESS_SETS = {
 
 
 def ppe_set(data: dict[str, Any]) -> str | None:
-    return next((name for name, keys in PPE_CORRECTNESS_SETS.items() if all(k in data for k in keys)), None)
+    """Which PPE correctness set a record is from (mmlu_pro, math, gpqa, ifeval, mbpp_plus), or None."""
+    return next((name for name, keys in _PPE_SET_KEYS.items() if all(k in data for k in keys)), None)
 
 
 def _ppe_reference(data: dict[str, Any]) -> str | None:
