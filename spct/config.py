@@ -191,6 +191,9 @@ class RLConfig:
     beta: float = 0.08
     kl_kind: str = "k3"
     clip_eps: float = 0.2
+    # The upper clip of the importance ratio, 1 + clip_eps_high (DAPO's clip-higher; veRL's
+    # clip_ratio_high, TRL's epsilon_high); null = clip_eps (symmetric).
+    clip_eps_high: float | None = None
     lr: float = 4e-7
     temperature: float = 1.0
     warmup_steps: int = 0
@@ -275,6 +278,7 @@ class PolicyConfig:
     beta: float = 0.04
     kl_kind: str = "k3"
     clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # as rl.clip_eps_high
     # Divide each group's advantages by its reward std (GRPO) or not (Dr. GRPO): with small
     # groups and a noisy reward, dividing gives a near-tie the weight of a decisive verdict.
     scale_advantages: bool = False
@@ -700,6 +704,9 @@ def validate(c: Config) -> None:
                  f"a dataset path or hub name: the eval phase scores eval.split={c.eval.split!r}")
     need(c.rft.hint_min_strength <= 3, "rft.hint_min_strength", "a preference strength in 0..3 (0: hint every item)")
     need(c.rl.group_size >= 2, "rl.group_size", ">= 2 (a group of one has no baseline)")
+    for key, high, low in (("rl", c.rl.clip_eps_high, c.rl.clip_eps), ("policy", c.policy.clip_eps_high,
+                                                                       c.policy.clip_eps)):
+        need(high is None or high >= low, f"{key}.clip_eps_high", f"null or >= {key}.clip_eps ({low:g}), got {high}")
     need(c.rl.prefilter_model != "warmup" or "warmup" in c.phases or "rl" not in c.phases, "rl.prefilter_model",
          "a path or hub id: 'warmup' names this run's warm-up checkpoint, and phases has no warmup")
     one_of(ch, c.rl.kl_kind, KL_KINDS, "rl.kl_kind")

@@ -252,7 +252,8 @@ def run_policy_rl(p: Context) -> dict[str, float]:
         metrics = {"skipped_prompts": skipped}
         if batch is not None:  # else every query overflowed the context: nothing to train on
             with p.timings("train"):
-                metrics |= learner.grpo_step(batch, clip_eps=pc.clip_eps, beta=pc.beta, kl_kind=pc.kl_kind)
+                metrics |= learner.grpo_step(batch, clip_eps=pc.clip_eps, beta=pc.beta, kl_kind=pc.kl_kind,
+                                             clip_eps_high=pc.clip_eps_high)
         with p.timings("weight_sync"):
             p.state.policy_version += 1
             sync.push_from(learner, p.state.policy_version)

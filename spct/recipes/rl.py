@@ -112,7 +112,8 @@ def run_rl(p: Context) -> None:
         metrics = {"skipped_prompts": skipped}
         if batch is not None:  # else every prompt overflowed the context: nothing to train on
             with p.timings("train"):
-                metrics |= learner.grpo_step(batch, clip_eps=c.clip_eps, beta=c.beta, kl_kind=c.kl_kind)
+                metrics |= learner.grpo_step(batch, clip_eps=c.clip_eps, beta=c.beta, kl_kind=c.kl_kind,
+                                             clip_eps_high=c.clip_eps_high)
         if ahead is not None:  # what training did not hide; the sync below would wait for it
             with p.timings("generate"):
                 ahead[-1].result()

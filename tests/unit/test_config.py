@@ -223,6 +223,8 @@ def test_a_wrong_type_fails_naming_the_key(compose: Compose):
             ["warmup.carry_slip:", "warmup.carry_slip_max", "warmup.noise"],
         ),
         (["rft.warmup_mix=1"], ["rft.warmup_mix", "[0, 1)"]),
+        (["rl.clip_eps_high=0.1", "policy.clip_eps_high=0.19"],
+         ["rl.clip_eps_high: expected null or >= rl.clip_eps (0.2)", "policy.clip_eps_high: expected null or >="]),
         (["phases=[rft,rl]", "rl.prefilter_model=warmup", "rl.prefilter_samples=0"],
          ["rl.prefilter_model: expected a path or hub id: 'warmup' names", "rl.prefilter_samples"]),
         (["rft.general_data=/d/general.jsonl", "rft.general_mix=1"],
