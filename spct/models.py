@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -244,6 +245,9 @@ def build_tokenizer(
     )
 
 
+_REFERENCE_BLOCK = re.compile(r"\{% if reference %\}.*?\{% endif %\}\n", re.S)
+
+
 def default_corpus(seed: int = 0, n_items: int = 2000) -> list[str]:
     """The project's own text: the GRM prompt templates on disk, then synthetic prompts in the
     compact template with trajectories on both the 1..10 and the single-response 0/1 ranges."""
@@ -251,7 +255,9 @@ def default_corpus(seed: int = 0, n_items: int = 2000) -> list[str]:
     from spct.grm import build_prompt, random_order
     from spct.grm.template import TEMPLATE_DIR
 
-    texts = [p.read_text(encoding="utf-8") for p in sorted(TEMPLATE_DIR.glob("*.j2"))]
+    # Without the optional reference block (`with_reference` only): the tiny tokenizer, and so
+    # every demo number, stays what it was before the templates had one.
+    texts = [_REFERENCE_BLOCK.sub("", p.read_text(encoding="utf-8")) for p in sorted(TEMPLATE_DIR.glob("*.j2"))]
     rng = random.Random(f"spct-tiny-corpus:{seed}")
     config = SyntheticConfig()
     for item in make_items(n_items, seed, "train", config):

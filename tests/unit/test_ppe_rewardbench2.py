@@ -243,3 +243,20 @@ def test_a_reference_is_shown_only_when_asked_and_leaves_other_prompts_unchanged
         assert build_prompt(with_ref, [1, 0], template=template) == build_prompt(plain, [1, 0], template=template)
         assert build_prompt(plain, [1, 0], template=template, with_reference=True) == \
             build_prompt(plain, [1, 0], template=template)
+
+
+def test_the_reference_block_leaves_the_tiny_tokenizers_corpus_as_it_was():
+    """The tiny models' tokenizer learns from the template files; the optional reference block is
+    left out of that corpus, so the demo's tokenizer (and every number measured with it) is the
+    one from before the templates had the block."""
+    from spct.grm.template import TEMPLATE_DIR
+    from spct.models import default_corpus
+
+    files = [p.read_text() for p in sorted(TEMPLATE_DIR.glob("*.j2"))]
+    corpus = default_corpus(0, n_items=1)[: len(files)]
+    assert all("{% if reference %}" in f for f in files)
+    assert not any("reference" in t for t in corpus)
+    assert [len(f) - len(t) for f, t in zip(files, corpus, strict=True)] == [
+        len("{% if reference %}\nRef: {{ reference }}\n{% endif %}\n"),
+        *[len("{% if reference %}\n\nReference answer (correct; judge the responses against it):\n{{ reference }}\n"
+              "{% endif %}\n")] * 2]
