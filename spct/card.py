@@ -2,10 +2,11 @@
 
 Every model folder spct saves (a GRM, a policy, a meta RM) holds a card: the role, the settings
 scoring or generating with it needs (a GRM's prompt templates, score scales, context length,
-critique length and dtype; a meta RM's input length and dtype), and which run and phase made
-it. A GRM's templates are copied into the folder (`spct_template.j2`, `spct_single_template.j2`),
-so the folder keeps the exact wording it was trained with even when the original file moves or
-a built-in template changes.
+critique length and dtype; a meta RM's input length, dtype and input template), and which run
+and phase made it. A GRM's templates are copied into the folder (`spct_template.j2`,
+`spct_single_template.j2`), and so is a meta RM's input template (`spct_meta_rm_input.j2`), so
+the folder keeps the exact wording it was trained with even when the original file moves or a
+built-in template changes.
 
 `resolve` decides each setting: a value set in the configuration, else the card's, else the
 default. A set value that disagrees with the card wins, with a warning naming both. A folder
@@ -30,8 +31,10 @@ VERSION = 1
 ROLES = ("grm", "policy", "meta_rm")
 # The settings a GRM's card records (ModelConfig's fields of the same names).
 GRM_KEYS = ("template", "single_template", "dtype", "max_model_len", "max_new_tokens")
-TEMPLATE_KEYS = ("template", "single_template")
-TEMPLATE_FILES = {"template": "spct_template.j2", "single_template": "spct_single_template.j2"}
+GRM_TEMPLATE_KEYS = ("template", "single_template")
+TEMPLATE_KEYS = (*GRM_TEMPLATE_KEYS, "input_template")  # input_template: a meta RM's
+TEMPLATE_FILES = {"template": "spct_template.j2", "single_template": "spct_single_template.j2",
+                  "input_template": "spct_meta_rm_input.j2"}
 
 
 class CardError(ValueError):
@@ -55,12 +58,16 @@ def write_card(folder: str | os.PathLike[str], role: str, settings: Mapping[str,
                               "produced_by": {**produced_by, "saved": _now()}}
     if role == "grm":
         scales = {}
-        for key in TEMPLATE_KEYS:
+        for key in GRM_TEMPLATE_KEYS:
             template = load_template(settings[key])
             (folder / TEMPLATE_FILES[key]).write_text(template.source, encoding="utf-8")
             scales[key] = [template.low, template.high]
         record["score_scale"] = scales
-        record["template_files"] = dict(TEMPLATE_FILES)
+        record["template_files"] = {k: TEMPLATE_FILES[k] for k in GRM_TEMPLATE_KEYS}
+    if role == "meta_rm" and settings.get("input_template"):
+        source = Path(settings["input_template"]).expanduser().read_text(encoding="utf-8")
+        (folder / TEMPLATE_FILES["input_template"]).write_text(source, encoding="utf-8")
+        record["template_files"] = {"input_template": TEMPLATE_FILES["input_template"]}
     tmp = folder / f".{CARD}.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, folder / CARD)
@@ -91,7 +98,7 @@ def card_settings(record: Mapping[str, Any], folder: str | os.PathLike[str]) -> 
     path of the copy (the exact text the GRM was trained with)."""
     settings = dict(record["settings"])
     for key in TEMPLATE_KEYS:
-        if key not in settings:
+        if settings.get(key) is None:
             continue
         copy = Path(folder).expanduser() / record.get("template_files", TEMPLATE_FILES).get(key, TEMPLATE_FILES[key])
         if not copy.is_file():

@@ -79,6 +79,9 @@ class MetaRMRef:
     path: str | None = None
     max_length: int | None = None
     dtype: str | None = None
+    # The Jinja file its input is framed by (prompt, completion); null: its card's, else the
+    # GRM conversation in the tokenizer's chat (docs/training.md, "The meta RM's input").
+    input_template: str | None = None
 
 
 @dataclass
@@ -225,6 +228,9 @@ class MetaRMConfig:
     lr: float = 1e-5
     warmup_steps: int = 0
     max_length: int = 4096
+    # A Jinja file framing each trajectory for the meta RM (variables prompt, completion);
+    # null: the GRM conversation in the tokenizer's chat. It travels in the saved meta RM.
+    input_template: str | None = None
 
 
 @dataclass
@@ -484,13 +490,37 @@ def resolve_meta_rm(ref: MetaRMRef, dtype: str, max_length: int = 4096, prefix: 
     from spct.card import CardError, resolve
 
     try:
-        values, _, warnings = resolve({"max_length": ref.max_length, "dtype": ref.dtype}, _local(ref.path),
-                                      {"max_length": max_length, "dtype": dtype}, prefix)
+        values, _, warnings = resolve({"max_length": ref.max_length, "dtype": ref.dtype,
+                                       "input_template": ref.input_template}, _local(ref.path),
+                                      {"max_length": max_length, "dtype": dtype, "input_template": None}, prefix)
     except CardError as e:
         raise ConfigError(f"invalid configuration:\n  {prefix}path: {e}") from None
-    ref.max_length, ref.dtype = values["max_length"], values["dtype"]
+    ref.max_length, ref.dtype, ref.input_template = values["max_length"], values["dtype"], values["input_template"]
+    problem = meta_input_problem(ref.input_template)
+    if problem:
+        raise ConfigError(f"invalid configuration:\n  {prefix}input_template: {problem}")
     for warning in warnings:
         log.warning("%s", warning)
+
+
+def meta_input_problem(path: str | None) -> str | None:
+    """Why a meta RM input template cannot frame a trajectory (it must render `prompt` and
+    `completion`, and nothing else it needs may be missing), or None."""
+    if path is None:
+        return None
+    import jinja2
+
+    from spct.grm.template import compile_file
+
+    try:
+        text = compile_file(path).render(prompt="PROMPT", completion="COMPLETION")
+    except (OSError, ValueError, jinja2.TemplateError) as e:
+        return f"{path}: {e}"
+    missing = [v for v in ("PROMPT", "COMPLETION") if v not in text]
+    if missing:
+        return f"{path}: expected a template that shows {{{{ prompt }}}} and {{{{ completion }}}}; it leaves out " + \
+            " and ".join(v.lower() for v in missing)
+    return None
 
 
 # ------------------------------------------------------------------------------ checks
@@ -716,6 +746,8 @@ def validate(c: Config) -> None:
          "null when rft.warmup_mix > 0 on the synthetic task (one source of mixed-in data: set rft.warmup_mix=0)")
     need(c.eval.k_meta_ratio <= 1, "eval.k_meta_ratio", "in (0, 1]")
     need(c.meta_rm.neutral_label <= 1, "meta_rm.neutral_label", "a target in [0, 1]")
+    if "meta_rm" in c.phases and (problem := meta_input_problem(c.meta_rm.input_template)):
+        ch.errors.append(f"meta_rm.input_template: {problem}")
     after_eval = c.phases[c.phases.index("eval") + 1:] if "eval" in c.phases else []
     need(set(after_eval) <= set(POLICY_PHASES), "phases", "'eval' after the GRM phases (only policy "
          "phases may follow it)")

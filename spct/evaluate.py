@@ -3,6 +3,7 @@
     python -m spct.evaluate model=CKPT                            # the synthetic test split
     python -m spct.evaluate model=CKPT meta_rm=META_CKPT k_max=32 \\
         benchmarks=[rewardbench,judgebench:/data/judgebench.jsonl,/data/mine.jsonl]
+    python -m spct.evaluate model=CKPT judge=judge                # with the LLM-as-a-judge baseline
     python -m spct.evaluate output_dir=DIR rescore=true           # re-score DIR's saved generations
     python -m spct.evaluate model=CKPT dry_run=true               # check the command, print the plan
 
@@ -14,7 +15,10 @@ For every item: k_max samples at `temperature` and one greedy sample, each showi
 responses in its own random order (never as given: the loaders put the labelled-best response
 first); optionally a meta-RM score per sample. Greedy, Voting@k
 and MetaRM@k (k_meta = k * k_meta_ratio) for k = 1, 2, 4, ..., k_max come from subsets of
-the same samples, and each benchmark is scored by its own rule (spct.scoring). Written per
+the same samples, and each benchmark is scored by its own rule (spct.scoring). `judge=judge`
+(or a choice template's path) adds the LLM-as-a-judge baseline on the same items: k_max sampled
+picks and a greedy one from the same model (or `judge_model`), the majority vote over picks
+(Judge, Judge voting@k) beside the GRM's rows. Written per
 benchmark under output_dir/<benchmark>/: generations.jsonl (every sample: item, order, text,
 parsed scores, meta score), table.md, table.csv, scaling.png; and output_dir/summary.md, a
 table of every benchmark's headline per method and k (with their mean, and the paper's Overall
@@ -84,7 +88,7 @@ PPE_HUB_SETS = ("MMLU-Pro", "MATH", "GPQA", "IFEval", "MBPP-Plus")
 SAVED = "evaluate.yaml"
 # What the generations depend on: a re-score reads these from the evaluation it re-scores.
 GENERATION_KEYS = ("model", "meta_rm", "data", "benchmarks", "k_max", "temperature", "max_items", "seed",
-                   "with_reference", "rmb_mode")
+                   "with_reference", "rmb_mode", "judge", "judge_model")
 
 
 @dataclass
@@ -106,6 +110,10 @@ class EvaluateConfig:
     # RMB's best-of-N items: judged with all responses in one prompt ("list"), or as one pair
     # per loser ("pairs"), right only when the best wins every pair.
     rmb_mode: str = "list"
+    # The LLM-as-a-judge baseline: a choice template ("judge", the shipped one, or a .j2 path
+    # whose header says output=choice) sampled like the GRM, its picks majority-voted; null: none.
+    judge: str | None = None
+    judge_model: str | None = None  # the judge's checkpoint; null: the GRM's own engines
     rescore: bool = False  # score output_dir's saved generations instead of generating
     bootstrap: int = 1000
     output_dir: str = "outputs/eval"
@@ -143,6 +151,15 @@ def validate(c: EvaluateConfig) -> None:
     ch.need(c.k_meta_ratio <= 1, "k_meta_ratio", "in (0, 1]")
     ch.need(bool(c.benchmarks), "benchmarks", "at least one benchmark")
     ch.need(c.rmb_mode in RMB_MODES, "rmb_mode", f"one of {', '.join(RMB_MODES)}, got {c.rmb_mode!r}")
+    if c.judge is not None:
+        from spct.grm import load_template
+
+        try:
+            ch.need(load_template(c.judge).choice, "judge", f"a choice template (its first line "
+                    f"'{{#- spct: output=choice -#}}', as the shipped 'judge'), got {c.judge!r}, which scores")
+        except (OSError, ValueError) as e:
+            ch.errors.append(f"judge: {e}")
+    ch.need(c.judge_model is None or c.judge is not None, "judge_model", "null unless judge is set")
     for spec in c.benchmarks:
         problem = benchmark_problem(spec)
         if problem:
@@ -247,10 +264,18 @@ def plan(c: EvaluateConfig, sources: dict[str, str], warnings: list[str]) -> str
              f"  sampling    k_max {c.k_max} at temperature {c.temperature} + greedy; k_meta = k x {c.k_meta_ratio}; "
              f"max_items {c.max_items or 'all'}"
              + ("; prompts show each item's reference answer" if c.with_reference else ""),
+             f"  judge       {_judge_line(c)}",
              f"  engines     {c.rollout.num_engines} x vLLM on "
              + (f"{c.cluster.num_gpus} GPU(s)" if c.cluster.num_gpus else "CPU"),
              f"  output_dir  {c.output_dir}"]
     return "\n".join(lines + [f"  warning     {w}" for w in warnings])
+
+
+def _judge_line(c: EvaluateConfig) -> str:
+    if c.judge is None:
+        return "none (judge=judge adds the LLM-as-a-judge baseline)"
+    return (f"template {c.judge} on {c.judge_model or 'the GRM'}: k_max picks + greedy per item, "
+            "majority vote (Judge, Judge voting@k)")
 
 
 def _describe(spec: str, c: EvaluateConfig) -> str:
@@ -288,7 +313,7 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
     tracker = Tracker(out, kind=c.logger.kind, project=c.logger.project, entity=c.logger.entity,
                       run_name=c.logger.run_name or f"eval-{out.name}", mode=c.logger.mode,
                       config=dataclasses.asdict(c), group=c.logger.group, tags=c.logger.tags or None)
-    pool = actor = None
+    pool = actor = judge_pool = None
     score_meta = None
     try:
         if not c.rescore:
@@ -301,17 +326,29 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
                 from spct.meta_rm import meta_scorer
 
                 score_meta, actor = meta_scorer(c.meta_rm.path, c.meta_rm.dtype, c.meta_rm.max_length,
-                                                num_gpus=c.cluster.gpus(1))
+                                                num_gpus=c.cluster.gpus(1),
+                                                input_template=c.meta_rm.input_template)
             pool = GRMRewardPool(
                 c.model.path, r.num_engines,
                 engine_kwargs(c.model, r, c.seed),
                 template=c.model.template, max_new_tokens=c.model.max_new_tokens,
                 num_cpus_per_engine=r.num_cpus_per_engine,
-                num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size), with_reference=c.with_reference)
+                num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size), with_reference=c.with_reference,
+                wait=c.judge_model is None)
+            if c.judge is not None:
+                judge_pool = GRMRewardPool.from_group(pool.group, c.judge, c.model.max_new_tokens, c.with_reference) \
+                    if c.judge_model is None else GRMRewardPool(
+                        c.judge_model, r.num_engines, engine_kwargs(c.model, r, c.seed), template=c.judge,
+                        max_new_tokens=c.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
+                        num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size), with_reference=c.with_reference)
+                pool.group.ready()
         tables = run_benchmarks(pool, benchmarks, out, k_max=c.k_max, temperature=c.temperature,
                                 k_meta_ratio=c.k_meta_ratio, meta_score=score_meta, rescore=c.rescore,
-                                bootstrap=c.bootstrap, seed=c.seed, tracker=tracker)
+                                bootstrap=c.bootstrap, seed=c.seed, tracker=tracker, judge_pool=judge_pool,
+                                judge=c.judge is not None)
     finally:
+        if judge_pool is not None and judge_pool.group is not getattr(pool, "group", None):
+            judge_pool.shutdown()
         if pool is not None:
             pool.shutdown()
         if actor is not None:

@@ -1,6 +1,10 @@
 """Evaluation runs: k sampled and one greedy GRM sample per item (or the saved ones, re-scored),
 scored by each benchmark's own rule, with a scaling table, plot and generations written per
 benchmark. The eval phase (spct.recipes.eval) and `python -m spct.evaluate` both run this.
+
+With a judge pool (a choice template: spct.grm.template), the same items are also judged by
+the LLM-as-a-judge baseline: k sampled picks and a greedy one, the majority vote over picks
+beside the GRM's rows (Judge, Judge voting@k), its samples in judge_generations.jsonl.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ from typing import Any
 
 from spct.item import Item
 from spct.scaling import (
-    GREEDY,
-    METARM,
-    VOTING,
+    METHODS,
     Row,
     SampleSet,
+    ScalingResults,
+    as_judge,
     evaluate,
     plot_scaling,
     write_table_csv,
@@ -31,7 +35,7 @@ log = logging.getLogger("spct")
 # A file whose detected format is a benchmark's own layout is scored by that benchmark's rule.
 FORMAT_RULES = {"judgebench": "judgebench", "rmbench": "rm-bench", "rmb_pairwise": "rmb", "rmb_bon": "rmb",
                 "rewardbench2": "rewardbench2", "ppe_preference": "ppe_preference",
-                "ppe_correctness": "ppe_correctness"}
+                "ppe_correctness": "ppe_correctness", "realmistake": "realmistake"}
 
 
 def rule_of(format: str | None) -> str:
@@ -104,9 +108,13 @@ def load_generations(path: Path, items: Sequence[Item]) -> list[SampleSet]:
 
 # ------------------------------------------------------------------------------- reporting
 def report(label: str, rule: str, sets: Sequence[SampleSet], out: Path, k_max: int, k_meta_ratio: float,
-           bootstrap: int, seed: int) -> tuple[list[Row], dict[str, Any]]:
-    """Scaling table (the benchmark's headline per method and k), plot and per-method metrics."""
+           bootstrap: int, seed: int, judge_sets: Sequence[SampleSet] | None = None) -> tuple[list[Row], dict[str, Any]]:
+    """Scaling table (the benchmark's headline per method and k), plot and per-method metrics;
+    with `judge_sets`, the judge baseline's rows too."""
     results = evaluate(sets, k_max=k_max, k_meta=k_meta_ratio)
+    if judge_sets:
+        judge = as_judge(evaluate(judge_sets, k_max=k_max))
+        results = ScalingResults(results.items, {**results.outcomes, **judge.outcomes})
     rows = benchmark_table(rule, results, n_boot=bootstrap, seed=seed)
     write_table_markdown(rows, out / "table.md")
     write_table_csv(rows, out / "table.csv")
@@ -125,7 +133,7 @@ def summary_markdown(tables: dict[str, list[Row]], rules: dict[str, str] | None 
     and the paper's Overall (the mean of RewardBench, PPE Preference, PPE Correctness and RMB)
     when each of those four ran once (by scoring rule: `rules` maps a label to its rule)."""
     keys = sorted({(r.method, r.k) for rows in tables.values() for r in rows},
-                  key=lambda mk: ((GREEDY, VOTING, METARM).index(mk[0]), mk[1]))
+                  key=lambda mk: (METHODS.index(mk[0]), mk[1]))
     names = list(tables)
     labels_of = {r: [label for label in names if (rules or {}).get(label) == r] for r in PAPER_OVERALL}
     paper = [labels_of[r][0] for r in PAPER_OVERALL] if all(len(v) == 1 for v in labels_of.values()) else None
@@ -149,19 +157,31 @@ def summary_markdown(tables: dict[str, list[Row]], rules: dict[str, str] | None 
 
 def run_benchmarks(pool, benchmarks: list[tuple[str, str, list[Item]]], out: Path, *, k_max: int,
                    temperature: float, k_meta_ratio: float, meta_score=None, rescore: bool = False,
-                   bootstrap: int = 1000, seed: int = 0, tracker=None, step: int = 0) -> dict[str, list[Row]]:
-    """Sample (or reload), score, and write every benchmark's report; returns the tables."""
+                   bootstrap: int = 1000, seed: int = 0, tracker=None, step: int = 0,
+                   judge_pool=None, judge: bool = False) -> dict[str, list[Row]]:
+    """Sample (or reload), score, and write every benchmark's report; returns the tables.
+    `judge`: also the LLM-as-a-judge baseline, sampled from `judge_pool` (or reloaded)."""
     tables, rules = {}, {label: rule for label, rule, _ in benchmarks}
     for label, rule, items in benchmarks:
         folder = out / label
-        path = folder / "generations.jsonl"
+        path, judge_path = folder / "generations.jsonl", folder / "judge_generations.jsonl"
+        judge_here = judge and all(item.n >= 2 for item in items)
+        if judge and not judge_here:
+            log.warning("%s: single-response items; a judge picks among several responses, so this benchmark "
+                        "has no Judge rows", label)
+        judge_sets = None
         if rescore:
             sets = load_generations(path, items)
+            judge_sets = load_generations(judge_path, items) if judge_here else None
         else:
             log.info("%s: %d items x (%d samples + greedy)", label, len(items), k_max)
             sets = draw_samples(pool, items, k_max, temperature, meta_score, seed)
             save_generations(sets, path)
-        rows, _ = report(label, rule, sets, folder, k_max, k_meta_ratio, bootstrap, seed)
+            if judge_here:
+                log.info("%s: the judge baseline, %d items x (%d picks + greedy)", label, len(items), k_max)
+                judge_sets = draw_samples(judge_pool, items, k_max, temperature, None, seed)
+                save_generations(judge_sets, judge_path)
+        rows, _ = report(label, rule, sets, folder, k_max, k_meta_ratio, bootstrap, seed, judge_sets)
         tables[label] = rows
         if tracker is not None:
             tracker.log({f"{r.method}@{r.k}": r.accuracy for r in rows}, step=step, phase=f"eval/{label}")

@@ -27,9 +27,23 @@ from spct.versions import check_versions
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
-def trajectory_text(tokenizer, trajectory: Mapping[str, Any]) -> str:
-    """The classifier's input: the GRM conversation as the tokenizer's chat renders it."""
+def input_template(path: str | os.PathLike[str] | None):
+    """The Jinja template a meta RM reads its input through (`meta_rm.input_template`), or None
+    for the default framing. It sees `prompt` (the GRM prompt: query and responses) and
+    `completion` (the GRM's principles, critique and scores); its text is the whole input."""
+    if path is None:
+        return None
+    from spct.grm.template import compile_file
+
+    return compile_file(path)
+
+
+def trajectory_text(tokenizer, trajectory: Mapping[str, Any], template=None) -> str:
+    """The classifier's input: the GRM conversation as the tokenizer's chat renders it, or the
+    text of the meta RM's input `template` (from `input_template`)."""
     prompt, completion = trajectory["prompt"], trajectory["completion"]
+    if template is not None:
+        return template.render(prompt=prompt, completion=completion)
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
@@ -38,15 +52,16 @@ def trajectory_text(tokenizer, trajectory: Mapping[str, Any]) -> str:
     return prompt + "\n" + completion
 
 
-def encode_trajectory(tokenizer, trajectory: Mapping[str, Any], max_length: int) -> list[int]:
+def encode_trajectory(tokenizer, trajectory: Mapping[str, Any], max_length: int, template=None) -> list[int]:
     """Token ids, truncated from the left to `max_length` so the critique's end survives.
 
-    A chat template writes its own special tokens; plain text gets the tokenizer's. The meta-RM
-    learner (spct.learner, task="classification") trains on exactly these ids.
+    A chat template writes its own special tokens; plain text (an input template's included)
+    gets the tokenizer's. The meta-RM learner (spct.learner, task="classification") trains on
+    exactly these ids.
     """
     ids = tokenizer(
-        trajectory_text(tokenizer, trajectory),
-        add_special_tokens=not tokenizer.chat_template,
+        trajectory_text(tokenizer, trajectory, template),
+        add_special_tokens=template is not None or not tokenizer.chat_template,
         verbose=False,
     )["input_ids"]
     return ids[-max_length:]
@@ -67,6 +82,8 @@ class MetaRM:
         max_batch_tokens: padded tokens per forward pass, at most (a micro-batch of long
             trajectories holds fewer of them; one longer than this runs alone).
         num_threads: CPU threads for scoring (0: Ray's default for the actor).
+        input_template: a Jinja file framing each trajectory as the meta RM was trained to
+            read it (`input_template`); None: the GRM conversation in the tokenizer's chat.
     """
 
     def __init__(
@@ -79,6 +96,7 @@ class MetaRM:
         micro_batch_size: int = 8,
         num_threads: int = 0,
         max_batch_tokens: int = 32768,
+        input_template: str | os.PathLike[str] | None = None,
     ) -> None:
         check_versions(("torch", "transformers"), role="meta RM")
         if dtype not in DTYPES:
@@ -93,6 +111,7 @@ class MetaRM:
             # the meta RM scores while the other actors wait, it may use every core.
             torch.set_num_threads(num_threads)
         self.micro_batch_size, self.max_batch_tokens = micro_batch_size, max_batch_tokens
+        self.template = input_template(input_template)
 
         path = _local_or_hub(model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -113,11 +132,8 @@ class MetaRM:
         context = getattr(self.model.config, "max_position_embeddings", None)
         self.max_length = min(max_length, context) if context else max_length
 
-    def text(self, trajectory: Mapping[str, Any]) -> str:
-        return trajectory_text(self.tokenizer, trajectory)
-
     def encode(self, trajectory: Mapping[str, Any]) -> list[int]:
-        return encode_trajectory(self.tokenizer, trajectory, self.max_length)
+        return encode_trajectory(self.tokenizer, trajectory, self.max_length, self.template)
 
     @torch.no_grad()
     def score(self, trajectories: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -144,7 +160,7 @@ class MetaRM:
 
 
 def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0, num_gpus: float = 0,
-                **options):
+                input_template: str | None = None, **options):
     """A function scoring trajectories with a meta-RM actor (and the actor, to kill later).
     On a GPU cluster give it `num_gpus` (1: a GPU of its own), else it runs on CPU; `options`
     are further Ray actor options (e.g. a placement group bundle)."""
@@ -153,7 +169,8 @@ def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0, nu
     # Scoring is forward-only, so larger micro-batches than training's are fine, up to
     # max_batch_tokens (32K padded tokens: 64 short trajectories, or 4 of 8192 tokens).
     actor = ray.remote(MetaRM).options(num_gpus=num_gpus, **options).remote(
-        path, dtype=dtype, max_length=max_length, micro_batch_size=64, num_threads=num_threads)
+        path, dtype=dtype, max_length=max_length, micro_batch_size=64, num_threads=num_threads,
+        input_template=input_template)
     return (lambda trajectories: ray.get(actor.score.remote(trajectories))), actor
 
 

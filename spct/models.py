@@ -249,15 +249,16 @@ _REFERENCE_BLOCK = re.compile(r"\{% if reference %\}.*?\{% endif %\}\n", re.S)
 
 
 def default_corpus(seed: int = 0, n_items: int = 2000) -> list[str]:
-    """The project's own text: the GRM prompt templates on disk, then synthetic prompts in the
+    """The project's own text: the GRM's scoring templates, then synthetic prompts in the
     compact template with trajectories on both the 1..10 and the single-response 0/1 ranges."""
     from spct.data.synthetic import SyntheticConfig, make_items, write_trajectory
     from spct.grm import build_prompt, random_order
     from spct.grm.template import TEMPLATE_DIR
 
-    # Without the optional reference block (`with_reference` only): the tiny tokenizer, and so
-    # every demo number, stays what it was before the templates had one.
-    texts = [_REFERENCE_BLOCK.sub("", p.read_text(encoding="utf-8")) for p in sorted(TEMPLATE_DIR.glob("*.j2"))]
+    # Without the optional reference block (`with_reference` only) and without the judge
+    # baseline's template: the tiny tokenizer, and so every demo number, stays what it was.
+    texts = [_REFERENCE_BLOCK.sub("", (TEMPLATE_DIR / f"{name}.j2").read_text(encoding="utf-8"))
+             for name in ("compact", "default", "single")]
     rng = random.Random(f"spct-tiny-corpus:{seed}")
     config = SyntheticConfig()
     for item in make_items(n_items, seed, "train", config):

@@ -257,7 +257,7 @@ class Pipeline:
         template = load_template(name)
         prompt = build_prompt(item, order, template=template)
         sent = build_prompt(item, order, hint=True, template=template) if hint else None
-        return Shown(item, order, prompt, (template.low, template.high), sent)
+        return Shown(item, order, prompt, (template.low, template.high), sent, template.choice)
 
     def sample(self, shown: list[Shown], key: str, n: int = 1, temperature: float = 1.0,
                group=None) -> list[list[Trajectory]]:
@@ -296,8 +296,8 @@ class Pipeline:
         return pool
 
     def meta_scorer(self, path: str, owned: bool = False):
-        """A meta-RM actor on `path` with the input length and dtype its card records (else
-        meta_rm.max_length and the run's dtype), the run's threads and a GPU of its own on a GPU
+        """A meta-RM actor on `path` with the input length, dtype and input template its card
+        records (else meta_rm.max_length, the run's dtype and the default framing), the run's threads and a GPU of its own on a GPU
         cluster: (a function scoring trajectories, the function that stops the actor; an `owned`
         one is stopped with the run). Where it runs is the plan's (spct.placement.meta_rm_bundle):
         learner rank 0's place in the meta_rm and eval phases, beside the group in the policy
@@ -321,7 +321,7 @@ class Pipeline:
                 placement_group=self.placement, placement_group_bundle_index=bundle)
         try:
             score, actor = meta_scorer(path, ref.dtype, ref.max_length, self.cfg.learner.num_threads,
-                                       num_gpus=self._gpus(1), **options)
+                                       num_gpus=self._gpus(1), input_template=ref.input_template, **options)
         except BaseException:
             give_back()
             raise
@@ -435,7 +435,8 @@ class Pipeline:
             return {k: getattr(m, k) for k in GRM_DEFAULTS}
         if role == "policy":
             return {"dtype": m.dtype, "max_model_len": m.max_model_len, "max_new_tokens": self.cfg.policy.max_new_tokens}
-        return {"dtype": m.dtype, "max_length": self.cfg.meta_rm.max_length}
+        return {"dtype": m.dtype, "max_length": self.cfg.meta_rm.max_length,
+                "input_template": self.cfg.meta_rm.input_template}
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, phase: str) -> dict[str, float]:

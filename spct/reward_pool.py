@@ -82,7 +82,7 @@ class GRMRewardPool:
                 order = random_order(item.n, rng)
                 prompt = build_prompt(item, order, hint=hint or None, template=self.template,
                                       with_reference=self.with_reference)
-                shown.append(Shown(item, order, prompt, scale))
+                shown.append(Shown(item, order, prompt, scale, choice=self.template.choice))
         sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens)
         seeds: str | list[int] = f"{seed}:{stream}"
         if keyed:
@@ -135,11 +135,12 @@ class GRMRewardPool:
         return out
 
     @classmethod
-    def from_group(cls, group: RolloutGroup, template: str, max_new_tokens: int) -> GRMRewardPool:
+    def from_group(cls, group: RolloutGroup, template: str, max_new_tokens: int,
+                   with_reference: bool = False) -> GRMRewardPool:
         """A pool over engines that already exist (e.g. the training run's rollout group)."""
         pool = cls.__new__(cls)
         pool.template, pool.max_new_tokens, pool.group = load_template(template), max_new_tokens, group
-        pool.with_reference = False
+        pool.with_reference = with_reference
         return pool
 
     def shutdown(self) -> None:

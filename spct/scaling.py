@@ -27,7 +27,10 @@ from spct.item import Item
 
 CORRECT, WRONG, TIE = "correct", "wrong", "tie"
 GREEDY, VOTING, METARM = "Greedy", "Voting", "MetaRM"
-METHODS = (GREEDY, VOTING, METARM)
+# The LLM-as-a-judge baseline (spct.evaluate's `judge`): its greedy pick, and the majority
+# vote over k picks (Voting@k over one-hot picks).
+JUDGE, JUDGE_VOTING = "Judge", "Judge voting"
+METHODS = (GREEDY, VOTING, METARM, JUDGE, JUDGE_VOTING)
 
 # A share of the k samples (0.5: the paper's k/2) or a function k -> how many to keep.
 KMeta = float | Callable[[int], int]
@@ -244,6 +247,13 @@ def evaluate(
     return ScalingResults([s.item for s in sample_sets], out)
 
 
+def as_judge(results: ScalingResults) -> ScalingResults:
+    """A judge's results under the judge's method names: its Greedy as Judge, its Voting@k
+    (the majority vote over picks) as Judge voting@k."""
+    names = {GREEDY: JUDGE, VOTING: JUDGE_VOTING}
+    return ScalingResults(results.items, {(names[m], k): o for (m, k), o in results.outcomes.items() if m in names})
+
+
 def _all_or_none(sets: Sequence[SampleSet], has: Callable[[SampleSet], bool], what: str) -> bool:
     flags = [has(s) for s in sets]
     if any(flags) and not all(flags):
@@ -344,24 +354,25 @@ def plot_scaling(rows: Sequence[Row], path: str | Path, title: str = "") -> Path
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     all_k: set[int] = set()
-    for method, colour in ((VOTING, "tab:blue"), (METARM, "tab:orange")):
+    for method, colour, style in ((VOTING, "tab:blue", "o-"), (METARM, "tab:orange", "o-"),
+                                  (JUDGE_VOTING, "tab:gray", "s--")):
         line = sorted((r for r in rows if r.method == method), key=lambda r: r.k)
         if not line:
             continue
         k = [r.k for r in line]
         all_k.update(k)
-        ax.plot(k, [100 * r.accuracy for r in line], "o-", color=colour, label=f"{method}@k")
+        ax.plot(k, [100 * r.accuracy for r in line], style, color=colour, label=f"{method}@k")
         low, high = [100 * r.ci_low for r in line], [100 * r.ci_high for r in line]
         ax.fill_between(k, low, high, color=colour, alpha=0.2, linewidth=0)
-    for r in (r for r in rows if r.method == GREEDY):
+    for r in (r for r in rows if r.method in (GREEDY, JUDGE)):
         all_k.add(1)
         err = [[100 * (r.accuracy - r.ci_low)], [100 * (r.ci_high - r.accuracy)]]
         ax.errorbar(
-            [1], [100 * r.accuracy], yerr=err, fmt="*", color="tab:green", markersize=12,
-            capsize=4, label="Greedy",
+            [1], [100 * r.accuracy], yerr=err, fmt="*" if r.method == GREEDY else "x",
+            color="tab:green" if r.method == GREEDY else "tab:gray", markersize=12, capsize=4, label=r.method,
         )  # fmt: skip
     if not all_k:
-        raise ValueError("plot_scaling: no Greedy, Voting or MetaRM rows to plot")
+        raise ValueError("plot_scaling: no Greedy, Voting, MetaRM or Judge rows to plot")
     ax.set_xscale("log", base=2)
     ticks = sorted(all_k)
     ax.set_xticks(ticks, [str(t) for t in ticks])

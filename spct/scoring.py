@@ -594,7 +594,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "rmb": Benchmark(score_rmb, None, keyed=True),  # rmb_pairwise or rmb_bon, one per file
     "judgebench": Benchmark(score_judgebench, "judgebench", keyed=True),
     "rm-bench": Benchmark(score_rmbench, "rmbench", keyed=True),
-    "realmistake": Benchmark(score_realmistake, "items"),
+    "realmistake": Benchmark(score_realmistake, None),  # the realmistake layout or spct items
     "synthetic": Benchmark(score_accuracy, "items"),
     "generic": Benchmark(score_accuracy, None),
 }

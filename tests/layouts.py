@@ -319,3 +319,56 @@ def rewardbench2(root: Path, per_subset: int = 2, ties: int = 2, subsets: tuple[
     """data/test-00000-of-00001.parquet: the one split, test."""
     _parquet(root / "data" / "test-00000-of-00001.parquet", rewardbench2_rows(per_subset, ties, subsets))
     return root
+
+
+# ------------------------------------------------------------------- psunlpgroup/ReaLMistake
+# The three tasks: (folder and hub config, metadata.task_name, metadata.task_source, the error
+# categories its errors fall in: src/error_detection_analysis/calculate_performance.py).
+REALMISTAKE_TASKS = (
+    ("math_word_problem_generation", "math_problem_generation", "aqua",
+     ("Reasoning Correctness", "Instruction-Following")),
+    ("finegrained_fact_verification", "finegrained_fact_verification", "wice",
+     ("Reasoning Correctness", "Instruction-Following", "Context-Faithfulness")),
+    ("answerability_classification", "answerability_classification", "hotpotqa",
+     ("Reasoning Correctness", "Parameterized Knowledge")),
+)
+# File name (data/<task>/<name>.jsonl; hub split) and metadata.llm_response_model per responder.
+REALMISTAKE_MODELS = (("gpt-4-0613", "gpt4", "gpt-4-0613"),
+                      ("Llama-2-70b-chat-hf", "llama2", "meta-llama/Llama-2-70b-chat-hf"))
+
+
+def realmistake_rows(task: str, model: str, n: int = 4) -> list[dict]:
+    """A task's records for one responder (`task` a folder name, `model` a file name): the
+    README's keys in the hub's order, `error_label` "error" or "no_error" (both in every file),
+    `metadata` as the repository's error_detection_outputs carry it (id "<task_name>_<n>_<model>")."""
+    t = next(k for k, row in enumerate(REALMISTAKE_TASKS) if row[0] == task)
+    _, task_name, source, categories = REALMISTAKE_TASKS[t]
+    m = next(k for k, row in enumerate(REALMISTAKE_MODELS) if row[0] == model)
+    responder = REALMISTAKE_MODELS[m][2]
+    rows = []
+    for i in range(n):
+        error = (i + t + m) % 3 != 1  # each file holds both labels
+        rows.append({
+            "input": f"[{task}] Answer question {i} and explain your reasoning step by step.",
+            "llm_response": f"Reasoning for question {i}. Therefore, the answer is {i + t}.",
+            "error_label": "error" if error else "no_error",
+            "human_explanation": f"The answer to question {i} should be {i + t + 1}." if error else "",
+            "error_categories": list(categories[: 1 + i % len(categories)]) if error else [],
+            "metadata": {"id": f"{task_name}_{100 * t + i}_{responder}", "task_name": task_name,
+                         "task_source": source, "llm_response_model": responder, "dataset": "realmistake",
+                         "difficulty": "easy" if i % 2 else "difficult"},
+        })
+    return rows
+
+
+def realmistake(root: Path, n: int = 4) -> Path:
+    """The `data` folder of the repository's data.zip: <task>/gpt-4-0613.jsonl and
+    <task>/Llama-2-70b-chat-hf.jsonl for the three tasks, n records each (the zip's
+    example.jsonl, the paper's examples, is left out). The gated hub copy
+    (ryokamoi/realmistake) holds the same records as one config per task, splits gpt4 and llama2."""
+    for task, *_ in REALMISTAKE_TASKS:
+        for model, *_ in REALMISTAKE_MODELS:
+            path = root / task / f"{model}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r) + "\n" for r in realmistake_rows(task, model, n)))
+    return root

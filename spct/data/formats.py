@@ -3,9 +3,10 @@
 A converter takes one raw record (a dict, with where it came from) and returns its items, or
 an empty list for a record that carries no preference (a tie: the format says so), or raises
 DataError naming the record and the field of the original format. Benchmarks (RewardBench,
-JudgeBench, RM-Bench, RMB), the training sets reward models are trained on (UltraFeedback,
-HelpSteer2/3, Skywork, HH-RLHF), verifiable sets with reference answers (MATH, GSM8K, labelled
-single responses) and prompts for the policy phases. docs/data.md shows every layout.
+JudgeBench, RM-Bench, RMB, ReaLMistake), the training sets reward models are trained on
+(UltraFeedback, HelpSteer2/3, Skywork, HH-RLHF), verifiable sets with reference answers (MATH,
+GSM8K, labelled single responses) and prompts for the policy phases. docs/data.md shows every
+layout.
 """
 
 from __future__ import annotations
@@ -618,6 +619,50 @@ def _from_rewardbench2(rec: Record) -> list[Item]:
     return [validate(item, rec.where)]
 
 
+# --- ReaLMistake ----------------------------------------------------------------------------------
+
+# ReaLMistake's `error_label`, the experts' verdict on the response, as the item's reward: 1 for a
+# response with no error (score_realmistake's positive class), 0 for one with an error.
+_REALMISTAKE_LABELS = {"no_error": 1.0, "error": 0.0}
+_REALMISTAKE_META = ("llm_response_model", "task_source", "difficulty")
+
+
+def _from_realmistake(rec: Record) -> list[Item]:
+    """ReaLMistake (psunlpgroup/ReaLMistake's data/<task>/<model>.jsonl; ryokamoi/realmistake, one
+    config per task, splits gpt4 and llama2): `input` (the task's prompt to GPT-4 or Llama 2 70B),
+    `llm_response`, `error_label` ("error" or "no_error"), `error_categories`, `human_explanation`
+    and `metadata` {id, task_name, task_source, llm_response_model, difficulty, ...}. One item:
+    the response, rewarded 1 when it has no error; metadata.id is the id, metadata.task_name the
+    subset, the error categories and the responding model go to meta."""
+    label = _field(rec, "error_label")
+    if not isinstance(label, str) or label not in _REALMISTAKE_LABELS:
+        raise DataError(rec.where, "error_label", f'expected "error" or "no_error", got {label!r}')
+    metadata = rec.data.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise DataError(rec.where, "metadata", f"expected an object, got {type(metadata).__name__}")
+    own = metadata.get("id")
+    if own is not None and (isinstance(own, bool) or not isinstance(own, str | int)):
+        raise DataError(rec.where, "metadata.id", f"expected a string or an integer, got {type(own).__name__}")
+    meta: dict[str, Any] = {}
+    for key in ("task_name", *_REALMISTAKE_META):
+        value = metadata.get(key)
+        if value is not None and not isinstance(value, str):
+            raise DataError(rec.where, f"metadata.{key}", f"expected a string, got {type(value).__name__}")
+        if value and key != "task_name":
+            meta[key] = value
+    categories = rec.data.get("error_categories")
+    if categories is not None:
+        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+            raise DataError(rec.where, "error_categories", "expected a list of strings (the error's categories)")
+        meta["error_categories"] = list(categories)
+    item = Item(_user(_field(rec, "input"), rec.where, "input"),
+                [_text(_field(rec, "llm_response"), "llm_response", rec.where)], [_REALMISTAKE_LABELS[label]],
+                str(own) if own is not None else _id(rec), _source(rec), metadata.get("task_name") or None, meta)
+    return [validate(item, rec.where)]
+
+
 CONVERTERS: dict[str, Callable[[Record], list[Item]]] = {
     "items": _from_items,
     "pairwise": _from_pairwise,
@@ -637,6 +682,7 @@ CONVERTERS: dict[str, Callable[[Record], list[Item]]] = {
     "ppe_preference": _from_ppe_preference,
     "ppe_correctness": _from_ppe_correctness,
     "rewardbench2": _from_rewardbench2,
+    "realmistake": _from_realmistake,
 }
 
 # Formats whose item spans consecutive records with the same value of a key.
@@ -658,13 +704,15 @@ HUB_SPLITS: dict[str, dict[str, str]] = {
 }
 
 # Checked in order; the first whose keys are all present wins (rmbench before pairwise: same
-# keys; hh_rlhf is pairwise strings without a prompt; prompts last: any record has a prompt).
+# keys; hh_rlhf is pairwise strings without a prompt; prompts last: any record has a prompt;
+# realmistake's keys are its own, no other layout has `input` and `llm_response`).
 _SIGNATURES: dict[str, tuple[str, ...]] = {
     "items": ("conversation", "responses", "rewards"),
     "ppe_preference": ("question_id", "prompt", "response_1", "response_2", "winner"),
     "ppe_correctness": ("prompt", "response_1", "scores", "sampled_conflict_pairs"),
     "rewardbench2": ("prompt", "chosen", "rejected", "num_correct", "subset"),
     "judgebench": ("pair_id", "question", "response_A", "response_B", "label"),
+    "realmistake": ("input", "llm_response", "error_label"),
     "rmb_pairwise": ("pair_uid", "conversation_input", "chosen", "reject"),
     "rmb_bon": ("bon_uid", "conversation_input", "bon_best", "loser_list"),
     "ultrafeedback": ("chosen", "rejected", "score_chosen", "score_rejected"),

@@ -60,6 +60,13 @@ def parse_scores(text: object, n: int, low: int = 1, high: int = 10) -> list[int
     return scores
 
 
+def parse_choice(text: object, n: int) -> list[int] | None:
+    """A judge's pick as scores: the position j (1..n) in the last `\\boxed{j}` of `text`
+    read as 1 for response j and 0 for the others (prompt order), or None (a parse failure)."""
+    pick = parse_scores(text, 1, 1, n)
+    return None if pick is None else [int(p == pick[0]) for p in range(1, n + 1)]
+
+
 def format_scores(scores: Sequence[int]) -> str:
     """`\\boxed{9, 2}`: the score line a generation ends with, inverse of `parse_scores`."""
     for i, s in enumerate(scores):

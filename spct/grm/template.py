@@ -3,6 +3,9 @@
 A template's first line may declare its score range in a Jinja comment,
 `{#- spct: low=1 high=10 -#}`, so the range travels with the wording that asks for it and a
 swapped template cannot disagree with the parser. Without the header the range is 1..10.
+`{#- spct: output=choice -#}` declares a judge that picks one response (`\boxed{j}`, j its
+prompt position) instead of scoring each: its pick reads as score 1 for the chosen response and
+0 for the others, so Voting@k over picks is a majority vote (the LLM-as-a-judge baseline).
 
 Variables a template sees: `conversation` (the list of {role, content} turns), `responses`
 (already in prompt order), `n`, `low` and `high` (the declared range), and for convenience
@@ -28,7 +31,8 @@ from spct.grm.rules import check_order, hint_position
 from spct.item import DataError, Item
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
-BUILTIN_TEMPLATES: tuple[str, ...] = ("default", "single", "compact")
+BUILTIN_TEMPLATES: tuple[str, ...] = ("default", "single", "compact", "judge")
+OUTPUTS = ("scores", "choice")
 DEFAULT_LOW, DEFAULT_HIGH = 1, 10
 HINT_LINE = "The best response is: Response {j}"
 
@@ -52,6 +56,11 @@ class Template:
     source: str
     low: int = DEFAULT_LOW
     high: int = DEFAULT_HIGH
+    output: str = "scores"  # "choice": picks one response (low, high = 0, 1: its one-hot reading)
+
+    @property
+    def choice(self) -> bool:
+        return self.output == "choice"
 
     def __post_init__(self) -> None:
         for key in ("low", "high"):
@@ -66,9 +75,9 @@ class Template:
     @classmethod
     def from_source(cls, source: str, name: str = "<string>") -> Template:
         """Parse the range header and check the Jinja syntax; errors name `name` and the line."""
-        low, high = _read_header(source, name)
+        low, high, output = _read_header(source, name)
         _compile(source, name)
-        return cls(name=name, source=source, low=low, high=high)
+        return cls(name=name, source=source, low=low, high=high, output=output)
 
     def render(self, conversation: list[dict[str, str]], responses: Sequence[str], reference: str | None = None) -> str:
         """The prompt text for responses already in prompt order, trailing whitespace removed."""
@@ -119,6 +128,15 @@ def _load(path: str, name: str, mtime_ns: int, size: int) -> Template:
         return Template.from_source(f.read(), name)
 
 
+def compile_file(path: str | os.PathLike[str]) -> jinja2.Template:
+    """A plain Jinja file (no score range: e.g. a meta RM's input template), compiled with the
+    GRM templates' settings; a missing file or a syntax error names the file (and line)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"template not found: {path} (expected a .j2 file)")
+    return _compile(path.read_text(encoding="utf-8"), str(path))
+
+
 @functools.lru_cache(maxsize=64)
 def _compile(source: str, name: str) -> jinja2.Template:
     try:
@@ -127,18 +145,24 @@ def _compile(source: str, name: str) -> jinja2.Template:
         raise ValueError(f"{name}:{e.lineno}: template syntax error: {e.message}") from None
 
 
-def _read_header(source: str, name: str) -> tuple[int, int]:
+def _read_header(source: str, name: str) -> tuple[int, int, str]:
     first_line = source.split("\n", 1)[0]
     match = _HEADER.match(first_line.strip())
     if match is None:
-        return DEFAULT_LOW, DEFAULT_HIGH
+        return DEFAULT_LOW, DEFAULT_HIGH, "scores"
     body = match.group("body").strip()
     settings: dict[str, int] = {}
+    output = "scores"
     for part in _SETTING.finditer(body):
         key, value = part.group("key"), part.group("value")
+        if key == "output":
+            if value not in OUTPUTS:
+                raise ValueError(f"{name}:1: spct header: output must be one of {', '.join(OUTPUTS)}, got '{value}'")
+            output = value
+            continue
         if key not in ("low", "high"):
             raise ValueError(
-                f"{name}:1: unknown setting '{key}' in the spct header (known: low, high)"
+                f"{name}:1: unknown setting '{key}' in the spct header (known: low, high, output)"
             )
         try:
             settings[key] = int(value)
@@ -147,12 +171,16 @@ def _read_header(source: str, name: str) -> tuple[int, int]:
                 f"{name}:1: spct header: {key} must be an integer, got '{value}'"
             ) from None
     if _SETTING.sub("", body).strip():
-        raise ValueError(f"{name}:1: spct header: expected 'low=<int> high=<int>', got '{body}'")
+        raise ValueError(f"{name}:1: spct header: expected 'low=<int> high=<int>' or 'output=choice', got '{body}'")
+    if output == "choice":
+        if settings:
+            raise ValueError(f"{name}:1: spct header: a choice template has no score range (low, high)")
+        return 0, 1, output
     low = settings.get("low", DEFAULT_LOW)
     high = settings.get("high", DEFAULT_HIGH)
     if low >= high:
         raise ValueError(f"{name}:1: spct header: low ({low}) must be below high ({high})")
-    return low, high
+    return low, high, output
 
 
 def _question_index(conversation: list[dict[str, str]]) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spct.grm.parsing import parse_scores
+from spct.grm.parsing import parse_choice, parse_scores
 from spct.grm.rules import is_correct, is_neutral, map_back, rule_reward
 from spct.item import Item
 
@@ -21,13 +21,15 @@ from spct.item import Item
 @dataclass(frozen=True)
 class Shown:
     """One GRM prompt: `item` with its responses shown in `order` (position p shows response
-    order[p]), on the template scale (low, high)."""
+    order[p]), on the template scale (low, high); `choice`: the template picks one response
+    (read as 1 for it and 0 for the others) instead of scoring each."""
 
     item: Item
     order: list[int]
     prompt: str  # the text trained on and recorded
     scale: tuple[float, float]
     sent: str | None = None  # the text sent to the engine when it differs (a hinted RFT prompt)
+    choice: bool = False
 
     @property
     def text(self) -> str:
@@ -71,6 +73,11 @@ class Trajectory:
 def read(shown: Shown, result: Mapping[str, Any]) -> list[Trajectory]:
     """The samples of one engine result (the generation of `shown.text`) as trajectories."""
     low, high = shown.scale
-    return [Trajectory(shown, s["text"], map_back(parse_scores(s["text"], shown.item.n, low, high), shown.order),
+    n = shown.item.n
+
+    def parse(text: str) -> list[int] | None:
+        return parse_choice(text, n) if shown.choice else parse_scores(text, n, low, high)
+
+    return [Trajectory(shown, s["text"], map_back(parse(s["text"]), shown.order),
                        list(s.get("token_ids", [])), s.get("logprobs"), int(result.get("version", 0)))
             for s in result["samples"]]

@@ -187,7 +187,8 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
         from spct.meta_rm import MetaRM
 
         return (ray.remote(MetaRM).options(num_cpus=1, num_gpus=c.cluster.gpus(1))
-                .remote(model=c.meta_rm.path, dtype=c.meta_rm.dtype, max_length=c.meta_rm.max_length, seed=c.seed))
+                .remote(model=c.meta_rm.path, dtype=c.meta_rm.dtype, max_length=c.meta_rm.max_length, seed=c.seed,
+                         input_template=c.meta_rm.input_template))
 
     meta = None
     try:

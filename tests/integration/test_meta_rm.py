@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from spct.meta_rm import MetaRM
+from spct.meta_rm import MetaRM, trajectory_text
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ def test_long_inputs_lose_their_beginning_not_their_scores(local: MetaRM):
     b = {"prompt": "Another, different opening. " * 20 + grm_prompt(3, 4), "completion": CORRECT}
     ids = local.encode(a)
     assert len(ids) == local.max_length == 24
-    full = local.tokenizer(local.text(a), add_special_tokens=False)["input_ids"]
+    full = local.tokenizer(trajectory_text(local.tokenizer, a), add_special_tokens=False)["input_ids"]
     assert ids == full[-24:]
     assert local.tokenizer.decode(ids).endswith("\\boxed{9, 2}<|end|>")
     assert local.encode(b) == ids
@@ -84,12 +84,12 @@ def test_long_inputs_lose_their_beginning_not_their_scores(local: MetaRM):
 
 def test_input_text_is_the_chat_conversation_or_plain_text(local: MetaRM):
     t = {"prompt": "the query", "completion": "the critique"}
-    text = local.text(t)
+    text = trajectory_text(local.tokenizer, t)
     assert text.index("the query") < text.index("<|assistant|>") < text.index("the critique")
     template = local.tokenizer.chat_template
     try:
         local.tokenizer.chat_template = None
-        assert local.text(t) == "the query\nthe critique"
+        assert trajectory_text(local.tokenizer, t) == "the query\nthe critique"
     finally:
         local.tokenizer.chat_template = template
 

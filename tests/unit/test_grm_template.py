@@ -57,7 +57,36 @@ def test_builtin_ranges_come_from_the_template_files():
     assert (load_template("single").low, load_template("single").high) == (0, 1)
     assert (load_template("compact").low, load_template("compact").high) == (1, 10)
     for name in BUILTIN_TEMPLATES:
-        assert load_template(name).source.startswith("{#- spct: low=")
+        assert load_template(name).source.startswith("{#- spct: low=" if name != "judge" else "{#- spct: output=choice")
+    assert [name for name in BUILTIN_TEMPLATES if load_template(name).choice] == ["judge"]
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 0, 1], [1, 2, 0]])
+def test_a_judge_pick_reads_as_a_vote_for_the_picked_response_in_item_order(order):
+    """The LLM-as-a-judge template: one pick per sample, by prompt position; read back it is
+    1 for the response shown there and 0 for the others, in the item's own order, so Voting@k
+    over picks is a majority vote."""
+    from spct.grm.trajectory import Shown, read
+
+    item = Item(conversation=[{"role": "user", "content": "q"}], responses=["a", "b", "c"], rewards=[1.0, 0.0, 0.0])
+    template = load_template("judge")
+    prompt = build_prompt(item, order, template=template)
+    assert "an integer from 1 to 3" in prompt and prompt.index("[The Begin of Response 3]") < prompt.index("Best:")
+    shown = Shown(item, order, prompt, (template.low, template.high), choice=template.choice)
+    texts = ["Best: \\boxed{2}", "\\boxed{4}", "no pick", "\\boxed{1, 2}"]
+    got = [t.scores for t in read(shown, {"samples": [{"text": x} for x in texts]})]
+    picked = [0, 0, 0]
+    picked[order[1]] = 1
+    assert got == [picked, None, None, None]
+
+
+@pytest.mark.parametrize("header, error", [
+    ("{#- spct: output=choice low=1 -#}", "a choice template has no score range"),
+    ("{#- spct: output=pick -#}", "output must be one of scores, choice, got 'pick'"),
+])
+def test_a_bad_output_header_names_the_file_and_line(header, error):
+    with pytest.raises(ValueError, match=f"mine.j2:1: .*{error}"):
+        Template.from_source(header + "\n{{ question }}", "mine.j2")
 
 
 def test_loaded_templates_are_cached():
