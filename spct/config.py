@@ -80,7 +80,7 @@ class MetaRMRef:
     max_length: int | None = None
     dtype: str | None = None
     # The Jinja file its input is framed by (prompt, completion); null: its card's, else the
-    # GRM conversation in the tokenizer's chat (docs/training.md, "The meta RM's input").
+    # GRM conversation in the tokenizer's chat (docs/architecture.md, the meta_rm phase).
     input_template: str | None = None
 
 
@@ -514,8 +514,10 @@ def meta_input_problem(path: str | None) -> str | None:
 
     try:
         text = compile_file(path).render(prompt="PROMPT", completion="COMPLETION")
-    except (OSError, ValueError, jinja2.TemplateError) as e:
+    except jinja2.TemplateError as e:
         return f"{path}: {e}"
+    except (OSError, ValueError) as e:  # these name the file (and line)
+        return str(e)
     missing = [v for v in ("PROMPT", "COMPLETION") if v not in text]
     if missing:
         return f"{path}: expected a template that shows {{{{ prompt }}}} and {{{{ completion }}}}; it leaves out " + \

@@ -27,7 +27,7 @@ from spct.versions import check_versions
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
-def input_template(path: str | os.PathLike[str] | None):
+def load_input_template(path: str | os.PathLike[str] | None):
     """The Jinja template a meta RM reads its input through (`meta_rm.input_template`), or None
     for the default framing. It sees `prompt` (the GRM prompt: query and responses) and
     `completion` (the GRM's principles, critique and scores); its text is the whole input."""
@@ -40,7 +40,7 @@ def input_template(path: str | os.PathLike[str] | None):
 
 def trajectory_text(tokenizer, trajectory: Mapping[str, Any], template=None) -> str:
     """The classifier's input: the GRM conversation as the tokenizer's chat renders it, or the
-    text of the meta RM's input `template` (from `input_template`)."""
+    text of the meta RM's input `template` (from `load_input_template`)."""
     prompt, completion = trajectory["prompt"], trajectory["completion"]
     if template is not None:
         return template.render(prompt=prompt, completion=completion)
@@ -111,7 +111,7 @@ class MetaRM:
             # the meta RM scores while the other actors wait, it may use every core.
             torch.set_num_threads(num_threads)
         self.micro_batch_size, self.max_batch_tokens = micro_batch_size, max_batch_tokens
-        self.template = input_template(input_template)
+        self.template = load_input_template(input_template)
 
         path = _local_or_hub(model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)

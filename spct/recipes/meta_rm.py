@@ -15,7 +15,7 @@ import json
 import random
 
 from spct.grm import is_neutral, meta_target, random_order
-from spct.meta_rm import encode_trajectory, input_template
+from spct.meta_rm import encode_trajectory, load_input_template
 from spct.recipes.context import Context
 from spct.scoring import roc_auc
 
@@ -63,7 +63,7 @@ def run_meta_rm(p: Context) -> dict:
 
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=False, task="classification",
                             model=c.model or p.state.model)
-    framing = input_template(c.input_template)
+    framing = load_input_template(c.input_template)
     encoded = [encode_trajectory(p.tokenizer, t, c.max_length, framing) for t in data]
     labels = [t["label"] for t in data]
     for step, done in p.steps(c.steps, resume=False):

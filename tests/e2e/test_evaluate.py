@@ -42,7 +42,7 @@ def evaluated(tiny_model_dir, tmp_path_factory):
     # A model spct did not train has no card: its settings are given.
     log = _evaluate(out, f"model={tiny_model_dir}", "model.template=compact", "model.max_model_len=512",
                     "model.dtype=float32", "model.max_new_tokens=24", f"benchmarks=[{','.join(specs)}]", "k_max=2",
-                    "max_items=3", "data.test_size=6", "with_reference=true")
+                    "max_items=3", "data.test_size=6", "with_reference=true", "judge=judge")
     return out, log
 
 
@@ -53,7 +53,12 @@ def test_every_benchmark_gets_a_table_a_plot_and_its_generations(evaluated):
     for label in labels:
         folder = out / label
         rows = list(csv.DictReader((folder / "table.csv").open()))
-        assert [(r["method"], int(r["k"])) for r in rows] == [("Greedy", 1), ("Voting", 1), ("Voting", 2)]
+        # judge=judge: the LLM-as-a-judge baseline on the same items, beside the GRM's rows
+        # (not where an item has a single response: a judge picks among several).
+        judged = (folder / "judge_generations.jsonl").exists()
+        assert judged or label == "synthetic"
+        assert [(r["method"], int(r["k"])) for r in rows] == [("Greedy", 1), ("Voting", 1), ("Voting", 2)] + \
+            [("Judge", 1), ("Judge voting", 1), ("Judge voting", 2)] * judged
         assert (folder / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "| Voting | 2 |" in (folder / "table.md").read_text()
         gens = [json.loads(line) for line in (folder / "generations.jsonl").open()]
@@ -63,11 +68,20 @@ def test_every_benchmark_gets_a_table_a_plot_and_its_generations(evaluated):
             assert sorted(g["order"]) == list(range(len(g["order"])))
             assert set(g) >= {"item", "order", "text", "scores", "meta_score"}
         greedy_orders += [g["order"] for g in gens if g["sample"] == "greedy"]
+        if not judged:
+            assert any(len(g["order"]) == 1 for g in gens)
+            continue
+        picks = [json.loads(line) for line in (folder / "judge_generations.jsonl").open()]
+        assert [(p["item"], p["sample"]) for p in picks] == [(g["item"], g["sample"]) for g in gens]
+        assert all(p["prompt"].endswith("Best: \\boxed{j}") for p in picks)
+        # A pick reads as one vote for the picked response, 0 for the others.
+        assert all(p["scores"] is None or sorted(p["scores"]) == [0] * (len(p["order"]) - 1) + [1] for p in picks)
     # The greedy sample is shuffled too: the loaders put the labelled-best response first.
     assert any(o != sorted(o) for o in greedy_orders) and any(o == sorted(o) for o in greedy_orders)
     summary = (out / "summary.md").read_text()
     assert all(label in summary for label in labels) and f"mean of {len(labels)}" in summary
     assert "Overall" not in summary  # the paper's needs RewardBench, PPE and one RMB set
+    assert "| Judge voting | 2 |" in summary
     metrics = json.loads((out / "rewardbench2" / "metrics.json").read_text())["Voting@2"]
     assert {k for k in metrics if k.startswith("subset/")} == {"subset/Factuality", "subset/Ties"}
     metrics = json.loads((out / "ppe_correctness" / "metrics.json").read_text())["Greedy@1"]

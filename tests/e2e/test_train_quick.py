@@ -271,17 +271,26 @@ def test_policy_on_a_prompts_file_judged_one_rollout_at_a_time(quick_run, tmp_pa
 def test_a_grm_trained_on_helpsteer3_and_evaluated_on_ultrafeedback(tmp_path):
     """The user's path with two of the sets reward models are trained on, each a copy in its hub
     layout: RFT and RL on HelpSteer3 (its config by name, the preference strength gating the
-    hinted sample), eval on UltraFeedback's test_prefs, then policy_sft on the chosen answers."""
+    hinted sample), a meta RM reading its own framing of the trajectories, eval on
+    UltraFeedback's test_prefs, then policy_sft on the chosen answers."""
     hs3, uf = layouts.helpsteer3(tmp_path / "HelpSteer3"), layouts.ultrafeedback(tmp_path / "ultrafeedback")
+    framing = tmp_path / "framing.j2"
+    framing.write_text("Judged:\n{{ prompt }}\nVerdict:\n{{ completion }}\n")
     out = tmp_path / "run"
     log = _finish(_train(out, "data=files", f"data.train={{path:{hs3},subset:preference}}", "data.format=helpsteer3",
-                   f"data.test={{path:{uf},format:ultrafeedback}}", "phases=[rft,rl,eval,policy_sft]",
+                   f"data.test={{path:{uf},format:ultrafeedback}}", "phases=[rft,rl,meta_rm,eval,policy_sft]",
                    "rft.hint_min_strength=2", "eval.k_max=2", *POLICY_QUICK[:3],
                    # General instruction data in RFT's batches: UltraFeedback's SFT split.
-                   f"rft.general_data={{path:{uf},split:train_sft}}", "rft.general_mix=0.5"))
+                   f"rft.general_data={{path:{uf},split:train_sft}}", "rft.general_mix=0.5",
+                   f"meta_rm.input_template={framing}"))
     results = json.loads((out / "results.json").read_text())["results"]
-    assert list(results) == ["rft", "rl", "eval", "policy_sft"]
+    assert list(results) == ["rft", "rl", "meta_rm", "eval", "policy_sft"]
     assert results["eval"]["scaling"]
+    # The framing travels in the saved meta RM, and the eval phase scored through it (MetaRM@k).
+    meta = out / "checkpoints" / "meta_rm-final" / "model"
+    assert (meta / "spct_meta_rm_input.j2").read_text() == framing.read_text()
+    assert json.loads((meta / "spct.json").read_text())["settings"]["input_template"] == str(framing)
+    assert [r["method"] for r in results["eval"]["scaling"]].count("MetaRM") == 2
     judged = {json.loads(line)["item"] for line in (out / "eval" / "test" / "generations.jsonl").read_text().splitlines()}
     assert len(judged) == 7  # test_prefs' 8 pairs, one tie left out
     rows = [json.loads(line) for line in (out / "rft" / "trajectories.jsonl").read_text().splitlines()]

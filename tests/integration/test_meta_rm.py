@@ -94,6 +94,22 @@ def test_input_text_is_the_chat_conversation_or_plain_text(local: MetaRM):
         local.tokenizer.chat_template = template
 
 
+def test_an_input_template_frames_the_trajectory_as_the_meta_rm_was_trained(tiny_model_dir, tmp_path):
+    """meta_rm.input_template: the classifier reads the template's text (plain text with the
+    tokenizer's special tokens), which is what the meta_rm phase trains it on too."""
+    from spct.meta_rm import encode_trajectory, load_input_template
+
+    path = tmp_path / "framing.j2"
+    path.write_text("Judged:\n{{ prompt }}\nVerdict:\n{{ completion }}")
+    framed = MetaRM(str(tiny_model_dir), **{**KWARGS, "max_length": 64}, input_template=str(path))
+    t = {"prompt": "the query", "completion": "the critique"}
+    expected = framed.tokenizer("Judged:\nthe query\nVerdict:\nthe critique")["input_ids"][-64:]
+    assert framed.encode(t) == expected
+    assert encode_trajectory(framed.tokenizer, t, 64, load_input_template(str(path))) == expected
+    plain = MetaRM(str(tiny_model_dir), **{**KWARGS, "max_length": 64})
+    assert plain.encode(t) != expected and framed.score([t]) != plain.score([t])
+
+
 def test_bad_trajectories_fail_naming_the_index_and_field(local: MetaRM):
     with pytest.raises(ValueError, match=r"trajectory 1: field 'completion'"):
         local.score([{"prompt": "q", "completion": "c"}, {"prompt": "q"}])

@@ -59,6 +59,7 @@ TRAIN = [
     (["experiment=policy", "policy.reward.kind=judge", "policy.reward.k_meta=2"],
      "policy.reward.kind: expected one of grm, oracle"),
     (["data.train_size=10"], "warmup.batch_size: expected at most the 10 items of the train split"),
+    (["meta_rm.input_template=/no/framing.j2"], "meta_rm.input_template: template not found: /no/framing.j2"),
 ]
 # Checks a dry run reports as warnings (a command checked on a machine other than the one it
 # runs on): only the real command fails on them.
@@ -79,6 +80,9 @@ EVALUATE = [
     ([*TINY, "model.template=nope"], "model.template: prompt template not found"),
     ([*TINY, "meta_rm=/no/meta"], "meta_rm.path: expected an existing file or folder"),
     ([*TINY, "rollout.num_engines=0"], "rollout.num_engines: expected > 0, got 0"),
+    ([*TINY, "judge=default"], "judge: expected a choice template (its first line '{{#- spct: output=choice -#}}'"),
+    ([*TINY, "judge=/no/judge.j2"], "judge: prompt template not found: /no/judge.j2"),
+    ([*TINY, "judge_model={model}"], "judge_model: expected null unless judge is set"),
     (["model=/no/grm"], "model.path: expected an existing file or folder"),
     (["rescore=true", "output_dir={empty}"], "rescore: expected an earlier evaluation in output_dir"),
 ]

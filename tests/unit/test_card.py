@@ -77,6 +77,46 @@ def test_an_rft_teacher_or_policy_grm_is_served_with_its_own_settings(grm):
     assert (hub.template, hub.max_new_tokens, hub.tiny_preset) == ("default", 64, None)
 
 
+def test_a_meta_rm_carries_its_input_template_and_is_scored_through_it(tmp_path, caplog):
+    """meta_rm.input_template travels in the saved meta RM: a later scorer (evaluate, serve, a
+    policy run) frames trajectories as it was trained to read them, even after the file moved;
+    one set explicitly wins with a warning; a template that hides the completion is refused."""
+    from spct.config import MetaRMRef, resolve_meta_rm
+
+    own = tmp_path / "framing.j2"
+    own.write_text("Query and responses:\n{{ prompt }}\nVerdict:\n{{ completion }}\nCorrect?")
+    folder = tmp_path / "meta_rm-final" / "model"
+    folder.mkdir(parents=True)
+    write_card(folder, "meta_rm", {"dtype": "float32", "max_length": 512, "input_template": str(own)}, {})
+    own.unlink()
+    ref = MetaRMRef(path=str(folder))
+    resolve_meta_rm(ref, "bfloat16")
+    assert (ref.dtype, ref.max_length) == ("float32", 512)
+    assert ref.input_template == str((folder / "spct_meta_rm_input.j2").resolve())
+    assert "Verdict:" in (folder / "spct_meta_rm_input.j2").read_text()
+
+    plain = tmp_path / "m2"
+    plain.mkdir()
+    write_card(plain, "meta_rm", {"dtype": "float32", "max_length": 512, "input_template": None}, {})
+    ref = MetaRMRef(path=str(plain))
+    resolve_meta_rm(ref, "bfloat16")
+    assert ref.input_template is None and not (plain / "spct_meta_rm_input.j2").exists()
+
+    other = tmp_path / "other.j2"
+    other.write_text("{{ prompt }} => {{ completion }}")
+    ref = MetaRMRef(path=str(folder), input_template=str(other))
+    with caplog.at_level(logging.WARNING, logger="spct"):
+        resolve_meta_rm(ref, "bfloat16")
+    assert ref.input_template == str(other) and "meta_rm.input_template=" in caplog.text
+
+    other.write_text("{{ prompt }} only")
+    with pytest.raises(ConfigError, match=r"meta_rm.input_template: .*other.j2: .*leaves out completion"):
+        resolve_meta_rm(MetaRMRef(path=str(plain), input_template=str(other)), "bfloat16")
+    other.write_text("{{ prompt }} {{ completion }} {{ scores }}")
+    with pytest.raises(ConfigError, match=r"meta_rm.input_template: .*'scores' is undefined"):
+        resolve_meta_rm(MetaRMRef(path=str(plain), input_template=str(other)), "bfloat16")
+
+
 def test_a_damaged_card_is_named(tmp_path):
     (tmp_path / "spct.json").write_text("{not json")
     with pytest.raises(CardError, match="spct.json: not a readable spct model card"):
