@@ -13,6 +13,7 @@ EXTRA  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP  := $(VENV)/.spct-installed-$(EXTRA)
 ARGS   ?=
 PYTEST_ARGS ?=
+UNIT_JOBS ?= 2
 
 .PHONY: setup test unit train evaluate serve lint clean
 
@@ -35,11 +36,14 @@ endif
 	@rm -f $(VENV)/.spct-installed-*
 	@touch $@
 
+# The unit tests run UNIT_JOBS at a time (pytest-xdist); the integration and end-to-end tests one
+# at a time, as each starts Ray actors that use every core.
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(UNIT_JOBS) $(PYTEST_ARGS) tests/unit
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests/integration tests/e2e
 
 unit: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests/unit
+	$(PY) -m pytest -q -n $(UNIT_JOBS) $(PYTEST_ARGS) tests/unit
 
 train: setup
 	$(PY) -m spct.train $(ARGS)
