@@ -13,7 +13,6 @@ EXTRA  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP  := $(VENV)/.spct-installed-$(EXTRA)
 ARGS   ?=
 PYTEST_ARGS ?=
-UNIT_JOBS ?= 2
 
 .PHONY: setup test unit train evaluate serve lint clean
 
@@ -36,14 +35,13 @@ endif
 	@rm -f $(VENV)/.spct-installed-*
 	@touch $@
 
-# The unit tests run UNIT_JOBS at a time (pytest-xdist); the integration and end-to-end tests one
-# at a time, as each starts Ray actors that use every core.
+# Two pytest-xdist workers: the tests that start Ray actors run on one, one at a time and in
+# order (tests/conftest.py); the unit tests run on the other, in the first's idle time.
 test: setup
-	$(PY) -m pytest -q -n $(UNIT_JOBS) $(PYTEST_ARGS) tests/unit
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests/integration tests/e2e
+	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS) tests
 
 unit: setup
-	$(PY) -m pytest -q -n $(UNIT_JOBS) $(PYTEST_ARGS) tests/unit
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS) tests/unit
 
 train: setup
 	$(PY) -m spct.train $(ARGS)

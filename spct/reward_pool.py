@@ -58,7 +58,6 @@ class GRMRewardPool:
         k: int,
         temperature: float = 0.5,
         seed: int | str = 0,
-        hint: bool = False,
         stream: str = "pool",
         keyed: bool = False,
     ) -> Callable[[], list[list[dict[str, Any]]]]:
@@ -80,8 +79,7 @@ class GRMRewardPool:
             rng = random.Random(f"{seed}:{stream}:{item.id if item.id is not None else i}")
             for _ in range(k):
                 order = random_order(item.n, rng)
-                prompt = build_prompt(item, order, hint=hint or None, template=self.template,
-                                      with_reference=self.with_reference)
+                prompt = build_prompt(item, order, template=self.template, with_reference=self.with_reference)
                 shown.append(Shown(item, order, prompt, scale, choice=self.template.choice))
         sampling = dict(n=1, temperature=temperature, max_tokens=self.max_new_tokens)
         seeds: str | list[int] = f"{seed}:{stream}"

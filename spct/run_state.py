@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("spct")
+# The folder, inside a learner state checkpoint, that DeepSpeed's save_checkpoint writes (its tag).
+CHECKPOINT_TAG = "learner"
 
 
 def _counts() -> dict[str, int]:
@@ -184,8 +186,6 @@ class RunStore:
     def problems(self, state: RunState) -> list[str]:
         """What is broken among the checkpoints `state` points at (paths outside the folder,
         such as a base model or a hub id, are not the run's to check)."""
-        from spct.learner.checkpoints import checkpoint_problem
-
         found = []
         for key, kind in (("model", "hf"), ("policy", "hf"), ("meta_rm", "hf"), ("phase_start", "hf"),
                           ("learner_state", "learner")):
@@ -210,3 +210,66 @@ class RunStore:
         steps = sorted(p for p in self.dir.glob("*-step*") if p.is_dir() and p not in in_use)
         for old in steps[: max(0, len(steps) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_problem(path: str | os.PathLike[str], kind: str = "hf") -> str | None:
+    """What is wrong with a saved checkpoint folder, or None when it looks whole.
+
+    kind "hf": a Hugging Face folder (config.json that parses; every *.safetensors file as long
+    as its header says). kind "learner": a `save_state` folder (the tagged folder, no empty
+    file, every *.pt file a whole archive, as torch.load needs: its directory at the end reads
+    and every entry lies inside the file). Reads headers and directories only, so it is quick
+    even for large models."""
+    import json
+    import struct
+
+    folder = os.fspath(path)
+    if not os.path.isdir(folder):
+        return "missing"
+    if kind == "learner":
+        tagged = os.path.join(folder, CHECKPOINT_TAG)
+        files = [os.path.join(tagged, f) for f in os.listdir(tagged)] if os.path.isdir(tagged) else []
+        if not files:
+            return f"no DeepSpeed state in {CHECKPOINT_TAG}/"
+        empty = [f for f in files if os.path.isfile(f) and os.path.getsize(f) == 0]
+        if empty:
+            return f"{os.path.basename(empty[0])} is empty"
+        return next(filter(None, (_archive_problem(f) for f in sorted(files) if f.endswith(".pt"))), None)
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError) as e:
+        return f"config.json unreadable ({type(e).__name__})"
+    weights = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    if not weights:
+        return "no *.safetensors weights"
+    for name in weights:
+        file = os.path.join(folder, name)
+        size = os.path.getsize(file)
+        try:
+            with open(file, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(length)) if 8 + length <= size else None
+        except (OSError, ValueError, struct.error):
+            header = None
+        if header is None:
+            return f"{name} is truncated (no whole header)"
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if size < 8 + length + end:
+            return f"{name} is truncated ({size} of {8 + length + end} bytes)"
+    return None
+
+
+def _archive_problem(file: str) -> str | None:
+    """What keeps torch.load from reading a torch.save file (a zip archive), or None."""
+    import zipfile
+
+    name, size = os.path.basename(file), os.path.getsize(file)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        return f"{name} is not a whole archive (truncated?)"
+    if any(e.header_offset + e.compress_size > size for e in entries):
+        return f"{name} is truncated"
+    return None

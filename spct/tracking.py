@@ -119,10 +119,6 @@ class Tracker:
 
             self._wandb.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
 
-    def summary(self, values: dict[str, Any]) -> None:
-        if self._wandb is not None:
-            self._wandb.summary.update(values)
-
     def finish(self) -> None:
         self._jsonl.close()
         if self._wandb is not None:

@@ -25,11 +25,15 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    if _has_cuda():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    # Under pytest-xdist (`make test`: -n 2 --dist loadgroup) the tests that start Ray actors run
+    # on one worker, one at a time and in order, sharing their module's cluster and the session's
+    # quick run; the unit tests fill the other worker.
+    actors = pytest.mark.xdist_group("actors")
+    skip = None if _has_cuda() else pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
+        if "integration" in item.keywords:
+            item.add_marker(actors)
+        if skip is not None and "gpu" in item.keywords:
             item.add_marker(skip)
 
 

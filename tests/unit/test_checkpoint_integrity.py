@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spct.learner.checkpoints import checkpoint_problem
-from spct.run_state import CheckpointError, RunState, RunStore
+from spct.run_state import CheckpointError, RunState, RunStore, checkpoint_problem
 
 
 def hf_folder(path: Path) -> Path:
