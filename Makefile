@@ -38,7 +38,7 @@ endif
 # Two pytest-xdist workers: the tests that start Ray actors run on one, one at a time and in
 # order (tests/conftest.py); the unit tests run on the other, in the first's idle time.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n 2 --dist loadscope $(PYTEST_ARGS) tests
 
 unit: setup
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS) tests/unit

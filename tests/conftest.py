@@ -25,16 +25,28 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    # Under pytest-xdist (`make test`: -n 2 --dist loadgroup) the tests that start Ray actors run
-    # on one worker, one at a time and in order, sharing their module's cluster and the session's
-    # quick run; the unit tests fill the other worker.
-    actors = pytest.mark.xdist_group("actors")
-    skip = None if _has_cuda() else pytest.mark.skip(reason="needs a CUDA GPU")
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "integration" in item.keywords:
-            item.add_marker(actors)
-        if skip is not None and "gpu" in item.keywords:
+        if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` (pytest-xdist, -n 2 --dist loadscope): the integration and end-to-end tests,
+    which start Ray actors that use every core, run on one worker, one at a time and in order
+    (sharing their module's cluster and the session's quick run); the unit tests, one by one,
+    fill the other worker."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ActorsOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "actors" if nodeid.startswith(("tests/integration/", "tests/e2e/")) else nodeid
+
+    return ActorsOnOneWorker(config, log)
 
 
 @pytest.fixture(scope="session")
