@@ -35,10 +35,11 @@ endif
 	@rm -f $(VENV)/.spct-installed-*
 	@touch $@
 
-# Two pytest-xdist workers: the tests that start Ray actors run on one, one at a time and in
-# order (tests/conftest.py); the unit tests run on the other, in the first's idle time.
+# The unit tests run two at a time (pytest-xdist); then the integration and end-to-end tests one
+# at a time, as each starts Ray actors that use every core. Both run; either failing fails.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadscope $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS) tests/unit; unit=$$?; \
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests/integration tests/e2e && exit $$unit
 
 unit: setup
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS) tests/unit

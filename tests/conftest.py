@@ -33,22 +33,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def pytest_xdist_make_scheduler(config, log):
-    """`make test` (pytest-xdist, -n 2 --dist loadscope): the integration and end-to-end tests,
-    which start Ray actors that use every core, run on one worker, one at a time and in order
-    (sharing their module's cluster and the session's quick run); the unit tests, one by one,
-    fill the other worker."""
-    if config.getvalue("dist") != "loadscope":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ActorsOnOneWorker(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return "actors" if nodeid.startswith(("tests/integration/", "tests/e2e/")) else nodeid
-
-    return ActorsOnOneWorker(config, log)
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The 'test' preset model and tokenizer, in Hugging Face format, built once per session."""
