@@ -249,7 +249,8 @@ class Batcher:
                     for e in part:
                         shares.append((e, len(responses)))
                         responses += e.job.item.responses
-                    item = Item(part[0].job.item.conversation, responses, [0.0] * len(responses))
+                    first = part[0].job.item
+                    item = Item(first.conversation, responses, [0.0] * len(responses), meta=first.meta)
                     if len(part) > 1:
                         reason = await run_in_threadpool(self.check, item)
                         if reason is not None:

@@ -39,7 +39,8 @@ class Limits:
     temperature: float
 
 
-SCORE_FIELDS = ("conversation", "query", "responses", "k", "temperature", "meta", "group", "group_size")
+SCORE_FIELDS = ("conversation", "query", "responses", "reference", "k", "temperature", "meta", "group",
+                "group_size")
 MAX_GROUP_ID = 256
 _ABSENT = object()
 
@@ -160,8 +161,11 @@ def parse_score_request(body: Any, prefix: str, limits: Limits, has_meta: bool) 
         has_meta,
     )
     group, group_size = parse_group(body.get("group"), body.get("group_size"), prefix, limits)
-    item = Item(conversation=conversation, responses=responses, rewards=[0.0] * len(responses))
-    key = None if group is None else json.dumps([group, conversation], ensure_ascii=False)
+    # A reference answer the GRM judges against (the templates show it after the query).
+    reference = body.get("reference")
+    shown = {} if reference is None else {"reference": _text(reference, prefix + "reference", limits)}
+    item = Item(conversation=conversation, responses=responses, rewards=[0.0] * len(responses), meta=shown)
+    key = None if group is None else json.dumps([group, conversation, reference], ensure_ascii=False)
     return ScoreJob(item, k, temperature, meta, key, group_size)
 
 

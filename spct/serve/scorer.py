@@ -181,6 +181,7 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
         num_cpus_per_engine=r.num_cpus_per_engine,
         num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size),
         wait=False,  # the meta RM loads while the engines start
+        with_reference=True,  # a request's `reference`, when it has one
     )
 
     def start_meta_rm() -> Any:

@@ -221,3 +221,37 @@ def test_a_failing_check_fails_its_batch_and_the_batcher_goes_on():
     failed, after = asyncio.run(scenario())
     assert all(isinstance(r, ValueError) for r in failed)
     assert [r["rewards"] for r in after] == [[1.0], [1.0]] and rec.calls[0][0] == [["c", "d"]]
+
+
+def test_a_reference_travels_with_its_request_and_its_group():
+    """/score's `reference`: the item carries it (the pool shows it after the query), requests
+    join a group only with the same reference, and the merged group keeps it."""
+    from spct.grm import build_prompt
+    from spct.serve.requests import Limits, RequestError, parse_score_request
+
+    limits = Limits(max_body_bytes=10**6, max_items=8, max_responses=8, max_chars_per_text=100, default_k=1,
+                    max_k=4, temperature=0.5)
+
+    def parse(response: str, reference) -> ScoreJob:
+        body = {"query": "2+2?", "responses": [response], "group": "g", "group_size": 2, "reference": reference}
+        return parse_score_request(body, "", limits, has_meta=False)
+
+    a, b, other = parse("4", "4"), parse("5", "4"), parse("5", "5")
+    assert a.item.meta == {"reference": "4"} and a.group == b.group != other.group
+    assert parse_score_request({"query": "q", "responses": ["r"]}, "", limits, False).item.meta == {}
+    with pytest.raises(RequestError) as bad:
+        parse("4", 4)
+    assert (bad.value.status, bad.value.field) == (422, "reference")
+
+    merged = []
+
+    class Keeper(Recorder):
+        def score(self, items, k, temperature, meta):
+            merged.extend(items)
+            return super().score(items, k, temperature, meta)
+
+    asyncio.run(concurrently(batcher(Keeper()), [[a], [b]]))
+    (item,) = merged
+    assert item.responses == ["4", "5"] and item.meta == {"reference": "4"}
+    prompt = build_prompt(item, [0, 1], template="default", with_reference=True)
+    assert prompt.index("2+2?") < prompt.index("Reference answer") < prompt.index("[The Begin of Response 1]")
