@@ -293,6 +293,7 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
     c, sources = load_config(cfg)
     warnings = [] if c.rescore else check_sources(
         {"model.path": (c.model.path, "model"), "meta_rm.path": (c.meta_rm.path, "model"),
+         "judge_model": (c.judge_model, "model"),
          **{f"benchmarks ({b}: {hub})": (hub, "dataset") for b in c.benchmarks if b in DEFAULT_SOURCES
             for hub in hub_ids(b)}},
         strict=not c.dry_run)

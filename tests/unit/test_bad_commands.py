@@ -83,6 +83,7 @@ EVALUATE = [
     ([*TINY, "judge=default"], "judge: expected a choice template (its first line '{{#- spct: output=choice -#}}'"),
     ([*TINY, "judge=/no/judge.j2"], "judge: prompt template not found: /no/judge.j2"),
     ([*TINY, "judge_model={model}"], "judge_model: expected null unless judge is set"),
+    ([*TINY, "judge=judge", "judge_model=/no/judge"], "judge_model: expected an existing file or folder"),
     (["model=/no/grm"], "model.path: expected an existing file or folder"),
     (["rescore=true", "output_dir={empty}"], "rescore: expected an earlier evaluation in output_dir"),
 ]
