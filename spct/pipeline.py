@@ -53,6 +53,23 @@ ROLES = {"model": "grm", "policy": "policy", "meta_rm": "meta_rm"}
 
 
 class Pipeline:
+    """The run: builds the components, runs the phases in order, checkpoints.
+
+    How each phase resumes (a rerun with the same output_dir; `checkpoint.every_steps` sets how
+    often a step checkpoint is written):
+    - warmup, rl, policy_sft, policy_rl: from the last step checkpoint, with the learner's
+      optimizer and schedule state; each step's data and samples are seeded by its step, so the
+      steps after it are the uninterrupted run's. rl reads its pre-filter's kept items back
+      (rl/prefilter.json) instead of judging again; policy_rl's engines report the restored
+      policy's version.
+    - rft: sampling goes on after the last chunk recorded in the run state (rft/trajectories.jsonl
+      is cut back to it), then its fine-tuning resumes like warmup's.
+    - meta_rm: from its beginning. Its training data are seeded samples of the finished GRM, so
+      they come out the same; only its own steps are redone.
+    - eval: from its beginning (it writes no step checkpoint).
+    A finished phase is skipped; a broken checkpoint falls back to the newest whole one.
+    """
+
     def __init__(self, config: Config):
         self.cfg = config
         self.out = Path(config.output_dir)
