@@ -199,14 +199,17 @@ class VLLMEngine:
         enable_sleep_mode: bool = False,
         num_threads: int = 0,
         block_size: int | None = None,
+        ray_workers: bool = False,
     ) -> None:
+        """`ray_workers`: the tensor-parallel workers are Ray actors in the bundles of this
+        actor's placement group that VLLM_RAY_BUNDLE_INDICES names; this actor holds no GPU."""
         check_versions(("torch", "vllm", "transformers"), role="rollout engine")
         # The engine core runs in this process (seconds to start on CPU instead of tens), unless
         # the user's environment (forwarded by spct.cluster.actor_env) says otherwise.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
-        self.on_gpu = torch.cuda.is_available()
+        self.on_gpu = ray_workers or torch.cuda.is_available()
         if num_threads and not self.on_gpu:
             # Ray caps an actor's OpenMP threads at its CPU reservation, and vLLM's CPU worker
             # forbids changing them once it has started: set them before it does. On a small node
@@ -224,6 +227,8 @@ class VLLMEngine:
         )
         if block_size is not None:
             kwargs["block_size"] = block_size
+        if ray_workers:
+            kwargs["distributed_executor_backend"] = "ray"
         if self.on_gpu:
             kwargs.update(
                 gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode

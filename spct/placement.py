@@ -2,8 +2,11 @@
 
 The group is reserved once, before any actor starts, with the strategy of the cluster preset
 (`cluster.placement_strategy`: PACK fills as few nodes as possible, SPREAD puts bundles on as
-many nodes as it can, STRICT_PACK / STRICT_SPREAD insist). Engine i takes bundle i; learner
-rank r takes bundle `num_engines + r`, and the learner's rendezvous address is rank 0's node.
+many nodes as it can, STRICT_PACK / STRICT_SPREAD insist). A bundle holds at most one GPU, as
+vLLM's Ray executor requires of the group its workers join: an engine of tensor-parallel size t
+takes t consecutive bundles, one per TP worker (engine i: bundles i*t .. i*t+t-1; the engine actor
+itself sits on the first with its CPUs and no GPU). Learner rank r takes the bundle after the
+engines' (`rank_indices[r]`), and the learner's rendezvous address is rank 0's node.
 The GRM reward pool, an RFT teacher and the policy phase's meta RM run beside the group, on
 what the cluster has left; the meta RM of the meta_rm and eval phases, when no learner runs,
 takes learner rank 0's place (`meta_rm_bundle`). Before anything starts, the run checks that
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -76,27 +80,42 @@ class Layout:
     colocate: bool = False  # engine i shares learner rank i's bundle (and GPU)
 
     @property
+    def workers(self) -> int:
+        """Bundles per engine: one per GPU of a tensor-parallel engine, else one."""
+        return max(1, int(self.engine_bundle.get("GPU", 0)))
+
+    def worker_bundles(self) -> list[dict[str, float]]:
+        """The bundles of one engine: its CPUs and first GPU, then one GPU per further TP worker."""
+        first = {k: (min(v, 1.0) if k == "GPU" else v) for k, v in self.engine_bundle.items()}
+        return [first] + [{"GPU": 1.0}] * (self.workers - 1)
+
+    def engine_indices(self, i: int) -> list[int]:
+        """The bundles engine i's TP workers take (the engine actor sits on the first)."""
+        return list(range(i * self.workers, (i + 1) * self.workers))
+
+    @property
     def bundles(self) -> list[dict[str, float]]:
         if self.colocate:
             shared = {k: self.rank_bundle.get(k, 0.0) + (v if k != "GPU" else 0.0)
                       for k, v in {**self.rank_bundle, **self.engine_bundle}.items()}
             return [shared] * self.ranks
-        return [dict(self.engine_bundle)] * self.engines + [dict(self.rank_bundle)] * self.ranks
+        return self.worker_bundles() * self.engines + [dict(self.rank_bundle)] * self.ranks
 
     @property
     def rank_indices(self) -> list[int]:
-        first = 0 if self.colocate else self.engines
+        first = 0 if self.colocate else self.engines * self.workers
         return list(range(first, first + self.ranks))
 
     def roles(self) -> list[tuple[str, dict[str, float]]]:
         """Every actor the run may hold at once, with its resources, for messages (a colocated
-        engine and learner rank count as one bundle)."""
+        engine and learner rank count as one bundle); the group's come first, one per bundle."""
         if self.colocate:
             group = [(f"learner rank {r}" + (f" + rollout engine {r}" if r < self.engines else ""), b)
                      for r, b in enumerate(self.bundles)]
         else:
-            group = ([(f"rollout engine {i}", dict(self.engine_bundle)) for i in range(self.engines)]
-                     + [(f"learner rank {r}", dict(self.rank_bundle)) for r in range(self.ranks)])
+            group = [(f"rollout engine {i}" + (f" TP worker {j}" if self.workers > 1 else ""), b)
+                     for i in range(self.engines) for j, b in enumerate(self.worker_bundles())]
+            group += [(f"learner rank {r}", dict(self.rank_bundle)) for r in range(self.ranks)]
         return group + list(self.extras)
 
 
@@ -167,7 +186,7 @@ def shortfall(lay: Layout, nodes: Sequence[Mapping[str, float]]) -> list[str]:
     """Why the live `nodes` (each a resource dict) cannot hold `lay`; empty when they can.
 
     Checks what Ray would otherwise leave pending forever: totals per resource, each bundle
-    against the largest node, STRICT_PACK's one node, STRICT_SPREAD's one node per bundle,
+    against the largest node, a tensor-parallel engine's GPUs against one node, STRICT_PACK's one node, STRICT_SPREAD's one node per bundle,
     and the node count the preset expects (`cluster.nodes`)."""
     problems = []
     if len(nodes) < lay.nodes:
@@ -180,8 +199,11 @@ def shortfall(lay: Layout, nodes: Sequence[Mapping[str, float]]) -> list[str]:
         need.update(res)
     for key, amount in sorted(need.items()):
         if amount > total.get(key, 0.0) + 1e-9:
-            who = ", ".join(sorted({role.rstrip("0123456789 ") for role, res in lay.roles() if res.get(key)}))
+            who = ", ".join(sorted({re.sub(r" \d+", "", role) for role, res in lay.roles() if res.get(key)}))
             problems.append(f"{key}: the run needs {amount:g} ({who}), the cluster has {total.get(key, 0.0):g}")
+    if lay.workers > 1 and not lay.colocate and not any(_fits(lay.engine_bundle, node) for node in nodes):
+        problems.append(f"rollout engine 0 needs {_show(lay.engine_bundle)} on one node (its {lay.workers} "
+                        "tensor-parallel workers); no node has that much")
     for role, res in lay.roles():
         if not any(_fits(res, node) for node in nodes):
             problems.append(f"{role} needs {_show(res)} on one node; no node has that much")
@@ -239,6 +261,14 @@ def reserve(lay: Layout, timeout_s: float = 120.0) -> Any:
     return pg
 
 
+def split_engines(lay: Layout, bundle_nodes: Mapping[int, str]) -> list[int]:
+    """The tensor-parallel engines whose workers' bundles landed on more than one node (they
+    still run, but every layer's all-reduce then crosses the network)."""
+    if lay.colocate or lay.workers == 1:
+        return []
+    return [i for i in range(lay.engines) if len({bundle_nodes[b] for b in lay.engine_indices(i)}) > 1]
+
+
 def placement_report(lay: Layout, pg) -> dict[str, Any]:
     """Which node (id and address) holds each bundle of a placed group: written to
     output_dir/placement.json at start, for the user and the tests."""
@@ -247,9 +277,14 @@ def placement_report(lay: Layout, pg) -> dict[str, Any]:
 
     table = placement_group_table(pg)
     address = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    split = split_engines(lay, table["bundles_to_node_id"])
+    if split:
+        log.warning("rollout engines %s: their tensor-parallel workers were placed on more than one node "
+                    "(output_dir/placement.json); they run, with every all-reduce across the network", split)
     roles = [role for role, _ in lay.roles()][: len(lay.bundles)]  # the group's come first
     return {"strategy": lay.strategy,
             "bundles": [{"role": role, "resources": res, "node_id": table["bundles_to_node_id"][i],
                          "node_address": address.get(table["bundles_to_node_id"][i])}
                         for i, (role, res) in enumerate(zip(roles, lay.bundles, strict=True))],
-            "beside": [{"role": role, "resources": res} for role, res in lay.extras]}
+            "beside": [{"role": role, "resources": res} for role, res in lay.extras],
+            "engines_across_nodes": split}

@@ -67,9 +67,29 @@ class Pending:
         return self._results
 
 
+def engine_options(options: dict[str, Any], placement_group, i: int, workers: int) -> tuple[dict[str, Any], dict]:
+    """Ray options and extra `VLLMEngine` arguments for engine i of a group whose engines take
+    `workers` consecutive bundles each (spct.placement.Layout.engine_indices): a one-GPU engine
+    holds its bundle's GPU; a tensor-parallel one sits on its first bundle holding no GPU, and
+    vLLM's Ray executor starts one TP worker per bundle (VLLM_RAY_BUNDLE_INDICES), since vLLM
+    refuses a placement group bundle with more than one GPU."""
+    if placement_group is None:
+        return dict(options), {}
+    first = i * workers
+    options = dict(options, scheduling_strategy=PlacementGroupSchedulingStrategy(
+        placement_group=placement_group, placement_group_bundle_index=first,
+        placement_group_capture_child_tasks=True))
+    if workers == 1:
+        return options, {}
+    env = {**options["runtime_env"]["env_vars"],
+           "VLLM_RAY_BUNDLE_INDICES": ",".join(str(b) for b in range(first, first + workers))}
+    return dict(options, num_gpus=0, runtime_env={**options["runtime_env"], "env_vars": env}), {"ray_workers": True}
+
+
 class RolloutGroup:
-    """N `VLLMEngine` actors. With a placement group, engine i takes bundle i (which must hold
-    its CPUs and GPUs); `engine_kwargs` are `VLLMEngine`'s arguments other than `model`.
+    """N `VLLMEngine` actors. With a placement group, engine i takes bundles i*t .. i*t+t-1 for
+    tensor-parallel size t (spct.placement.Layout); `engine_kwargs` are `VLLMEngine`'s arguments
+    other than `model`.
 
     The engines start at construction and the group waits for them there, unless `wait=False`:
     then other actors can start while the engines load, and `ready()` waits (the first use
@@ -134,14 +154,8 @@ class RolloutGroup:
         return self
 
     def _start(self, i: int) -> Any:
-        options = dict(self._options)
-        if self._placement is not None:
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=self._placement,
-                placement_group_bundle_index=i,
-                placement_group_capture_child_tasks=True,
-            )
-        return ray.remote(VLLMEngine).options(**options).remote(self.model, **self._kwargs)
+        options, extra = engine_options(self._options, self._placement, i, self.workers_per_engine)
+        return ray.remote(VLLMEngine).options(**options).remote(self.model, **self._kwargs, **extra)
 
     def restart(self, i: int) -> None:
         """Replace engine i (dead, or to be dropped) by a fresh one on the group's model path,

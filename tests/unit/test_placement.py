@@ -62,7 +62,8 @@ def test_a_bundle_no_node_can_hold_and_too_few_nodes_are_named():
     nodes = [{"CPU": 8.0, "GPU": 3.0}, {"CPU": 8.0, "GPU": 3.0}]
     problems = shortfall(lay, nodes)
     assert "cluster.nodes: expected 3 live nodes, found 2" in problems
-    assert "rollout engine 0 needs 1 CPU, 4 GPU on one node; no node has that much" in problems
+    assert ("rollout engine 0 needs 1 CPU, 4 GPU on one node (its 4 tensor-parallel workers); "
+            "no node has that much") in problems
 
 
 def test_colocated_engines_share_the_learner_ranks_bundles():
@@ -137,3 +138,108 @@ def test_the_gpu_presets_checkpoint_within_a_phase(preset):
     steps = {"rft": c.rft.sft_steps, "rl": c.rl.steps, "policy_rl": c.policy.steps}
     assert 0 < c.checkpoint.every_steps <= 50
     assert all(c.checkpoint.every_steps < steps[p] for p in c.phases if p in steps)
+
+
+TP_PRESET = ("experiment=grm-gemma-2-27b", "data.train=/d.jsonl", "data.test=/t.jsonl")
+
+
+def test_a_tensor_parallel_engine_takes_a_one_gpu_bundle_per_worker():
+    """vLLM's Ray executor refuses a placement group with a bundle of more than one GPU: the 27B
+    preset's engines (tensor parallel 2) take two bundles each, the learner ranks follow."""
+    lay = layout(_config(*TP_PRESET))
+    assert lay.workers == 2 and len(lay.bundles) == 8 * 2 + 16
+    assert max(b.get("GPU", 0) for b in lay.bundles) == 1 and sum(b.get("GPU", 0) for b in lay.bundles) == 32
+    assert lay.engine_indices(3) == [6, 7] and lay.rank_indices == list(range(16, 32))
+    assert lay.bundles[6] == {"CPU": 2.0, "GPU": 1.0} and lay.bundles[7] == {"GPU": 1.0}
+    assert [r for r, _ in lay.roles()][6:8] == ["rollout engine 3 TP worker 0", "rollout engine 3 TP worker 1"]
+    assert shortfall(lay, [GPU_NODE] * 4) == []
+    assert any(p.startswith("GPU: the run needs 32 (learner rank, rollout engine TP worker)")
+               for p in shortfall(lay, [GPU_NODE] * 3))
+
+
+def test_an_engine_actor_holds_no_gpu_and_names_its_workers_bundles():
+    from spct.rollout import engine_options
+
+    base = {"num_cpus": 2, "num_gpus": 2, "runtime_env": {"env_vars": {"A": "1"}}}
+    pg = object()
+    options, extra = engine_options(base, pg, 3, workers=2)
+    assert options["num_gpus"] == 0 and extra == {"ray_workers": True}
+    assert options["scheduling_strategy"].placement_group_bundle_index == 6
+    assert options["runtime_env"]["env_vars"] == {"A": "1", "VLLM_RAY_BUNDLE_INDICES": "6,7"}
+    one, extra = engine_options({**base, "num_gpus": 1}, pg, 3, workers=1)
+    assert (one["num_gpus"], extra, one["scheduling_strategy"].placement_group_bundle_index) == (1, {}, 3)
+    assert "VLLM_RAY_BUNDLE_INDICES" not in one["runtime_env"]["env_vars"]
+    assert engine_options(base, None, 3, workers=2) == (base, {})  # beside the group: vLLM's own processes
+
+
+def test_spreading_tensor_parallel_workers_over_nodes_is_refused_and_reported():
+    from spct.config import ConfigError
+    from spct.placement import split_engines
+
+    with pytest.raises(ConfigError, match="cluster.placement_strategy: expected PACK or STRICT_PACK with "
+                                          "rollout.tensor_parallel_size 2"):
+        _config(*TP_PRESET, "cluster.placement_strategy=SPREAD")
+    lay = layout(_config(*TP_PRESET))
+    nodes = {b: f"node{b // 8}" for b in range(len(lay.bundles))}
+    assert split_engines(lay, nodes) == []
+    nodes[7] = "node1"
+    assert split_engines(lay, nodes) == [3]
+
+
+@pytest.mark.integration
+def test_vllms_ray_executor_accepts_the_groups_tensor_parallel_engines():
+    """On a Ray that declares the 27B preset's 32 GPUs (and 2 more): the run's placement group,
+    an engine actor placed as RolloutGroup places it, and inside it vLLM 0.32's own check of the
+    group and its choice of the workers' bundles; one vLLM worker per bundle then gets a GPU of
+    its own. A group with a two-GPU bundle (the engine's shape before) fails the same check."""
+    import subprocess
+    import sys
+
+    lay = layout(_config(*TP_PRESET))
+    shape = dict(engines=lay.engines, engine_bundle=lay.engine_bundle, ranks=lay.ranks, rank_bundle=lay.rank_bundle)
+    code = f"""
+import os, ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from spct.placement import Layout
+from spct.rollout import engine_options
+
+lay = Layout(**{shape!r})
+ray.init(address="local", num_cpus=64, num_gpus=34, include_dashboard=False, log_to_driver=False)
+
+@ray.remote
+def vllm_check(tp, two_gpu_bundle):
+    from vllm.platforms import current_platform
+    current_platform.ray_device_key = "GPU"  # vLLM's CPU build has no Ray executor; the check is the GPU one
+    from vllm.config import ParallelConfig
+    from vllm.v1.executor.ray_utils import get_bundles_for_indices, initialize_ray_cluster
+    pc = ParallelConfig(tensor_parallel_size=tp, distributed_executor_backend="ray")
+    initialize_ray_cluster(pc, require_gpu_on_driver=False)  # the group this actor was placed in
+    mine = [int(b) for b in os.environ["VLLM_RAY_BUNDLE_INDICES"].split(",")]
+    bundles = [b for b, _, _ in get_bundles_for_indices(pc.placement_group, mine, tp)]
+    worker = ray.remote(num_cpus=0, num_gpus=1)(lambda: ray.get_gpu_ids())
+    gpus = ray.get([worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+        placement_group=pc.placement_group, placement_group_bundle_index=b)).remote() for b in bundles], timeout=60)
+    before = ParallelConfig(tensor_parallel_size=tp, distributed_executor_backend="ray")
+    before.placement_group = two_gpu_bundle
+    try:
+        initialize_ray_cluster(before, require_gpu_on_driver=False)
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    return bundles, gpus, refused
+
+pg = placement_group(lay.bundles, strategy="PACK")
+before = placement_group([{{"GPU": 2.0}}])
+ray.get([pg.ready(), before.ready()], timeout=60)
+i = lay.engines - 1
+options, extra = engine_options(dict(num_cpus=2, num_gpus=2, runtime_env={{"env_vars": {{}}}}), pg, i, lay.workers)
+bundles, gpus, refused = ray.get(vllm_check.options(**options).remote(lay.workers, before), timeout=120)
+assert extra == {{"ray_workers": True}} and bundles == lay.engine_indices(i), (i, bundles)
+assert all(len(g) == 1 for g in gpus) and len({{g[0] for g in gpus}}) == 2, gpus
+print("OK", bundles, refused)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK [14, 15] Placement group bundle cannot have more than 1 GPU." in out.stdout, out.stdout[-2000:]
