@@ -316,6 +316,7 @@ class ClusterConfig:
     num_gpus: int = 0  # > 0: engines, learner ranks and the meta RM take GPUs
     nodes: int = 1  # live nodes the run expects; it stops before starting actors if fewer are up
     placement_strategy: str = "PACK"  # engines + learner ranks: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD
+    gpu_memory_gib: float = 80.0  # each GPU's memory: the plan's estimate of every actor must fit it (spct.memory)
 
     def gpus(self, n: float, shared: bool = False) -> float:
         """The GPU switch: what one engine (n = its tensor-parallel size), learner rank or meta RM
@@ -631,6 +632,7 @@ KL_KINDS = ("k1", "k2", "k3")
 
 def check_cluster(ch: Checks, c: ClusterConfig) -> None:
     one_of(ch, c.placement_strategy, PLACEMENT_STRATEGIES, "cluster.placement_strategy")
+    ch.need(c.gpu_memory_gib > 0, "cluster.gpu_memory_gib", f"each GPU's memory in GiB (> 0), got {c.gpu_memory_gib}")
 
 
 def check_logger(ch: Checks, lg: LoggerConfig) -> None:

@@ -30,6 +30,8 @@ from typing import Any
 
 from spct.config import GRM_PHASES, POLICY_PHASES, Config, ConfigError
 from spct.data.loaders import to_source
+from spct.memory import Need, estimate
+from spct.memory import problems as memory_problems
 
 log = logging.getLogger("spct")
 
@@ -256,6 +258,7 @@ class Preflight:
     changes: list[str]  # keys that differ from it
     warnings: list[str]
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # local splits a dry run read
+    memory: list[Need] = dataclasses.field(default_factory=list)  # each GPU actor's estimate (spct.memory)
 
     @classmethod
     def check(cls, config: Config, setting_sources: dict[str, str], choices: Mapping[str, str | None],
@@ -280,12 +283,18 @@ class Preflight:
         capacity = local_capacity(config)
         if capacity and not config.dry_run:
             raise ConfigError("invalid configuration: this machine cannot hold the run:\n  " + "\n  ".join(capacity))
+        needs, unestimated = estimate(config)
+        over = memory_problems(needs, config.cluster.gpu_memory_gib)
+        if over and not config.dry_run:
+            raise ConfigError("invalid configuration: the GPUs cannot hold the run (estimates; "
+                              "`dry_run=true` prints them all):\n  " + "\n  ".join(over))
         data = read_local_data(config) if config.dry_run else {}
-        return cls(config, setting_sources, state, saved, changes, warnings + capacity, data)
+        return cls(config, setting_sources, state, saved, changes, warnings + capacity + unestimated + over, data,
+                   needs)
 
     def plan(self) -> str:
         return train_plan(self.config, self.state, self.setting_sources, self.warnings,
-                          resume_note(self.config, self.state, self.saved, self.changes), self.data)
+                          resume_note(self.config, self.state, self.saved, self.changes), self.data, self.memory)
 
     def begin(self) -> None:
         """Before the run starts: a fresh start moves the old run aside, a forced resume says
@@ -366,7 +375,7 @@ def _data_line(c: Config, split: str, read: Mapping[str, Any]) -> str:
 
 
 def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[str], resume_note: str,
-               read: Mapping[str, Any] | None = None) -> str:
+               read: Mapping[str, Any] | None = None, memory: Sequence[Need] = ()) -> str:
     """What `python -m spct.train ...` would do, in words (dry_run=true prints it)."""
     from spct.placement import layout, meta_rm_bundle
 
@@ -400,6 +409,9 @@ def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[
     ]
     if meta:
         out.append("  meta RM     " + "; ".join(meta))
+    if memory:
+        out.append(f"  memory      per GPU of {c.cluster.gpu_memory_gib:g} GiB, estimated (GiB):\n              "
+                   + "\n              ".join(need.describe() for need in memory))
     out.append(f"  seed {c.seed}, logger {c.logger.kind}" + (f" (group {c.logger.group})" if c.logger.group else ""))
     out += [f"  warning     {w}" for w in warnings]
     return "\n".join(out)

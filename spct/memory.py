@@ -1,0 +1,235 @@
+"""GPU memory of each actor of a GPU run, estimated before anything starts (spct.preflight).
+
+Every actor that holds a GPU gets an estimate in bytes, split into named parts, against
+`cluster.gpu_memory_gib`:
+
+- **a learner rank, per training phase**: its model states by DeepSpeed's own estimators
+  (`estimate_zero3_model_states_mem_needs` for ZeRO-3, `estimate_zero2_model_states_mem_needs`
+  for stages 1 and 2, both without offload; stage 0 keeps 20 bytes per parameter); the frozen
+  reference of a GRPO phase with a KL term (bf16, partitioned under ZeRO-3); the activations of
+  one micro-batch at the longest sequence the phase allows (the saved tensors of a decoder layer
+  are taken as micro-batch x length x (8 hidden + 4 intermediate) elements, with a fused
+  attention kernel; gradient checkpointing keeps one hidden state per layer plus one layer's);
+  and the logits the loss keeps (SFT: bf16 logits and their gradient over the whole sequence;
+  GRPO: over the completion, plus the float32 copy `gather_logprobs` keeps for backward; the meta
+  RM's scalar head: none).
+- **a rollout engine, per GPU**: vLLM takes `rollout.gpu_memory_utilization` of the GPU and must
+  hold in it the weights (split over the tensor-parallel GPUs), a forward pass of 8192 tokens and
+  the KV cache of at least one sequence of `model.max_model_len`. With `rollout.colocate` the
+  learner's resident states (model states and reference) share the GPU with that share.
+- **the meta RM** (scoring): bf16 weights and one micro-batch of 32K tokens without gradients.
+
+Shapes come from the model's config.json (a local folder), or for the hub models the shipped
+presets name, from the architecture fields of theirs shipped in conf/model/shapes; parameters
+are counted exactly by building the model on the meta device. A model of neither is not
+estimated, and the plan says so. These are estimates for a plan, meant to catch a run that
+cannot fit; the allocator's fragmentation and the CUDA context (about 1 GiB) come on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+GiB = 2**30
+SHAPES = Path(__file__).resolve().parent / "conf" / "model" / "shapes"
+ENGINE_TOKENS = 8192  # tokens of one engine forward pass in the estimate (vLLM's batched-token budget)
+META_RM_TOKENS = 32768  # padded tokens of one meta RM scoring micro-batch (spct.meta_rm.micro_batches)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """What the estimates need of a model: parameter counts and the sizes of its layers."""
+
+    params: int
+    largest: int  # parameters of the largest tensor (the embedding, for these models)
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    kv_heads: int
+    head_dim: int
+
+
+@functools.lru_cache(maxsize=16)
+def _count(config_json: str) -> Shape:
+    import torch
+    import transformers
+
+    fields = json.loads(config_json)
+    fields.pop("architectures", None)
+    config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    sizes = [p.numel() for p in model.parameters()]
+    heads = config.num_attention_heads
+    return Shape(params=sum(sizes), largest=max(sizes), layers=config.num_hidden_layers, hidden=config.hidden_size,
+                 intermediate=config.intermediate_size, vocab=config.vocab_size,
+                 kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                 head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads)
+
+
+def shape_of(model: str | None) -> Shape | None:
+    """The shape of `model` (a local folder with config.json, or a hub id with a shipped shape);
+    None when neither is there."""
+    if not model:
+        return None
+    local = Path(model) / "config.json"
+    shipped = SHAPES / (str(model).replace("/", "--") + ".json")
+    for path in (local, shipped):
+        if path.is_file():
+            return _count(path.read_text())
+    return None
+
+
+@dataclasses.dataclass
+class Need:
+    """One actor's estimate on one GPU: named parts in bytes, and a way out when it does not fit."""
+
+    actor: str
+    parts: dict[str, float]
+    fix: str = ""
+    limit: float | None = None  # bytes it must fit in (default: the whole GPU)
+    limit_name: str = ""
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    def describe(self, within: bool = True) -> str:
+        within = f"; within {self.limit / GiB:.1f} GiB, {self.limit_name}" if within and self.limit is not None else ""
+        return f"{self.actor}: {self.total / GiB:.1f} GiB (" + ", ".join(
+            f"{name} {b / GiB:.1f}" for name, b in self.parts.items()) + within + ")"
+
+
+def model_states(shape: Shape, zero_stage: int, ranks: int) -> float:
+    """Bytes of bf16 weights, gradients and float32 Adam states on one rank (DeepSpeed's estimators)."""
+    if zero_stage == 3:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        return estimate_zero3_model_states_mem_needs(shape.params, shape.largest, num_gpus_per_node=ranks,
+                                                     cpu_offload=False, cpu_offload_params=False)[1]
+    if zero_stage in (1, 2):
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        return estimate_zero2_model_states_mem_needs(shape.params, num_gpus_per_node=ranks, cpu_offload=False)[1]
+    return 20.0 * shape.params
+
+
+def _layer(shape: Shape, tokens: float) -> float:
+    """Bytes a decoder layer saves for backward over `tokens` tokens (bf16, fused attention)."""
+    return 2.0 * tokens * (8 * shape.hidden + 4 * shape.intermediate)
+
+
+def learner_need(shape: Shape, phase: str, *, zero_stage: int, ranks: int, micro: int, length: int,
+                 completion: int, reference: bool, checkpointing: bool) -> Need:
+    tokens = micro * length
+    parts = {f"model states (ZeRO-{zero_stage} over {ranks} ranks)": model_states(shape, zero_stage, ranks)}
+    if reference:
+        parts["reference"] = 2.0 * (shape.params / ranks + shape.largest if zero_stage == 3 else shape.params)
+    saved = (shape.layers * 2.0 * tokens * shape.hidden + _layer(shape, tokens) if checkpointing
+             else shape.layers * _layer(shape, tokens))
+    parts[f"activations ({micro} x {length} tokens)"] = saved
+    if phase in ("rl", "policy_rl"):
+        parts[f"logits ({micro} x {completion} completion tokens)"] = micro * completion * shape.vocab * (2 + 2 + 4.0)
+    elif phase != "meta_rm":
+        parts["logits"] = tokens * shape.vocab * (2 + 2.0)
+    fixes = ([f"a learner.micro_batch_size below {micro}"] if micro > 1 else []) + [
+        f"more learner.num_ranks than {ranks}"] + (["learner.zero_stage=3"] if zero_stage < 3 else []) + (
+        ["learner.gradient_checkpointing=true"] if not checkpointing else [])
+    return Need(f"learner rank ({phase})", parts, fix=", ".join(fixes))
+
+
+def engine_need(shape: Shape, name: str, *, tp: int, utilization: float, gpu: float, max_model_len: int) -> Need:
+    kv_per_token = 2.0 * shape.layers * shape.kv_heads * shape.head_dim * 2
+    return Need(f"{name} (per GPU of {tp})", {
+        "weights": 2.0 * shape.params / tp,
+        f"forward of {ENGINE_TOKENS} tokens": 2.0 * ENGINE_TOKENS * (4 * shape.hidden + 2 * shape.intermediate) / tp,
+        f"KV cache of one {max_model_len}-token sequence": kv_per_token * max_model_len / tp,
+    }, fix="a larger rollout.gpu_memory_utilization or rollout.tensor_parallel_size, or a smaller "
+           "model.max_model_len", limit=utilization * gpu,
+        limit_name=f"rollout.gpu_memory_utilization {utilization:g}")
+
+
+def meta_rm_need(shape: Shape) -> Need:
+    return Need("meta RM (scoring)", {"weights": 2.0 * shape.params,
+                                      f"forward of {META_RM_TOKENS} tokens": 2.0 * META_RM_TOKENS
+                                      * (4 * shape.hidden + 2 * shape.intermediate)},
+                fix="a meta RM on a smaller backbone (meta_rm.model)")
+
+
+LENGTHS = {"meta_rm": "meta_rm.max_length"}
+
+
+def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
+    """Every GPU actor's estimate for a training config, and the models that could not be
+    estimated (named, with why). Empty on a CPU run."""
+    c = cfg.cluster
+    if not c.num_gpus:
+        return [], []
+    gpu = c.gpu_memory_gib * GiB
+    lc, r, m = cfg.learner, cfg.rollout, cfg.model
+    grm = m.path
+    models = {"warmup": grm, "rft": grm, "rl": grm, "eval": grm, "meta_rm": cfg.meta_rm.model or grm,
+              "policy_sft": cfg.policy.model, "policy_rl": cfg.policy.model}
+    needs: list[Need] = []
+    unknown: dict[str, str] = {}
+
+    def shape(model: str | None, role: str) -> Shape | None:
+        found = shape_of(model)
+        if found is None and model is not None:  # None: a tiny model, built at the start (megabytes)
+            unknown.setdefault(str(model), role)
+        return found
+
+    if m.dtype == "float32":
+        return [], ["memory: not estimated for float32 training (the estimates are for bf16 mixed precision)"]
+    resident = 0.0
+    for phase in cfg.phases:
+        s = shape(models[phase], f"the {phase} phase")
+        if s is None:
+            continue
+        if phase in ("warmup", "rft", "rl", "meta_rm", "policy_sft", "policy_rl"):
+            beta = {"rl": cfg.rl.beta, "policy_rl": cfg.policy.beta}.get(phase, 0.0)
+            need = learner_need(
+                s, phase, zero_stage=lc.zero_stage, ranks=lc.num_ranks, micro=lc.micro_batch_size,
+                length=cfg.meta_rm.max_length if phase == "meta_rm" else m.max_model_len,
+                completion=cfg.policy.max_new_tokens if phase == "policy_rl" else m.max_new_tokens,
+                reference=beta > 0, checkpointing=lc.gradient_checkpointing)
+            needs.append(need)
+            resident = max(resident, sum(v for k, v in need.parts.items() if k.startswith(("model states", "reference"))))
+        if phase in ("meta_rm", "eval") or (phase == "policy_rl" and cfg.policy.meta_rm):
+            meta = shape(cfg.policy.meta_rm if phase == "policy_rl" else models["meta_rm"], "the meta RM")
+            if meta is not None and not any(n.actor == "meta RM (scoring)" for n in needs):
+                needs.append(meta_rm_need(meta))
+    served = {cfg.policy.model if p.startswith("policy") else grm for p in cfg.phases}
+    if "policy_rl" in cfg.phases and cfg.policy.reward.kind == "grm":
+        served.add(cfg.policy.grm or grm)
+    for model in sorted(str(x) for x in served if x is not None):
+        s = shape(model, "a rollout engine")
+        if s is not None:
+            need = engine_need(s, f"rollout engine of {model}", tp=r.tensor_parallel_size,
+                               utilization=r.gpu_memory_utilization, gpu=gpu, max_model_len=m.max_model_len)
+            needs.append(need)
+            if r.colocate:
+                needs.append(Need(f"{model} engine + learner rank, colocated", {
+                    f"engine's share ({r.gpu_memory_utilization:g} of the GPU)": r.gpu_memory_utilization * gpu,
+                    "learner's resident states": resident},
+                    fix="a smaller rollout.gpu_memory_utilization, or rollout.colocate=false"))
+    notes = [f"memory: not estimated for {model} ({role}): no config.json there and no shipped shape "
+             f"(spct/conf/model/shapes)" for model, role in unknown.items()]
+    return needs, notes
+
+
+def problems(needs: list[Need], gpu_gib: float) -> list[str]:
+    """The estimates that do not fit, each naming the actor, the parts, the limit and a way out."""
+    out = []
+    for need in needs:
+        limit = need.limit if need.limit is not None else gpu_gib * GiB
+        if need.total > limit:
+            share = f"{need.limit_name} of " if need.limit_name else ""
+            out.append(f"memory: {need.describe(within=False)} does not fit in {limit / GiB:.1f} GiB "
+                       f"({share}cluster.gpu_memory_gib {gpu_gib:g}); try {need.fix}")
+    return out
