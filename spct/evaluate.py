@@ -44,6 +44,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from spct import memory
 from spct.config import (
     CONF_DIR,
     DTYPES,
@@ -251,7 +252,7 @@ def ppe_correctness_sources(path: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ main
-def plan(c: EvaluateConfig, sources: dict[str, str], warnings: list[str]) -> str:
+def plan(c: EvaluateConfig, sources: dict[str, str], warnings: list[str], needs: list | None = None) -> str:
     """What the command would do, in words (dry_run=true prints it)."""
     if c.rescore:
         model = f"none: re-scores the generations in {c.output_dir}"
@@ -267,7 +268,7 @@ def plan(c: EvaluateConfig, sources: dict[str, str], warnings: list[str]) -> str
              f"  judge       {_judge_line(c)}",
              f"  engines     {c.rollout.num_engines} x vLLM on "
              + (f"{c.cluster.num_gpus} GPU(s)" if c.cluster.num_gpus else "CPU"),
-             f"  output_dir  {c.output_dir}"]
+             f"  output_dir  {c.output_dir}"] + memory.plan_lines(needs or [], c.cluster.gpu_memory_gib)
     return "\n".join(lines + [f"  warning     {w}" for w in warnings])
 
 
@@ -301,8 +302,15 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
     if gpu and not c.dry_run:
         raise ConfigError(f"invalid evaluate configuration:\n  {gpu}")
     warnings += [gpu] if gpu else []
+    needs, unestimated = ([], []) if c.rescore else memory.serving(
+        c.model.path, c.rollout, c.model.max_model_len, c.cluster.gpu_memory_gib, c.cluster.num_gpus,
+        meta_rm=c.meta_rm.path, judge_model=c.judge_model)
+    over = memory.problems(needs, c.cluster.gpu_memory_gib)
+    if over and not c.dry_run:
+        raise ConfigError("invalid evaluate configuration: the GPUs cannot hold the run:\n  " + "\n  ".join(over))
+    warnings += unestimated + over
     if c.dry_run:
-        print(plan(c, sources, warnings))
+        print(plan(c, sources, warnings, needs))
         return {}
     out = Path(c.output_dir)
     benchmarks = [resolve_benchmark(b, c.data, c.seed, c.max_items, c.rmb_mode) for b in c.benchmarks]

@@ -81,7 +81,10 @@ def shape_of(model: str | None) -> Shape | None:
     shipped = SHAPES / (str(model).replace("/", "--") + ".json")
     for path in (local, shipped):
         if path.is_file():
-            return _count(path.read_text())
+            try:
+                return _count(path.read_text())
+            except (ValueError, KeyError, TypeError, AttributeError):  # not a causal LM transformers builds
+                return None
     return None
 
 
@@ -221,6 +224,37 @@ def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
     notes = [f"memory: not estimated for {model} ({role}): no config.json there and no shipped shape "
              f"(spct/conf/model/shapes)" for model, role in unknown.items()]
     return needs, notes
+
+
+def serving(model: str | None, rollout: Any, max_model_len: int, gpu_gib: float, gpus: int,
+            meta_rm: str | None = None, judge_model: str | None = None) -> tuple[list[Need], list[str]]:
+    """The estimates of `spct.evaluate` and `spct.serve` on GPUs: the GRM's engines (and a judge
+    model's), and the meta RM; with the models that could not be estimated."""
+    if not gpus:
+        return [], []
+    needs, notes = [], []
+    for role, path in (("the GRM", model), ("the judge model", judge_model), ("the meta RM", meta_rm)):
+        if path is None:
+            continue
+        s = shape_of(path)
+        if s is None:
+            notes.append(f"memory: not estimated for {path} ({role}): no config.json there and no shipped shape "
+                         "(spct/conf/model/shapes)")
+        elif role == "the meta RM":
+            needs.append(meta_rm_need(s))
+        else:
+            needs.append(engine_need(s, f"rollout engine of {path}", tp=rollout.tensor_parallel_size,
+                                     utilization=rollout.gpu_memory_utilization, gpu=gpu_gib * GiB,
+                                     max_model_len=max_model_len))
+    return needs, notes
+
+
+def plan_lines(needs: list[Need], gpu_gib: float) -> list[str]:
+    """The plan's memory section."""
+    if not needs:
+        return []
+    return [f"  memory      per GPU of {gpu_gib:g} GiB, estimated (GiB):\n              "
+            + "\n              ".join(need.describe() for need in needs)]
 
 
 def problems(needs: list[Need], gpu_gib: float) -> list[str]:

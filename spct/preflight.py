@@ -30,7 +30,7 @@ from typing import Any
 
 from spct.config import GRM_PHASES, POLICY_PHASES, Config, ConfigError
 from spct.data.loaders import to_source
-from spct.memory import Need, estimate
+from spct.memory import Need, estimate, plan_lines
 from spct.memory import problems as memory_problems
 
 log = logging.getLogger("spct")
@@ -409,9 +409,7 @@ def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[
     ]
     if meta:
         out.append("  meta RM     " + "; ".join(meta))
-    if memory:
-        out.append(f"  memory      per GPU of {c.cluster.gpu_memory_gib:g} GiB, estimated (GiB):\n              "
-                   + "\n              ".join(need.describe() for need in memory))
+    out += plan_lines(list(memory), c.cluster.gpu_memory_gib)
     out.append(f"  seed {c.seed}, logger {c.logger.kind}" + (f" (group {c.logger.group})" if c.logger.group else ""))
     out += [f"  warning     {w}" for w in warnings]
     return "\n".join(out)

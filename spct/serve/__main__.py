@@ -19,6 +19,7 @@ import hydra
 import uvicorn
 from omegaconf import DictConfig
 
+from spct import memory
 from spct.config import ConfigError, check_sources, local_gpu_problem, path_shorthand
 from spct.serve.app import _Server, make_app
 from spct.serve.config import TOKEN_ENV, ServeConfig, app_options, load_serve_config, plan
@@ -70,8 +71,14 @@ def prepare(cfg: DictConfig) -> tuple[ServeConfig, str | None, str | None]:
     gpu = local_gpu_problem(c.cluster)
     if gpu and not c.dry_run:
         raise ConfigError(f"invalid serve configuration:\n  {gpu}")
+    needs, unestimated = memory.serving(c.model.path, c.rollout, c.model.max_model_len, c.cluster.gpu_memory_gib,
+                                        c.cluster.num_gpus, meta_rm=c.meta_rm.path)
+    over = memory.problems(needs, c.cluster.gpu_memory_gib)
+    if over and not c.dry_run:
+        raise ConfigError("invalid serve configuration: the GPUs cannot hold the server:\n  " + "\n  ".join(over))
     token = c.token or os.environ.get(TOKEN_ENV) or None
-    return c, token, plan(c, sources, warnings + ([gpu] if gpu else []), token is not None) if c.dry_run else None
+    warnings += ([gpu] if gpu else []) + unestimated + over
+    return c, token, plan(c, sources, warnings, token is not None, needs) if c.dry_run else None
 
 
 @hydra.main(config_path=None, config_name="serve", version_base=None)

@@ -151,7 +151,7 @@ def validate(c: ServeConfig) -> None:
     ch.done("serve configuration")
 
 
-def plan(c: ServeConfig, sources: Mapping[str, str], warnings: list[str], token: bool) -> str:
+def plan(c: ServeConfig, sources: Mapping[str, str], warnings: list[str], token: bool, needs: list | None = None) -> str:
     """What `python -m spct.serve ...` would start, in words (dry_run=true prints it)."""
     settings = ", ".join(f"{k} {getattr(c.model, k)} ({src})" for k, src in sources.items())
     meta = (f"{c.meta_rm.path}; max_length {c.meta_rm.max_length}, dtype {c.meta_rm.dtype}" if c.meta_rm.path
@@ -165,6 +165,9 @@ def plan(c: ServeConfig, sources: Mapping[str, str], warnings: list[str], token:
              f"  batching    requests within {c.batch_window_ms:g} ms in one engine call of up to "
              f"{c.max_batch_prompts} GRM prompts; a sized group waits up to {c.group_window_s:g} s; "
              f"{c.max_queue_prompts} prompts may wait"]
+    from spct.memory import plan_lines
+
+    lines += plan_lines(needs or [], c.cluster.gpu_memory_gib)
     return "\n".join(lines + [f"  warning     {w}" for w in warnings])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -101,7 +102,13 @@ REAL = ([("spct.train", QUICK + a, e) for a, e in TRAIN_REAL]
         + [("spct.evaluate", [*TINY, "cluster.num_gpus=64"], "cluster.num_gpus: expected at most"),
            ("spct.evaluate", [*TINY, "k_max=0"], "k_max: expected > 0, got 0"),
            ("spct.serve", [*TINY, "cluster.num_gpus=64"], "cluster.num_gpus: expected at most"),
-           ("spct.serve", [], "model: expected the GRM to serve (model=PATH")])
+           ("spct.serve", [], "model: expected the GRM to serve (model=PATH")]
+        # A joined GPU cluster: this machine's GPUs are not checked, the memory estimate still is.
+        + [(module, ["model={grm7b}", "cluster.num_gpus=1", "cluster.address=auto",
+                     "rollout.gpu_memory_utilization=0.1"],
+            "memory: rollout engine of {grm7b} (per GPU of 1): 15.2 GiB (weights 14.2, forward of 8192 tokens 0.8, "
+            "KV cache of one 4096-token sequence 0.2) does not fit in 8.0 GiB (rollout.gpu_memory_utilization 0.1 of "
+            "cluster.gpu_memory_gib 80)") for module in ("spct.evaluate", "spct.serve")])
 CASES = ([("spct.train", QUICK + a, e) for a, e in TRAIN] + [("spct.evaluate", a, e) for a, e in EVALUATE]
          + [("spct.serve", a, e) for a, e in SERVE])
 CONF = REPO / "conf"
@@ -114,7 +121,9 @@ def inputs(tiny_model_dir, tmp_path_factory) -> dict[str, str]:
     data.write_text("".join(json.dumps({"prompt": f"{i}+{i}?", "chosen": str(2 * i), "rejected": "0"}) + "\n"
                             for i in range(4)))
     (root / "empty").mkdir()
-    return {"model": str(tiny_model_dir), "data": str(data), "empty": str(root / "empty")}
+    (root / "grm7b").mkdir()  # the architecture of a 7B GRM, for the memory estimate
+    shutil.copy(REPO / "conf" / "model" / "shapes" / "Qwen--Qwen2.5-7B-Instruct.json", root / "grm7b" / "config.json")
+    return {"model": str(tiny_model_dir), "data": str(data), "empty": str(root / "empty"), "grm7b": str(root / "grm7b")}
 
 
 def run(module: str, args: list[str], cwd: Path) -> tuple[int, str, float]:
