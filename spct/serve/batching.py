@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from spct.item import Item
+
+log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[list[Item], int, float, bool], list[dict[str, Any]]]
 CheckFn = Callable[[Item], "str | None"]
@@ -204,35 +207,48 @@ class Batcher:
         return parts
 
     async def _loop(self) -> None:
+        """Batch and score until the server stops. An error of the loop's own (not a scorer's or a
+        check's: those reach their batch's requests in `_run`) fails every waiting request at once,
+        logged, and the loop goes on: no request is left to wait for its timeout."""
         while True:
-            now = time.monotonic()
-            units, later = self._units(now)
-            ready = sum(u.prompts for u in units)
-            fire_at = min((u.fire_at for u in units), default=None)
-            if units and (ready >= self.max_batch_prompts or fire_at <= now):
-                batch, prompts = [], 0
-                for u in units:
-                    if batch and prompts + u.prompts > self.max_batch_prompts:
-                        break
-                    batch.append(u)
-                    prompts += u.prompts
-                taken = {id(e) for u in batch for e in u.entries}
-                self._queue = [e for e in self._queue if id(e) not in taken]
-                started = time.monotonic()
-                try:
-                    await self._run(batch)
-                except Exception as e:  # e.g. the prompt check failed: the batch's requests learn it
-                    for unit in batch:
-                        for entry in unit.entries:
-                            _settle(entry.future, exc=e)
-                self._last_batch_s = time.monotonic() - started
-                continue
-            wake_at = min(t for t in (fire_at, later) if t is not None) if (units or later) else None
-            self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), None if wake_at is None else max(0.0, wake_at - now))
-            except TimeoutError:
-                pass
+                await self._step()
+            except Exception as e:  # noqa: BLE001 - reported to every waiting request, then go on
+                log.exception("batcher: an unexpected error; the %d waiting request(s) get it", len(self._queue))
+                waiting, self._queue = self._queue, []
+                for entry in waiting:
+                    _settle(entry.future, exc=e)
+
+    async def _step(self) -> None:
+        """Score one batch if one is ready, else wait until one may be."""
+        now = time.monotonic()
+        units, later = self._units(now)
+        ready = sum(u.prompts for u in units)
+        fire_at = min((u.fire_at for u in units), default=None)
+        if units and (ready >= self.max_batch_prompts or fire_at <= now):
+            batch, prompts = [], 0
+            for u in units:
+                if batch and prompts + u.prompts > self.max_batch_prompts:
+                    break
+                batch.append(u)
+                prompts += u.prompts
+            taken = {id(e) for u in batch for e in u.entries}
+            self._queue = [e for e in self._queue if id(e) not in taken]
+            started = time.monotonic()
+            try:
+                await self._run(batch)
+            except Exception as e:  # e.g. the prompt check failed: the batch's requests learn it
+                for unit in batch:
+                    for entry in unit.entries:
+                        _settle(entry.future, exc=e)
+            self._last_batch_s = time.monotonic() - started
+            return
+        wake_at = min(t for t in (fire_at, later) if t is not None) if (units or later) else None
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), None if wake_at is None else max(0.0, wake_at - now))
+        except TimeoutError:
+            pass
 
     async def _run(self, batch: list[_Unit]) -> None:
         """Score a batch; every entry's future gets its result or the error."""

@@ -255,3 +255,31 @@ def test_a_reference_travels_with_its_request_and_its_group():
     assert item.responses == ["4", "5"] and item.meta == {"reference": "4"}
     prompt = build_prompt(item, [0, 1], template="default", with_reference=True)
     assert prompt.index("2+2?") < prompt.index("Reference answer") < prompt.index("[The Begin of Response 1]")
+
+
+def test_an_error_of_the_batcher_itself_reaches_the_waiting_requests_at_once_and_it_goes_on(monkeypatch):
+    """Not a scorer's or a check's error (those fail their batch): one in the batching loop. The
+    requests waiting get it at once instead of at their timeout, and later requests are served."""
+    rec = Recorder()
+    b = batcher(rec)
+    units = Batcher._units
+    broken = {"on": True}
+
+    def flaky(self, now):
+        if broken["on"] and self._queue:
+            broken["on"] = False
+            raise KeyError("a bug in the batching")
+        return units(self, now)
+
+    monkeypatch.setattr(Batcher, "_units", flaky)
+
+    async def scenario():
+        start = time.monotonic()
+        failed = await concurrently(b, [[job("q", "a")], [job("q", "b")]], timeout=30)
+        waited, task = time.monotonic() - start, b._task
+        after = await b.submit([job("q", "c")], timeout_s=30)
+        return failed, waited, after, b._task is task and not task.done()
+
+    failed, waited, after, same_loop = asyncio.run(scenario())
+    assert all(isinstance(r, KeyError) for r in failed) and waited < 5
+    assert after[0]["rewards"] == [1.0] and same_loop
