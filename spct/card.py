@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spct.files import write_atomic
 from spct.grm import BUILTIN_TEMPLATES, load_template
 from spct.grm.template import TEMPLATE_DIR
 
@@ -68,10 +69,7 @@ def write_card(folder: str | os.PathLike[str], role: str, settings: Mapping[str,
         source = Path(settings["input_template"]).expanduser().read_text(encoding="utf-8")
         (folder / TEMPLATE_FILES["input_template"]).write_text(source, encoding="utf-8")
         record["template_files"] = {"input_template": TEMPLATE_FILES["input_template"]}
-    tmp = folder / f".{CARD}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / CARD)
-    return folder / CARD
+    return write_atomic(folder / CARD, json.dumps(record, indent=1) + "\n")
 
 
 def read_card(folder: str | os.PathLike[str] | None) -> dict[str, Any] | None:

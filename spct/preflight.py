@@ -30,6 +30,7 @@ from typing import Any
 
 from spct.config import GRM_PHASES, POLICY_PHASES, Config, ConfigError
 from spct.data.loaders import to_source
+from spct.files import write_atomic
 from spct.memory import Need, estimate, plan_lines
 from spct.memory import problems as memory_problems
 
@@ -187,9 +188,7 @@ def save_config(config: Config, out: Path, saved: Mapping[str, Any] | None) -> N
     now = dataclasses.asdict(config)
     if saved is not None and flat(saved) != flat(now):
         (out / CONFIG_FILE).rename(out / f"config.before-{_stamp()}.yaml")
-    tmp = out / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(now)))
-    os.replace(tmp, out / CONFIG_FILE)
+    write_atomic(out / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(now)))
 
 
 def move_aside(out: Path) -> Path:

@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from spct.files import write_atomic
+
 log = logging.getLogger("spct")
 # The folder, inside a learner state checkpoint, that DeepSpeed's save_checkpoint writes (its tag).
 CHECKPOINT_TAG = "learner"
@@ -87,9 +89,7 @@ class RunStore:
 
     def write(self, state: RunState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "state.json.tmp"
-        tmp.write_text(self.encode(state))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, self.encode(state))
 
     def encode(self, state: RunState) -> str:
         """`state` as state.json holds it, with portable paths (PATH_FIELDS)."""

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from spct.files import write_atomic
+
 log = logging.getLogger("spct")
 
 
@@ -95,9 +97,7 @@ class Tracker:
         if later:
             with open(self.output_dir / "metrics.rolled_back.jsonl", "a", encoding="utf-8") as f:
                 f.write("".join(x if x.endswith("\n") else x + "\n" for x in later))
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(keep), encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomic(path, "".join(keep))
             log.info("resuming at step %d: %d metrics records logged after it moved to %s", step, len(later),
                      self.output_dir / "metrics.rolled_back.jsonl")
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 
 from tqdm import tqdm
 
 from spct.algos import grpo_batch
+from spct.files import write_atomic
 from spct.grm import random_order
 from spct.grm.rules import prefilter_keep
 from spct.grm.trajectory import Shown, read
@@ -70,9 +70,7 @@ def train_items(p: Context) -> list[Item]:
         kept = [it.id for it, keep in zip(items, prefilter_keep(verdicts), strict=True) if keep]
         counts = {"prefilter_items": len(items), "prefilter_dropped": len(items) - len(kept)}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"model": model, "samples": c.prefilter_samples, **counts, "kept": kept}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"model": model, "samples": c.prefilter_samples, **counts, "kept": kept}))
         p.tracker.log(counts, step=p.state.global_step, phase="rl")
         log.info("rl pre-filter: %s judged %d of %d train items right in all %d samples; RL draws from the other "
                  "%d", model, counts["prefilter_dropped"], len(items), c.prefilter_samples, len(kept))

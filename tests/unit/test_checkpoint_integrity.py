@@ -225,3 +225,16 @@ def test_a_stored_folder_outside_the_run_that_is_gone_is_named(tmp_path):
     with pytest.raises(CheckpointError) as err:
         store.load()
     assert f"phase_start {base}" in str(err.value) and "outside the run folder" in str(err.value)
+
+
+def test_a_write_that_fails_leaves_the_old_file_whole(tmp_path):
+    """state.json, config.yaml, a card, the pre-filter's list and a rolled-back metrics file are
+    all written by spct.files.write_atomic."""
+    from spct.files import write_atomic
+
+    path = write_atomic(tmp_path / "state.json", '{"phase": "rl"}')
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(path, '{"phase": "\ud800"}')  # fails while writing: nothing replaced
+    assert path.read_text() == '{"phase": "rl"}'
+    write_atomic(path, '{"phase": "eval"}')
+    assert path.read_text() == '{"phase": "eval"}' and [p.name for p in tmp_path.iterdir()] == ["state.json"]

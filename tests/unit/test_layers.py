@@ -24,7 +24,7 @@ def loaded(*modules: str) -> set[str]:
 
 @pytest.mark.parametrize("module", ["spct.item", "spct.grm", "spct.data", "spct.scaling", "spct.scoring",
                                     "spct.config", "spct.evaluation", "spct.placement", "spct.card",
-                                    "spct.preflight", "spct.run_state", "spct.serve.batching", "spct.client", "spct.integrations.trl",
+                                    "spct.preflight", "spct.run_state", "spct.files", "spct.memory", "spct.serve.batching", "spct.client", "spct.integrations.trl",
                                     "spct.integrations.verl"])
 def test_the_pure_core_imports_no_heavy_stack(module):
     assert not {m.split(".")[0] for m in loaded(module)} & set(STACK)
