@@ -357,16 +357,6 @@ def critique_scores(
     return scores
 
 
-def oracle_scores(
-    item: Item, order: Sequence[int], checked: Sequence[int], low: int = 1, high: int = 10
-) -> list[int]:
-    """What a noiseless critique checking `checked` aspects scores, in prompt order."""
-    _, answers, _ = ground_truth(item)
-    aspects = tuple(sorted(checked))
-    critique = Critique(aspects, tuple(answers[k] for k in aspects))
-    return critique_scores(item, order, critique, low, high)
-
-
 def render_trajectory(
     item: Item, order: Sequence[int], critique: Critique, low: int = 1, high: int = 10
 ) -> str:

@@ -15,9 +15,9 @@ from spct.data.synthetic import (
     Critique,
     SyntheticConfig,
     critique_scores,
+    ground_truth,
     make_items,
     make_splits,
-    oracle_scores,
     plan_critique,
     render_trajectory,
     split_of,
@@ -25,6 +25,13 @@ from spct.data.synthetic import (
 )
 from spct.grm import is_correct, map_back, parse_scores, pick_best, random_order, vote
 from spct.item import DataError, Item, validate
+
+
+def oracle_scores(item: Item, order, checked, low: int = 1, high: int = 10) -> list[int]:
+    """What a noiseless critique checking `checked` aspects scores, in prompt order."""
+    _, answers, _ = ground_truth(item)
+    aspects = tuple(sorted(checked))
+    return critique_scores(item, order, Critique(aspects, tuple(answers[k] for k in aspects)), low, high)
 
 MULTI = SyntheticConfig(single_fraction=0.0, min_responses=2)
 
