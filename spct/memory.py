@@ -18,6 +18,11 @@ Every actor that holds a GPU gets an estimate in bytes, split into named parts, 
   the KV cache of at least one sequence of `model.max_model_len`. With `rollout.colocate` the
   learner's resident states (model states and reference) share the GPU with that share.
 - **the meta RM** (scoring): bf16 weights and one micro-batch of 32K tokens without gradients.
+- **host RAM while the learner loads**, on the node with the most learner ranks (one per GPU):
+  below ZeRO-3 every rank holds a whole bf16 copy of its model (and of the reference) before
+  DeepSpeed moves it to the GPU; at ZeRO-3 the ranks load partitioned, a checkpoint shard of up
+  to 5 GB at a time (transformers' default shard size). Ray knows a node's memory only once it
+  runs, so this one is printed in the plan and checked, with a warning, when the group is placed.
 
 Shapes come from the model's config.json (a local folder), or for the hub models the shipped
 presets name, from the architecture fields of theirs shipped in conf/model/shapes; parameters
@@ -97,6 +102,7 @@ class Need:
     fix: str = ""
     limit: float | None = None  # bytes it must fit in (default: the whole GPU)
     limit_name: str = ""
+    host: bool = False  # host RAM, not a GPU's memory: shown, checked once Ray knows the nodes
 
     @property
     def total(self) -> float:
@@ -164,7 +170,34 @@ def meta_rm_need(shape: Shape) -> Need:
                 fix="a meta RM on a smaller backbone (meta_rm.model)")
 
 
-LENGTHS = {"meta_rm": "meta_rm.max_length"}
+SHARD = 5e9  # bytes of one checkpoint shard (transformers' save_pretrained default, max_shard_size 5GB)
+
+
+def host_need(cfg: Any) -> Need | None:
+    """Host RAM on the node with the most learner ranks while they load (None on CPU runs or
+    when no trained model's shape is known)."""
+    c, lc = cfg.cluster, cfg.learner
+    if not c.num_gpus:
+        return None
+    ranks = min(lc.num_ranks, int(c.num_gpus))
+    worst: tuple[float, str] | None = None
+    for phase in cfg.phases:
+        model = {"meta_rm": cfg.meta_rm.model or cfg.model.path, "policy_sft": cfg.policy.model,
+                 "policy_rl": cfg.policy.model}.get(phase, cfg.model.path)
+        shape = shape_of(model) if phase in LEARNER_PHASES else None
+        if shape is None:
+            continue
+        copies = 2 if {"rl": cfg.rl.beta, "policy_rl": cfg.policy.beta}.get(phase, 0.0) > 0 else 1
+        each = min(SHARD, 2.0 * shape.params) if lc.zero_stage == 3 else 2.0 * shape.params
+        total = ranks * copies * each
+        if worst is None or total > worst[0]:
+            how = "a shard at a time (ZeRO-3)" if lc.zero_stage == 3 else "a whole bf16 copy each"
+            worst = (total, f"{ranks} ranks x {copies} model{'s' if copies > 1 else ''} of {phase}, {how}")
+    return None if worst is None else Need("learner loading, on one node", {worst[1]: worst[0]},
+                                           host=True)
+
+
+LEARNER_PHASES = ("warmup", "rft", "rl", "meta_rm", "policy_sft", "policy_rl")
 
 
 def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
@@ -194,7 +227,7 @@ def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
         s = shape(models[phase], f"the {phase} phase")
         if s is None:
             continue
-        if phase in ("warmup", "rft", "rl", "meta_rm", "policy_sft", "policy_rl"):
+        if phase in LEARNER_PHASES:
             beta = {"rl": cfg.rl.beta, "policy_rl": cfg.policy.beta}.get(phase, 0.0)
             need = learner_need(
                 s, phase, zero_stage=lc.zero_stage, ranks=lc.num_ranks, micro=lc.micro_batch_size,
@@ -223,7 +256,18 @@ def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
                     fix="a smaller rollout.gpu_memory_utilization, or rollout.colocate=false"))
     notes = [f"memory: not estimated for {model} ({role}): no config.json there and no shipped shape "
              f"(spct/conf/model/shapes)" for model, role in unknown.items()]
-    return needs, notes
+    host = host_need(cfg)
+    return needs + ([host] if host else []), notes
+
+
+def host_check(need: Need | None, nodes: list[dict[str, float]]) -> str | None:
+    """A warning when the smallest live node's memory (Ray's `memory` resource) is below the
+    learner's loading estimate; None when it fits or either is unknown."""
+    sizes = [n["memory"] for n in nodes if n.get("memory")]
+    if need is None or not sizes or need.total <= min(sizes):
+        return None
+    return (f"{need.describe()} is more than the {min(sizes) / GiB:.1f} GiB Ray gives the smallest node: loading may "
+            "run out of host RAM (learner.zero_stage=3 loads partitioned)")
 
 
 def serving(model: str | None, rollout: Any, max_model_len: int, gpu_gib: float, gpus: int,
@@ -251,16 +295,18 @@ def serving(model: str | None, rollout: Any, max_model_len: int, gpu_gib: float,
 
 def plan_lines(needs: list[Need], gpu_gib: float) -> list[str]:
     """The plan's memory section."""
-    if not needs:
-        return []
-    return [f"  memory      per GPU of {gpu_gib:g} GiB, estimated (GiB):\n              "
-            + "\n              ".join(need.describe() for need in needs)]
+    gpu = [need.describe() for need in needs if not need.host]
+    host = [need.describe() for need in needs if need.host]
+    return ([f"  memory      per GPU of {gpu_gib:g} GiB, estimated (GiB):\n              " + "\n              ".join(gpu)]
+            if gpu else []) + [f"  host RAM    {line}" for line in host]
 
 
 def problems(needs: list[Need], gpu_gib: float) -> list[str]:
     """The estimates that do not fit, each naming the actor, the parts, the limit and a way out."""
     out = []
     for need in needs:
+        if need.host:
+            continue
         limit = need.limit if need.limit is not None else gpu_gib * GiB
         if need.total > limit:
             share = f"{need.limit_name} of " if need.limit_name else ""

@@ -105,6 +105,13 @@ class Pipeline:
         self.layout = layout(cfg)
         self.placement = reserve(self.layout)
         self.bundles = Bundles()
+        if cfg.cluster.num_gpus:
+            from spct.memory import host_check, host_need
+            from spct.placement import live_nodes
+
+            warning = host_check(host_need(cfg), live_nodes())
+            if warning:
+                log.warning("%s", warning)
         (self.out / "placement.json").write_text(json.dumps(placement_report(self.layout, self.placement), indent=1))
         if self.state.model is None and set(cfg.phases) - set(POLICY_PHASES):
             self.state.model = self._base_model()

@@ -122,3 +122,18 @@ def test_the_real_command_stops_before_ray_on_a_run_the_gpus_cannot_hold(tmp_pat
     assert out.returncode == 1, text[-2000:]
     assert "the GPUs cannot hold the run" in text and "learner.micro_batch_size below 16" in text, text[-2000:]
     assert "Ray instance" not in text and not (tmp_path / "run" / "placement.json").exists()
+
+
+def test_host_ram_while_loading_is_a_whole_copy_per_rank_below_zero3_and_a_shard_at_zero3():
+    from spct.memory import SHARD, host_check
+
+    shape = shape_of("Qwen/Qwen2.5-7B-Instruct")
+    below = next(n for n in estimate(_config(*PRESETS["grm-qwen2.5-7b"], "learner.zero_stage=2"))[0] if n.host)
+    assert below.total == 4 * 2 * 2.0 * shape.params  # 4 ranks on the node, policy + reference of rl
+    assert "4 ranks x 2 models of rl, a whole bf16 copy each" in below.describe()
+    zero3 = next(n for n in estimate(_config(*PRESETS["grm-qwen2.5-7b"]))[0] if n.host)
+    assert zero3.total == 4 * 2 * SHARD
+    assert problems([below], 80) == []  # a host need is not a GPU's
+    small, large = {"GPU": 8.0, "memory": 64 * GiB}, {"GPU": 8.0, "memory": 512 * GiB}
+    assert host_check(below, [large]) is None and host_check(zero3, [small]) is None
+    assert "is more than the 64.0 GiB Ray gives the smallest node" in host_check(below, [large, small])
