@@ -182,12 +182,10 @@ def host_need(cfg: Any) -> Need | None:
     ranks = min(lc.num_ranks, int(c.num_gpus))
     worst: tuple[float, str] | None = None
     for phase in cfg.phases:
-        model = {"meta_rm": cfg.meta_rm.model or cfg.model.path, "policy_sft": cfg.policy.model,
-                 "policy_rl": cfg.policy.model}.get(phase, cfg.model.path)
-        shape = shape_of(model) if phase in LEARNER_PHASES else None
+        shape = shape_of(trained_model(cfg, phase)) if phase in LEARNER_PHASES else None
         if shape is None:
             continue
-        copies = 2 if {"rl": cfg.rl.beta, "policy_rl": cfg.policy.beta}.get(phase, 0.0) > 0 else 1
+        copies = 2 if kl_beta(cfg, phase) > 0 else 1
         each = min(SHARD, 2.0 * shape.params) if lc.zero_stage == 3 else 2.0 * shape.params
         total = ranks * copies * each
         if worst is None or total > worst[0]:
@@ -200,17 +198,28 @@ def host_need(cfg: Any) -> Need | None:
 LEARNER_PHASES = ("warmup", "rft", "rl", "meta_rm", "policy_sft", "policy_rl")
 
 
+def trained_model(cfg: Any, phase: str) -> str | None:
+    """The model `phase` trains or evaluates: the GRM, the meta RM's backbone or the policy."""
+    if phase == "meta_rm":
+        return cfg.meta_rm.model or cfg.model.path
+    return cfg.policy.model if phase.startswith("policy") else cfg.model.path
+
+
+def kl_beta(cfg: Any, phase: str) -> float:
+    """The KL weight of a GRPO phase (> 0: the learner holds a reference), else 0."""
+    return {"rl": cfg.rl.beta, "policy_rl": cfg.policy.beta}.get(phase, 0.0)
+
+
 def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
     """Every GPU actor's estimate for a training config, and the models that could not be
     estimated (named, with why). Empty on a CPU run."""
     c = cfg.cluster
     if not c.num_gpus:
         return [], []
+    if cfg.model.dtype == "float32":
+        return [], ["memory: not estimated for float32 training (the estimates are for bf16 mixed precision)"]
     gpu = c.gpu_memory_gib * GiB
     lc, r, m = cfg.learner, cfg.rollout, cfg.model
-    grm = m.path
-    models = {"warmup": grm, "rft": grm, "rl": grm, "eval": grm, "meta_rm": cfg.meta_rm.model or grm,
-              "policy_sft": cfg.policy.model, "policy_rl": cfg.policy.model}
     needs: list[Need] = []
     unknown: dict[str, str] = {}
 
@@ -220,29 +229,26 @@ def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
             unknown.setdefault(str(model), role)
         return found
 
-    if m.dtype == "float32":
-        return [], ["memory: not estimated for float32 training (the estimates are for bf16 mixed precision)"]
     resident = 0.0
     for phase in cfg.phases:
-        s = shape(models[phase], f"the {phase} phase")
+        s = shape(trained_model(cfg, phase), f"the {phase} phase")
         if s is None:
             continue
         if phase in LEARNER_PHASES:
-            beta = {"rl": cfg.rl.beta, "policy_rl": cfg.policy.beta}.get(phase, 0.0)
             need = learner_need(
                 s, phase, zero_stage=lc.zero_stage, ranks=lc.num_ranks, micro=lc.micro_batch_size,
                 length=cfg.meta_rm.max_length if phase == "meta_rm" else m.max_model_len,
                 completion=cfg.policy.max_new_tokens if phase == "policy_rl" else m.max_new_tokens,
-                reference=beta > 0, checkpointing=lc.gradient_checkpointing)
+                reference=kl_beta(cfg, phase) > 0, checkpointing=lc.gradient_checkpointing)
             needs.append(need)
             resident = max(resident, sum(v for k, v in need.parts.items() if k.startswith(("model states", "reference"))))
         if phase in ("meta_rm", "eval") or (phase == "policy_rl" and cfg.policy.meta_rm):
-            meta = shape(cfg.policy.meta_rm if phase == "policy_rl" else models["meta_rm"], "the meta RM")
+            meta = shape(cfg.policy.meta_rm if phase == "policy_rl" else trained_model(cfg, "meta_rm"), "the meta RM")
             if meta is not None and not any(n.actor == "meta RM (scoring)" for n in needs):
                 needs.append(meta_rm_need(meta))
-    served = {cfg.policy.model if p.startswith("policy") else grm for p in cfg.phases}
+    served = {cfg.policy.model if p.startswith("policy") else m.path for p in cfg.phases}
     if "policy_rl" in cfg.phases and cfg.policy.reward.kind == "grm":
-        served.add(cfg.policy.grm or grm)
+        served.add(cfg.policy.grm or m.path)
     for model in sorted(str(x) for x in served if x is not None):
         s = shape(model, "a rollout engine")
         if s is not None:
