@@ -304,7 +304,7 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
     warnings += [gpu] if gpu else []
     needs, unestimated = ([], []) if c.rescore else memory.serving(
         c.model.path, c.rollout, c.model.max_model_len, c.cluster.gpu_memory_gib, c.cluster.num_gpus,
-        meta_rm=c.meta_rm.path, judge_model=c.judge_model)
+        meta_rm=c.meta_rm.path, judge_model=c.judge_model, meta_rm_max_length=c.meta_rm.max_length)
     over = memory.problems(needs, c.cluster.gpu_memory_gib)
     if over and not c.dry_run:
         raise ConfigError("invalid evaluate configuration: the GPUs cannot hold the run:\n  " + "\n  ".join(over))

@@ -12,12 +12,15 @@ Every actor that holds a GPU gets an estimate in bytes, split into named parts, 
   attention kernel; gradient checkpointing keeps one hidden state per layer plus one layer's);
   and the logits the loss keeps (SFT: bf16 logits and their gradient over the whole sequence;
   GRPO: over the completion, plus the float32 copy `gather_logprobs` keeps for backward; the meta
-  RM's scalar head: none).
+  RM's scalar head: none). A model that caps its attention logits (Gemma-2) trains with eager
+  attention unless FlashAttention-2 is installed (spct.models.attention_kwargs; the `gpu` extra
+  does not install it): its scores and probabilities, micro-batch x heads x length² each, count too.
 - **a rollout engine, per GPU**: vLLM takes `rollout.gpu_memory_utilization` of the GPU and must
   hold in it the weights (split over the tensor-parallel GPUs), a forward pass of 8192 tokens and
   the KV cache of at least one sequence of `model.max_model_len`. With `rollout.colocate` the
   learner's resident states (model states and reference) share the GPU with that share.
-- **the meta RM** (scoring): bf16 weights and one micro-batch of 32K tokens without gradients.
+- **the meta RM** (scoring): bf16 weights and one micro-batch of 32K tokens without gradients
+  (8K with eager attention, plus one layer's attention matrices).
 - **host RAM while the learner loads**, on the node with the most learner ranks (one per GPU):
   below ZeRO-3 every rank holds a whole bf16 copy of its model (and of the reference) before
   DeepSpeed moves it to the GPU; at ZeRO-3 the ranks load partitioned, a checkpoint shard of up
@@ -42,7 +45,8 @@ from typing import Any
 GiB = 2**30
 SHAPES = Path(__file__).resolve().parent / "conf" / "model" / "shapes"
 ENGINE_TOKENS = 8192  # tokens of one engine forward pass in the estimate (vLLM's batched-token budget)
-META_RM_TOKENS = 32768  # padded tokens of one meta RM scoring micro-batch (spct.meta_rm.micro_batches)
+META_RM_TOKENS = 32768  # padded tokens of one meta RM scoring pass (spct.meta_rm.MetaRM)
+EAGER_TOKENS = 8192  # the same for a model whose attention runs eager (its matrices grow with length²)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,8 @@ class Shape:
     vocab: int
     kv_heads: int
     head_dim: int
+    heads: int = 0
+    eager: bool = False  # attention logits capped (Gemma-2): the learner runs eager attention (spct.models)
 
 
 @functools.lru_cache(maxsize=16)
@@ -74,7 +80,8 @@ def _count(config_json: str) -> Shape:
     return Shape(params=sum(sizes), largest=max(sizes), layers=config.num_hidden_layers, hidden=config.hidden_size,
                  intermediate=config.intermediate_size, vocab=config.vocab_size,
                  kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-                 head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads)
+                 head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads, heads=heads,
+                 eager=bool(getattr(config, "attn_logit_softcapping", None)))
 
 
 def shape_of(model: str | None) -> Shape | None:
@@ -142,6 +149,8 @@ def learner_need(shape: Shape, phase: str, *, zero_stage: int, ranks: int, micro
     saved = (shape.layers * 2.0 * tokens * shape.hidden + _layer(shape, tokens) if checkpointing
              else shape.layers * _layer(shape, tokens))
     parts[f"activations ({micro} x {length} tokens)"] = saved
+    if shape.eager:  # scores and probabilities of every head, bf16, per layer kept (one with checkpointing)
+        parts["eager attention"] = (1 if checkpointing else shape.layers) * 2 * 2.0 * micro * shape.heads * length**2
     if phase in ("rl", "policy_rl"):
         parts[f"logits ({micro} x {completion} completion tokens)"] = micro * completion * shape.vocab * (2 + 2 + 4.0)
     elif phase != "meta_rm":
@@ -163,11 +172,13 @@ def engine_need(shape: Shape, name: str, *, tp: int, utilization: float, gpu: fl
         limit_name=f"rollout.gpu_memory_utilization {utilization:g}")
 
 
-def meta_rm_need(shape: Shape) -> Need:
-    return Need("meta RM (scoring)", {"weights": 2.0 * shape.params,
-                                      f"forward of {META_RM_TOKENS} tokens": 2.0 * META_RM_TOKENS
-                                      * (4 * shape.hidden + 2 * shape.intermediate)},
-                fix="a meta RM on a smaller backbone (meta_rm.model)")
+def meta_rm_need(shape: Shape, max_length: int) -> Need:
+    tokens = EAGER_TOKENS if shape.eager else META_RM_TOKENS
+    parts = {"weights": 2.0 * shape.params,
+             f"forward of {tokens} tokens": 2.0 * tokens * (4 * shape.hidden + 2 * shape.intermediate)}
+    if shape.eager:  # one layer's bf16 scores and float32 probabilities, sequences of up to max_length
+        parts["eager attention"] = tokens * min(max_length, tokens) * shape.heads * (2 + 4.0)
+    return Need("meta RM (scoring)", parts, fix="a meta RM on a smaller backbone (meta_rm.model)")
 
 
 SHARD = 5e9  # bytes of one checkpoint shard (transformers' save_pretrained default, max_shard_size 5GB)
@@ -245,7 +256,7 @@ def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
         if phase in ("meta_rm", "eval") or (phase == "policy_rl" and cfg.policy.meta_rm):
             meta = shape(cfg.policy.meta_rm if phase == "policy_rl" else trained_model(cfg, "meta_rm"), "the meta RM")
             if meta is not None and not any(n.actor == "meta RM (scoring)" for n in needs):
-                needs.append(meta_rm_need(meta))
+                needs.append(meta_rm_need(meta, cfg.meta_rm.max_length))
     served = {cfg.policy.model if p.startswith("policy") else m.path for p in cfg.phases}
     if "policy_rl" in cfg.phases and cfg.policy.reward.kind == "grm":
         served.add(cfg.policy.grm or m.path)
@@ -277,7 +288,8 @@ def host_check(need: Need | None, nodes: list[dict[str, float]]) -> str | None:
 
 
 def serving(model: str | None, rollout: Any, max_model_len: int, gpu_gib: float, gpus: int,
-            meta_rm: str | None = None, judge_model: str | None = None) -> tuple[list[Need], list[str]]:
+            meta_rm: str | None = None, judge_model: str | None = None,
+            meta_rm_max_length: int = 4096) -> tuple[list[Need], list[str]]:
     """The estimates of `spct.evaluate` and `spct.serve` on GPUs: the GRM's engines (and a judge
     model's), and the meta RM; with the models that could not be estimated."""
     if not gpus:
@@ -291,7 +303,7 @@ def serving(model: str | None, rollout: Any, max_model_len: int, gpu_gib: float,
             notes.append(f"memory: not estimated for {path} ({role}): no config.json there and no shipped shape "
                          "(spct/conf/model/shapes)")
         elif role == "the meta RM":
-            needs.append(meta_rm_need(s))
+            needs.append(meta_rm_need(s, meta_rm_max_length))
         else:
             needs.append(engine_need(s, f"rollout engine of {path}", tp=rollout.tensor_parallel_size,
                                      utilization=rollout.gpu_memory_utilization, gpu=gpu_gib * GiB,

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from spct.learner.batches import pad_rows
+from spct.memory import EAGER_TOKENS, META_RM_TOKENS
 from spct.models import attention_kwargs
 from spct.versions import check_versions
 
@@ -80,7 +81,9 @@ class MetaRM:
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         micro_batch_size: sequences per forward pass, at most.
         max_batch_tokens: padded tokens per forward pass, at most (a micro-batch of long
-            trajectories holds fewer of them; one longer than this runs alone).
+            trajectories holds fewer of them; one longer than this runs alone). A model whose
+            attention runs eager (capped logits without FlashAttention-2: spct.models) takes at
+            most EAGER_TOKENS, as its attention matrices grow with the square of the length.
         num_threads: CPU threads for scoring (0: Ray's default for the actor).
         input_template: a Jinja file framing each trajectory as the meta RM was trained to
             read it (`input_template`); None: the GRM conversation in the tokenizer's chat.
@@ -95,7 +98,7 @@ class MetaRM:
         device: str = "auto",
         micro_batch_size: int = 8,
         num_threads: int = 0,
-        max_batch_tokens: int = 32768,
+        max_batch_tokens: int = META_RM_TOKENS,
         input_template: str | os.PathLike[str] | None = None,
     ) -> None:
         check_versions(("torch", "transformers"), role="meta RM")
@@ -123,8 +126,11 @@ class MetaRM:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         torch.manual_seed(seed)
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        attention = attention_kwargs(path)
+        if attention.get("attn_implementation") == "eager":
+            self.max_batch_tokens = min(self.max_batch_tokens, EAGER_TOKENS)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=torch_dtype, **attention_kwargs(path)
+            path, num_labels=1, dtype=torch_dtype, **attention
         )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -167,7 +173,7 @@ def meta_scorer(path: str, dtype: str, max_length: int, num_threads: int = 0, nu
     import ray
 
     # Scoring is forward-only, so larger micro-batches than training's are fine, up to
-    # max_batch_tokens (32K padded tokens: 64 short trajectories, or 4 of 8192 tokens).
+    # max_batch_tokens (META_RM_TOKENS: 64 short trajectories, or 4 of 8192 tokens).
     actor = ray.remote(MetaRM).options(num_gpus=num_gpus, **options).remote(
         path, dtype=dtype, max_length=max_length, micro_batch_size=64, num_threads=num_threads,
         input_template=input_template)

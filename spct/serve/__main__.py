@@ -72,7 +72,8 @@ def prepare(cfg: DictConfig) -> tuple[ServeConfig, str | None, str | None]:
     if gpu and not c.dry_run:
         raise ConfigError(f"invalid serve configuration:\n  {gpu}")
     needs, unestimated = memory.serving(c.model.path, c.rollout, c.model.max_model_len, c.cluster.gpu_memory_gib,
-                                        c.cluster.num_gpus, meta_rm=c.meta_rm.path)
+                                        c.cluster.num_gpus, meta_rm=c.meta_rm.path,
+                                        meta_rm_max_length=c.meta_rm.max_length)
     over = memory.problems(needs, c.cluster.gpu_memory_gib)
     if over and not c.dry_run:
         raise ConfigError("invalid serve configuration: the GPUs cannot hold the server:\n  " + "\n  ".join(over))

@@ -35,3 +35,20 @@ def test_a_soft_capped_model_runs_a_kernel_that_applies_the_cap(gemma2):
 
 def test_a_model_without_a_cap_keeps_the_default_kernel(tiny_model_dir):
     assert attention_kwargs(tiny_model_dir) == {}
+
+
+def test_the_meta_rm_scores_shorter_passes_when_its_attention_runs_eager(gemma2, tiny_model_dir, tmp_path):
+    """Eager attention keeps heads x length² scores per sequence: a 27B Gemma-2 meta RM scoring
+    4 trajectories of 8192 tokens at once would hold ~50 GB of them (spct.memory)."""
+    import shutil
+
+    from spct.memory import EAGER_TOKENS, META_RM_TOKENS
+    from spct.meta_rm import MetaRM
+
+    capped = tmp_path / "gemma2"
+    shutil.copytree(gemma2, capped)
+    for f in tiny_model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, capped / f.name)
+    assert MetaRM(capped, dtype="float32").max_batch_tokens == EAGER_TOKENS
+    assert MetaRM(tiny_model_dir, dtype="float32").max_batch_tokens == META_RM_TOKENS

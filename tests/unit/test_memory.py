@@ -59,6 +59,16 @@ def test_every_shipped_gpu_preset_fits_its_cluster(preset):
     assert all(0 < n.total < 80 * GiB for n in needs)
 
 
+def test_a_capped_attention_model_counts_its_eager_attention():
+    """Gemma-2 trains (and its meta RM scores) with eager attention unless FlashAttention-2 is
+    installed: heads x length² per sequence, which the Qwen presets' fused kernel never holds."""
+    gemma = {n.actor: n for n in estimate(_config(*PRESETS["grm-gemma-2-27b"]))[0]}
+    assert gemma["learner rank (rft)"].parts["eager attention"] == 2 * 2.0 * 1 * 32 * 8192**2
+    assert gemma["meta RM (scoring)"].parts["eager attention"] == 8192 * 8192 * 32 * 6.0
+    qwen = estimate(_config(*PRESETS["grm-qwen2.5-7b"]))[0]
+    assert not any("eager attention" in n.parts for n in qwen)
+
+
 def test_zero3_model_states_are_deepspeeds_estimate_for_the_ranks():
     """18 bytes per parameter over the ranks plus a gathered layer (4 bytes per its parameter)."""
     c = _config(*PRESETS["grm-qwen2.5-7b"])
