@@ -165,7 +165,8 @@ class Pipeline:
         from spct.rollout import RolloutGroup
 
         r = self.cfg.rollout
-        give_back = self._take("engine", range(r.num_engines), f"{name} engines")
+        give_back = self._take("engine", [b for i in range(r.num_engines) for b in self.layout.engine_indices(i)]
+                               if self.bundles is not None else [], f"{name} engines")
         try:
             group = RolloutGroup(model, num_engines=r.num_engines,
                                  engine_kwargs=engine_kwargs(self.cfg.model, r, self.cfg.seed),
