@@ -3,7 +3,7 @@
 Every actor that holds a GPU gets an estimate in bytes, split into named parts, against
 `cluster.gpu_memory_gib`:
 
-- **a learner rank, per training phase**: its model states by DeepSpeed's own estimators
+- **a learner rank, per training phase**: its model states as DeepSpeed's estimators give them
   (`estimate_zero3_model_states_mem_needs` for ZeRO-3, `estimate_zero2_model_states_mem_needs`
   for stages 1 and 2, both without offload; stage 0 keeps 20 bytes per parameter); the frozen
   reference of a GRPO phase with a KL term (bf16, partitioned under ZeRO-3); the activations of
@@ -38,9 +38,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+from spct.files import write_atomic
 
 GiB = 2**30
 SHAPES = Path(__file__).resolve().parent / "conf" / "model" / "shapes"
@@ -65,8 +69,33 @@ class Shape:
     eager: bool = False  # attention logits capped (Gemma-2): the learner runs eager attention (spct.models)
 
 
+def cache_dir() -> Path:
+    """Where counted shapes are kept between commands ($XDG_CACHE_HOME/spct/shapes)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spct" / "shapes"
+
+
 @functools.lru_cache(maxsize=16)
 def _count(config_json: str) -> Shape:
+    """The shape of a config.json's model, counted once per content and transformers version
+    (importing transformers and building the model takes seconds; the plan runs often)."""
+    from importlib.metadata import version
+
+    key = hashlib.sha256(f"{version('transformers')}\n{config_json}".encode()).hexdigest()[:32]
+    cached = cache_dir() / f"{key}.json"
+    try:
+        return Shape(**json.loads(cached.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    shape = _build(config_json)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cached, json.dumps(dataclasses.asdict(shape)))
+    except OSError:  # a read-only home: count again next time
+        pass
+    return shape
+
+
+def _build(config_json: str) -> Shape:
     import torch
     import transformers
 
@@ -122,16 +151,16 @@ class Need:
 
 
 def model_states(shape: Shape, zero_stage: int, ranks: int) -> float:
-    """Bytes of bf16 weights, gradients and float32 Adam states on one rank (DeepSpeed's estimators)."""
+    """Bytes of bf16 weights, gradients and float32 Adam states on one rank, as DeepSpeed's
+    estimators give them without offload (`estimate_zero3_model_states_mem_needs`,
+    `estimate_zero2_model_states_mem_needs`): 18 bytes per parameter spread over the ranks,
+    plus at ZeRO-3 the largest layer gathered in float32, below it the whole bf16 weights.
+    Written out rather than imported, because importing DeepSpeed costs every command seconds;
+    tests/unit/test_memory.py checks them against DeepSpeed's own functions."""
     if zero_stage == 3:
-        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-
-        return estimate_zero3_model_states_mem_needs(shape.params, shape.largest, num_gpus_per_node=ranks,
-                                                     cpu_offload=False, cpu_offload_params=False)[1]
+        return 4 * shape.largest + int(18 * shape.params / ranks)
     if zero_stage in (1, 2):
-        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
-        return estimate_zero2_model_states_mem_needs(shape.params, num_gpus_per_node=ranks, cpu_offload=False)[1]
+        return 2 * shape.params + int(18 * shape.params / ranks)
     return 20.0 * shape.params
 
 

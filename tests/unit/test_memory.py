@@ -69,8 +69,42 @@ def test_a_capped_attention_model_counts_its_eager_attention():
     assert not any("eager attention" in n.parts for n in qwen)
 
 
-def test_zero3_model_states_are_deepspeeds_estimate_for_the_ranks():
-    """18 bytes per parameter over the ranks plus a gathered layer (4 bytes per its parameter)."""
+@pytest.mark.parametrize("model", ["Qwen/Qwen2.5-1.5B-Instruct", "google/gemma-2-27b-it"])
+@pytest.mark.parametrize("ranks", [1, 4, 16, 64])
+def test_model_states_are_deepspeeds_own_estimates(model, ranks):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    from spct.memory import model_states
+
+    shape = shape_of(model)
+    assert model_states(shape, 3, ranks) == estimate_zero3_model_states_mem_needs(
+        shape.params, shape.largest, num_gpus_per_node=ranks, cpu_offload=False, cpu_offload_params=False)[1]
+    for stage in (1, 2):
+        assert model_states(shape, stage, ranks) == estimate_zero2_model_states_mem_needs(
+            shape.params, num_gpus_per_node=ranks, cpu_offload=False)[1]
+
+
+def test_a_counted_shape_is_kept_for_the_next_command(tmp_path, monkeypatch):
+    from spct.memory import _count, cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _count.cache_clear()
+    first = shape_of("Qwen/Qwen2.5-1.5B-Instruct")
+    kept = list(cache_dir().glob("*.json"))
+    assert cache_dir() == tmp_path / "spct" / "shapes" and len(kept) == 1
+    _count.cache_clear()
+    monkeypatch.setattr("spct.memory._build", lambda text: pytest.fail("counted again"))
+    assert shape_of("Qwen/Qwen2.5-1.5B-Instruct") == first
+    kept[0].write_text("{not json")  # a damaged entry is counted again, not trusted
+    _count.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert shape_of("Qwen/Qwen2.5-1.5B-Instruct") == first
+    _count.cache_clear()
+
+
+def test_zero3_states_and_the_reference_of_the_7b_preset():
     c = _config(*PRESETS["grm-qwen2.5-7b"])
     shape = shape_of("Qwen/Qwen2.5-7B-Instruct")
     rl = next(n for n in estimate(c)[0] if n.actor == "learner rank (rl)")
