@@ -186,8 +186,9 @@ def shortfall(lay: Layout, nodes: Sequence[Mapping[str, float]]) -> list[str]:
     """Why the live `nodes` (each a resource dict) cannot hold `lay`; empty when they can.
 
     Checks what Ray would otherwise leave pending forever: totals per resource, each bundle
-    against the largest node, a tensor-parallel engine's GPUs against one node, STRICT_PACK's one node, STRICT_SPREAD's one node per bundle,
-    and the node count the preset expects (`cluster.nodes`)."""
+    against the largest node, a tensor-parallel engine's GPUs against one node, STRICT_PACK's
+    one node, STRICT_SPREAD's one node per bundle, and the node count the preset expects
+    (`cluster.nodes`)."""
     problems = []
     if len(nodes) < lay.nodes:
         problems.append(f"cluster.nodes: expected {lay.nodes} live nodes, found {len(nodes)}")
