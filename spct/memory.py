@@ -281,7 +281,8 @@ def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
                 completion=cfg.policy.max_new_tokens if phase == "policy_rl" else m.max_new_tokens,
                 reference=kl_beta(cfg, phase) > 0, checkpointing=lc.gradient_checkpointing)
             needs.append(need)
-            resident = max(resident, sum(v for k, v in need.parts.items() if k.startswith(("model states", "reference"))))
+            resident = max(resident, sum(v for k, v in need.parts.items()
+                                         if k.startswith(("model states", "reference"))))
         if phase in ("meta_rm", "eval") or (phase == "policy_rl" and cfg.policy.meta_rm):
             meta = shape(cfg.policy.meta_rm if phase == "policy_rl" else trained_model(cfg, "meta_rm"), "the meta RM")
             if meta is not None and not any(n.actor == "meta RM (scoring)" for n in needs):
@@ -344,8 +345,9 @@ def plan_lines(needs: list[Need], gpu_gib: float) -> list[str]:
     """The plan's memory section."""
     gpu = [need.describe() for need in needs if not need.host]
     host = [need.describe() for need in needs if need.host]
-    return ([f"  memory      per GPU of {gpu_gib:g} GiB, estimated (GiB):\n              " + "\n              ".join(gpu)]
-            if gpu else []) + [f"  host RAM    {line}" for line in host]
+    indent = "\n              "
+    return ([f"  memory      per GPU of {gpu_gib:g} GiB, estimated (GiB):{indent}" + indent.join(gpu)] if gpu else []
+            ) + [f"  host RAM    {line}" for line in host]
 
 
 def problems(needs: list[Need], gpu_gib: float) -> list[str]:

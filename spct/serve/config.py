@@ -151,7 +151,8 @@ def validate(c: ServeConfig) -> None:
     ch.done("serve configuration")
 
 
-def plan(c: ServeConfig, sources: Mapping[str, str], warnings: list[str], token: bool, needs: list | None = None) -> str:
+def plan(c: ServeConfig, sources: Mapping[str, str], warnings: list[str], token: bool,
+         needs: list | None = None) -> str:
     """What `python -m spct.serve ...` would start, in words (dry_run=true prints it)."""
     settings = ", ".join(f"{k} {getattr(c.model, k)} ({src})" for k, src in sources.items())
     meta = (f"{c.meta_rm.path}; max_length {c.meta_rm.max_length}, dtype {c.meta_rm.dtype}" if c.meta_rm.path
