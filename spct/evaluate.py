@@ -64,6 +64,7 @@ from spct.config import (
     check_sources,
     engine_kwargs,
     local_gpu_problem,
+    model_positions,
     path_shorthand,
     resolve_meta_rm,
     resolve_model,
@@ -161,6 +162,10 @@ def validate(c: EvaluateConfig) -> None:
         except (OSError, ValueError) as e:
             ch.errors.append(f"judge: {e}")
     ch.need(c.judge_model is None or c.judge is not None, "judge_model", "null unless judge is set")
+    judge_positions = model_positions(c.judge_model)  # its engines run with the GRM's model settings
+    ch.need(judge_positions is None or c.model.max_model_len <= judge_positions, "judge_model",
+            f"a model whose context holds model.max_model_len ({c.model.max_model_len}); {c.judge_model} has "
+            f"{judge_positions} positions (set model.max_model_len to at most that)")
     for spec in c.benchmarks:
         problem = benchmark_problem(spec)
         if problem:

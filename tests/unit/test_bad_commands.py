@@ -85,6 +85,8 @@ EVALUATE = [
     ([*TINY, "judge=/no/judge.j2"], "judge: prompt template not found: /no/judge.j2"),
     ([*TINY, "judge_model={model}"], "judge_model: expected null unless judge is set"),
     ([*TINY, "judge=judge", "judge_model=/no/judge"], "judge_model: expected an existing file or folder"),
+    ([*TINY, "judge=judge", "judge_model={short}"],
+     "judge_model: expected a model whose context holds model.max_model_len (512); {short} has 256 positions"),
     (["model=/no/grm"], "model.path: expected an existing file or folder"),
     (["rescore=true", "output_dir={empty}"], "rescore: expected an earlier evaluation in output_dir"),
 ]
@@ -121,9 +123,14 @@ def inputs(tiny_model_dir, tmp_path_factory) -> dict[str, str]:
     data.write_text("".join(json.dumps({"prompt": f"{i}+{i}?", "chosen": str(2 * i), "rejected": "0"}) + "\n"
                             for i in range(4)))
     (root / "empty").mkdir()
+    short = root / "short"  # the tiny model with half its context, as a judge
+    shutil.copytree(tiny_model_dir, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 256}))
     (root / "grm7b").mkdir()  # the architecture of a 7B GRM, for the memory estimate
     shutil.copy(REPO / "conf" / "model" / "shapes" / "Qwen--Qwen2.5-7B-Instruct.json", root / "grm7b" / "config.json")
-    return {"model": str(tiny_model_dir), "data": str(data), "empty": str(root / "empty"), "grm7b": str(root / "grm7b")}
+    return {"model": str(tiny_model_dir), "data": str(data), "empty": str(root / "empty"), "grm7b": str(root / "grm7b"),
+            "short": str(short)}
 
 
 def run(module: str, args: list[str], cwd: Path) -> tuple[int, str, float]:
