@@ -113,6 +113,11 @@ def _build(config_json: str) -> Shape:
                  eager=bool(getattr(config, "attn_logit_softcapping", None)))
 
 
+def unestimated(model: str, role: str) -> str:
+    return (f"memory: not estimated for {model} ({role}): no config.json there and no shipped shape "
+            "(spct/conf/model/shapes)")
+
+
 def shape_of(model: str | None) -> Shape | None:
     """The shape of `model` (a local folder with config.json, or a hub id with a shipped shape);
     None when neither is there."""
@@ -139,6 +144,7 @@ class Need:
     limit: float | None = None  # bytes it must fit in (default: the whole GPU)
     limit_name: str = ""
     host: bool = False  # host RAM, not a GPU's memory: shown, checked once Ray knows the nodes
+    resident: float = 0.0  # what stays on the GPU between steps (a learner's model states and reference)
 
     @property
     def total(self) -> float:
@@ -175,6 +181,7 @@ def learner_need(shape: Shape, phase: str, *, zero_stage: int, ranks: int, micro
     parts = {f"model states (ZeRO-{zero_stage} over {ranks} ranks)": model_states(shape, zero_stage, ranks)}
     if reference:
         parts["reference"] = 2.0 * (shape.params / ranks + shape.largest if zero_stage == 3 else shape.params)
+    resident = sum(parts.values())
     saved = (shape.layers * 2.0 * tokens * shape.hidden + _layer(shape, tokens) if checkpointing
              else shape.layers * _layer(shape, tokens))
     parts[f"activations ({micro} x {length} tokens)"] = saved
@@ -187,7 +194,7 @@ def learner_need(shape: Shape, phase: str, *, zero_stage: int, ranks: int, micro
     fixes = ([f"a learner.micro_batch_size below {micro}"] if micro > 1 else []) + [
         f"more learner.num_ranks than {ranks}"] + (["learner.zero_stage=3"] if zero_stage < 3 else []) + (
         ["learner.gradient_checkpointing=true"] if not checkpointing else [])
-    return Need(f"learner rank ({phase})", parts, fix=", ".join(fixes))
+    return Need(f"learner rank ({phase})", parts, fix=", ".join(fixes), resident=resident)
 
 
 def engine_need(shape: Shape, name: str, *, tp: int, utilization: float, gpu: float, max_model_len: int) -> Need:
@@ -281,8 +288,7 @@ def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
                 completion=cfg.policy.max_new_tokens if phase == "policy_rl" else m.max_new_tokens,
                 reference=kl_beta(cfg, phase) > 0, checkpointing=lc.gradient_checkpointing)
             needs.append(need)
-            resident = max(resident, sum(v for k, v in need.parts.items()
-                                         if k.startswith(("model states", "reference"))))
+            resident = max(resident, need.resident)
         if phase in ("meta_rm", "eval") or (phase == "policy_rl" and cfg.policy.meta_rm):
             meta = shape(cfg.policy.meta_rm if phase == "policy_rl" else trained_model(cfg, "meta_rm"), "the meta RM")
             if meta is not None and not any(n.actor == "meta RM (scoring)" for n in needs):
@@ -301,8 +307,7 @@ def estimate(cfg: Any) -> tuple[list[Need], list[str]]:
                     f"engine's share ({r.gpu_memory_utilization:g} of the GPU)": r.gpu_memory_utilization * gpu,
                     "learner's resident states": resident},
                     fix="a smaller rollout.gpu_memory_utilization, or rollout.colocate=false"))
-    notes = [f"memory: not estimated for {model} ({role}): no config.json there and no shipped shape "
-             f"(spct/conf/model/shapes)" for model, role in unknown.items()]
+    notes = [unestimated(model, role) for model, role in unknown.items()]
     host = host_need(cfg)
     return needs + ([host] if host else []), notes
 
@@ -330,8 +335,7 @@ def serving(model: str | None, rollout: Any, max_model_len: int, gpu_gib: float,
             continue
         s = shape_of(path)
         if s is None:
-            notes.append(f"memory: not estimated for {path} ({role}): no config.json there and no shipped shape "
-                         "(spct/conf/model/shapes)")
+            notes.append(unestimated(path, role))
         elif role == "the meta RM":
             needs.append(meta_rm_need(s, meta_rm_max_length))
         else:
