@@ -702,11 +702,6 @@ def validate(c: Config) -> None:
     check_model(ch, c.model, trains=trains, gpus=c.cluster.num_gpus)
     check_rollout(ch, c.rollout, c.cluster.num_gpus, c.learner.num_ranks)
     check_cluster(ch, c.cluster)
-    if c.cluster.num_gpus and c.rollout.tensor_parallel_size > 1:
-        need(c.cluster.placement_strategy in ("PACK", "STRICT_PACK"), "cluster.placement_strategy",
-             f"PACK or STRICT_PACK with rollout.tensor_parallel_size {c.rollout.tensor_parallel_size} (each "
-             "tensor-parallel worker has a bundle of its own, and SPREAD would put an engine's workers on "
-             f"different nodes), got {c.cluster.placement_strategy}")
     check_logger(ch, c.logger)
     one_of(ch, c.checkpoint.resume, RESUME, "checkpoint.resume")
     if trains:

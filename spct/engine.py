@@ -253,6 +253,12 @@ class VLLMEngine:
     def version(self) -> int:
         return self._version
 
+    def where(self) -> dict[str, Any]:
+        """Its node, placement group bundle and GPUs (spct.placement.here)."""
+        from spct.placement import here
+
+        return here()
+
     def chat_prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
         ids = self.tokenizer.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):

@@ -141,6 +141,12 @@ class MetaRM:
     def encode(self, trajectory: Mapping[str, Any]) -> list[int]:
         return encode_trajectory(self.tokenizer, trajectory, self.max_length, self.template)
 
+    def where(self) -> dict[str, Any]:
+        """Its node, placement group bundle and GPUs (spct.placement.here)."""
+        from spct.placement import here
+
+        return here()
+
     @torch.no_grad()
     def score(self, trajectories: Sequence[Mapping[str, Any]]) -> list[float]:
         """One logit per trajectory, in input order; higher means more likely correct."""

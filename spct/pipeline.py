@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import random
 import time
@@ -85,6 +84,7 @@ class Pipeline:
         self.layout = None  # where the engines and learner ranks go (spct.placement)
         self.placement = None  # their placement group, reserved at setup
         self.bundles = None  # who holds which place of it (spct.placement.Bundles)
+        self.whereabouts = None  # where each actor runs, as it reports it (spct.placement.Whereabouts)
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -100,7 +100,14 @@ class Pipeline:
         if problems:
             raise ConfigError("invalid configuration for this data:\n  " + "\n  ".join(problems))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
-        from spct.placement import Bundles, layout, placement_report, reserve
+        from spct.placement import (
+            Bundles,
+            Whereabouts,
+            actor_plan,
+            layout,
+            placement_report,
+            reserve,
+        )
 
         self.layout = layout(cfg)
         self.placement = reserve(self.layout)
@@ -112,7 +119,8 @@ class Pipeline:
             warning = host_check(host_need(cfg), live_nodes())
             if warning:
                 log.warning("%s", warning)
-        (self.out / "placement.json").write_text(json.dumps(placement_report(self.layout, self.placement), indent=1))
+        self.whereabouts = Whereabouts(self.out / "placement.json", placement_report(self.layout, self.placement),
+                                       actor_plan(cfg, self.layout), self.placement)
         if self.state.model is None and set(cfg.phases) - set(POLICY_PHASES):
             self.state.model = self._base_model()
         lg = cfg.logger
@@ -177,9 +185,15 @@ class Pipeline:
         except BaseException:
             give_back()
             raise
+        self._watch([f"{name} engine {i}" for i in range(r.num_engines)], group.engines)
         if owned:
             self.own(group.shutdown)
         return group
+
+    def _watch(self, roles: list[str], actors) -> None:
+        """Ask `actors` where they run, to check against the plan (spct.placement.actor_plan)."""
+        if self.whereabouts is not None:
+            self.whereabouts.watch(self.state.phase, roles, actors)
 
     def _take(self, place: str, indices, who: str):
         """Hold a place in the placement group for `who` (spct.placement.Bundles); returns the
@@ -242,17 +256,17 @@ class Pipeline:
             self.state.completed.append(phase)
             self.state.start_phase(None)
             self.store.write(self.state)
+            self.whereabouts.flush()
         return self.state
 
     def cleanup(self) -> None:
         """Stop every actor the run started and close the tracker; one that fails to stop (it
         may be dead already) does not keep the others running."""
-        closers = [g.shutdown for g in (self.learner, self._rollout) if g is not None]
+        closers = [self.whereabouts.flush] if self.whereabouts is not None else []
+        closers += [g.shutdown for g in (self.learner, self._rollout) if g is not None]
         closers += reversed(self._owned)
         if self.placement is not None:
-            from ray.util.placement_group import remove_placement_group
-
-            closers.append(functools.partial(remove_placement_group, self.placement))
+            closers.append(self.placement.remove)
         if self.tracker is not None:
             closers.append(self.tracker.finish)
         for close in closers:
@@ -261,7 +275,7 @@ class Pipeline:
             except Exception as e:  # noqa: BLE001 - report and go on stopping the rest
                 log.warning("cleanup: %s failed: %s", getattr(close, "__qualname__", close), e)
         self.learner = self._rollout = self._sync = None
-        self._owned, self.tracker, self.placement, self.bundles = [], None, None, None
+        self._owned, self.tracker, self.placement, self.bundles, self.whereabouts = [], None, None, None, None
 
     def resume_point(self) -> str:
         """Where rerunning the same command resumes, read from what is on disk."""
@@ -302,20 +316,41 @@ class Pipeline:
         sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
         return (group or self.rollout).submit(prompts, sampling, seed=f"{self.cfg.seed}:{key}")
 
-    def grm_pool(self, model: str, single: bool = False, num_engines: int | None = None, owned: bool = False,
-                 wait: bool = True):
-        """A GRM reward pool serving the frozen GRM `model` with the run's engine settings and the
-        GRM's own (what its checkpoint's card records: spct.config.grm_settings), judging with its
-        template (its single-response one if `single`); an `owned` one is shut down with the run;
-        `wait=False` returns while its engines start."""
+    def grm_pool(self, model: str, role: str, single: bool = False, num_engines: int | None = None,
+                 owned: bool = False, wait: bool = True, in_group: bool = False):
+        """A GRM reward pool (`role` names it) serving the frozen GRM `model` with the run's engine
+        settings and the GRM's own (what its checkpoint's card records: spct.config.grm_settings),
+        judging with its template (its single-response one if `single`); an `owned` one is shut
+        down with the run; `wait=False` returns while its engines start.
+
+        `in_group`: its engines take the rollout engines' bundles, for a pool that samples while
+        no learner runs (an RFT teacher, the RL pre-filter); the GRM's own engines stop for it and
+        start again, with the latest weights, at their next use. Else it runs beside the group
+        (the layout counts it: spct.placement.layout)."""
         from spct.reward_pool import GRMRewardPool
 
         r, m = self.cfg.rollout, grm_settings(model, self.cfg.model)
-        pool = GRMRewardPool(
-            model, num_engines or r.num_engines, engine_kwargs(m, r, self.cfg.seed),
-            template=m.single_template if single else m.template, max_new_tokens=m.max_new_tokens,
-            num_cpus_per_engine=r.num_cpus_per_engine, num_gpus_per_engine=self.cfg.cluster.gpus(r.tensor_parallel_size),
-            wait=wait)
+        n = r.num_engines if in_group else (num_engines or r.num_engines)
+        placement, give_back = None, (lambda: None)
+        if in_group and self.placement is not None:
+            if self._rollout is not None:
+                log.info("%s: the GRM's engines step aside while it samples", role)
+                self._rollout.shutdown()
+                self._rollout = self._sync = None
+            placement = self.placement
+            give_back = self._take("engine", [b for i in range(n) for b in self.layout.engine_indices(i)],
+                                   f"{role} engines")
+        try:
+            pool = GRMRewardPool(
+                model, n, engine_kwargs(m, r, self.cfg.seed),
+                template=m.single_template if single else m.template, max_new_tokens=m.max_new_tokens,
+                num_cpus_per_engine=r.num_cpus_per_engine,
+                num_gpus_per_engine=(self._gpus if placement else self.cfg.cluster.gpus)(r.tensor_parallel_size),
+                placement_group=placement, on_shutdown=give_back, wait=wait)
+        except BaseException:
+            give_back()
+            raise
+        self._watch([f"{role} engine {i}" for i in range(n)], pool.group.engines)
         if owned:
             self.own(pool.shutdown)
         return pool
@@ -331,7 +366,7 @@ class Pipeline:
 
         from spct.config import MetaRMRef, resolve_meta_rm
         from spct.meta_rm import meta_scorer
-        from spct.placement import meta_rm_bundle
+        from spct.placement import in_bundle, meta_rm_bundle
 
         ref = MetaRMRef(path=path)
         resolve_meta_rm(ref, self.cfg.model.dtype, self.cfg.meta_rm.max_length)
@@ -339,17 +374,15 @@ class Pipeline:
         options, give_back = {}, (lambda: None)
         bundle = meta_rm_bundle(self.layout, self.state.phase) if self.placement is not None else None
         if bundle is not None:
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
             give_back = self._take("learner", [bundle], "the meta RM")
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=self.placement, placement_group_bundle_index=bundle)
+            options = in_bundle(self.placement, bundle)
         try:
             score, actor = meta_scorer(path, ref.dtype, ref.max_length, self.cfg.learner.num_threads,
                                        num_gpus=self._gpus(1), input_template=ref.input_template, **options)
         except BaseException:
             give_back()
             raise
+        self._watch(["meta RM" if bundle is not None else "policy meta RM"], [actor])
 
         def stop() -> None:
             ray.kill(actor)
@@ -393,6 +426,7 @@ class Pipeline:
         except BaseException:
             give_back()
             raise
+        self._watch([f"learner rank {r}" for r in range(lc.num_ranks)], self.learner.workers)
         if self.state.learner_state and task == "causal_lm":
             self.learner.load_state(self.state.learner_state)
         return self.learner

@@ -7,16 +7,22 @@ vLLM's Ray executor requires of the group its workers join: an engine of tensor-
 takes t consecutive bundles, one per TP worker (engine i: bundles i*t .. i*t+t-1; the engine actor
 itself sits on the first with its CPUs and no GPU). Learner rank r takes the bundle after the
 engines' (`rank_indices[r]`), and the learner's rendezvous address is rank 0's node.
-The GRM reward pool, an RFT teacher and the policy phase's meta RM run beside the group, on
-what the cluster has left; the meta RM of the meta_rm and eval phases, when no learner runs,
-takes learner rank 0's place (`meta_rm_bundle`). Before anything starts, the run checks that
-the whole of it fits the cluster's live nodes and names what is missing.
+The policy phase's GRM reward pool and meta RM run beside the group, on what the cluster has
+left. Engines that only sample before a learner starts (an RFT teacher, the RL pre-filter)
+take the rollout engines' bundles while the GRM's own engines step aside; the meta RM of the
+meta_rm and eval phases, when no learner runs, takes learner rank 0's place
+(`meta_rm_bundle`). Before anything starts, the run checks that the whole of it fits the
+cluster's live nodes and names what is missing.
 
 Every actor of the run that goes into the group takes its place in a `Bundles` ledger first:
 one engine and one learner place per bundle, one holder each. Taking a place another actor of
 the run holds raises at once, so a run can never wait on a bundle one of its own actors holds.
 
-`Layout`, `shortfall` and `Bundles` are plain logic (tested without Ray); `reserve` talks to Ray.
+Every actor reports where it runs (`here`: its node, its bundle, its GPUs); `Whereabouts`
+checks that against the bundle the plan gave it and lists it in output_dir/placement.json.
+
+`Layout`, `shortfall`, `Bundles` and `bundle_of` are plain logic (tested without Ray);
+`reserve`, `here` and `Whereabouts` talk to Ray.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import dataclasses
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 log = logging.getLogger("spct")
@@ -47,11 +53,50 @@ class PlacementLost(RuntimeError):
     bundles would wait forever. A fault, like an actor's death (spct.cluster.actor_fault)."""
 
 
-def placed(pg) -> bool:
-    """Whether every bundle of `pg` is on a live node (Ray reschedules those of a dead one)."""
+class Placement:
+    """The run's placement groups, their bundles numbered as `Layout` numbers them: one group
+    when every engine has one GPU; with tensor-parallel engines, one STRICT_PACK group per
+    engine (its workers' bundles on one node, which Ray's PACK over one large group does not
+    keep together) and one for the learner ranks, with the preset's strategy."""
+
+    def __init__(self, groups: Sequence[Any], sizes: Sequence[int]) -> None:
+        self.groups = list(groups)
+        self.starts = [sum(sizes[:g]) for g in range(len(sizes))]
+        self.sizes = list(sizes)
+
+    def locate(self, index: int) -> tuple[Any, int]:
+        """(the group, the bundle's index in it) of the run's bundle `index`."""
+        for pg, start, size in zip(self.groups, self.starts, self.sizes, strict=True):
+            if start <= index < start + size:
+                return pg, index - start
+        raise IndexError(f"bundle {index}: the run has {sum(self.sizes)}")
+
+    def index(self, group_id: str | None, bundle: int | None) -> int | None:
+        """The run's number of bundle `bundle` of the group with id `group_id` (None: not ours)."""
+        for pg, start in zip(self.groups, self.starts, strict=True):
+            if bundle is not None and pg.id.hex() == group_id:
+                return start + bundle
+        return None
+
+    def remove(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for pg in self.groups:
+            remove_placement_group(pg)
+
+
+def locate(placement, index: int) -> tuple[Any, int]:
+    """(placement group, index in it) of bundle `index` of a `Placement` or of one group."""
+    return placement.locate(index) if isinstance(placement, Placement) else (placement, index)
+
+
+def placed(placement) -> bool:
+    """Whether every bundle of `placement` (a `Placement` or one group) is on a live node (Ray
+    reschedules those of a dead one)."""
     from ray.util.placement_group import placement_group_table
 
-    return placement_group_table(pg).get("state") == "CREATED"
+    groups = placement.groups if isinstance(placement, Placement) else [placement]
+    return all(placement_group_table(pg).get("state") == "CREATED" for pg in groups)
 
 
 def wait_ready(refs: list, pg=None, what: str = "actors", poll_s: float = 5.0) -> list:
@@ -88,6 +133,14 @@ class Layout:
         """The bundles of one engine: its CPUs and first GPU, then one GPU per further TP worker."""
         first = {k: (min(v, 1.0) if k == "GPU" else v) for k, v in self.engine_bundle.items()}
         return [first] + [{"GPU": 1.0}] * (self.workers - 1)
+
+    def groups(self) -> list[tuple[list[dict[str, float]], str]]:
+        """The placement groups to reserve, as (bundles, strategy), in bundle order: tensor-parallel
+        engines (not colocated) each get a STRICT_PACK group of their own, the ranks another."""
+        if self.workers == 1 or self.colocate:
+            return [(self.bundles, self.strategy)]
+        return [(self.worker_bundles(), "STRICT_PACK")] * self.engines + [([dict(self.rank_bundle)] * self.ranks,
+                                                                           self.strategy)]
 
     def engine_indices(self, i: int) -> list[int]:
         """The bundles engine i's TP workers take (the engine actor sits on the first)."""
@@ -151,6 +204,17 @@ class Bundles:
         return give_back
 
 
+def in_bundle(placement, index: int, capture: bool = False) -> dict[str, Any]:
+    """Ray options placing an actor in bundle `index` of `placement` (a `Placement` or one
+    group; `capture`: the tasks and actors it starts go into the group too, as a
+    tensor-parallel engine's vLLM workers must)."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg, index = locate(placement, index)
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+        placement_group=pg, placement_group_bundle_index=index, placement_group_capture_child_tasks=capture)}
+
+
 def meta_rm_bundle(lay: Layout, phase: str | None) -> int | None:
     """Where the meta RM scores in `phase`: learner rank 0's bundle in the meta_rm and eval phases
     (no learner runs while it scores), beside the group in the policy phases (the policy's learner
@@ -167,8 +231,6 @@ def layout(cfg) -> Layout:
 
     engine = bundle(r.num_cpus_per_engine, r.tensor_parallel_size)
     extras: list[tuple[str, dict[str, float]]] = []
-    if "rft" in cfg.phases and cfg.rft.teacher:
-        extras += [(f"RFT teacher engine {i}", dict(engine)) for i in range(r.num_engines)]
     if "policy_rl" in cfg.phases and cfg.policy.reward.kind == "grm":
         extras += [(f"policy GRM reward engine {i}", dict(engine)) for i in range(cfg.policy.grm_engines)]
     if "policy_rl" in cfg.phases and cfg.policy.meta_rm:
@@ -176,6 +238,33 @@ def layout(cfg) -> Layout:
     return Layout(engines=r.num_engines, engine_bundle=engine, ranks=lc.num_ranks,
                   rank_bundle=bundle(lc.num_cpus_per_rank, 1), strategy=c.placement_strategy,
                   extras=tuple(extras), nodes=c.nodes, colocate=r.colocate)
+
+
+def actor_plan(cfg, lay: Layout) -> dict[str, dict[str, int | None]]:
+    """Which bundle each actor of each phase of a training config takes (None: beside the
+    group), by the role the run names it by: the plan every actor's report is checked against
+    (`Whereabouts`). The GRM's engines may start in any phase but the policy's."""
+    engines = {f"rollout engine {i}": lay.engine_indices(i)[0] for i in range(lay.engines)}
+    ranks = {f"learner rank {r}": b for r, b in enumerate(lay.rank_indices)}
+    plan: dict[str, dict[str, int | None]] = {}
+    for phase in cfg.phases:
+        if phase == "policy_rl":
+            plan[phase] = {**{f"policy_rollout engine {i}": b for i, b in enumerate(engines.values())}, **ranks,
+                           **{role: None for role, _ in lay.extras}}
+            continue
+        if phase == "policy_sft":
+            plan[phase] = dict(ranks)
+            continue
+        plan[phase] = dict(engines)
+        if phase == "rft" and cfg.rft.teacher:
+            plan[phase].update({f"RFT teacher engine {i}": b for i, b in enumerate(engines.values())})
+        if phase == "rl" and cfg.rl.prefilter_model:
+            plan[phase].update({f"RL pre-filter engine {i}": b for i, b in enumerate(engines.values())})
+        if phase != "eval":
+            plan[phase].update(ranks)
+        if phase in ("meta_rm", "eval"):
+            plan[phase]["meta RM"] = meta_rm_bundle(lay, phase)
+    return plan
 
 
 def _fits(need: Bundle, have: Mapping[str, float]) -> bool:
@@ -236,56 +325,145 @@ def live_nodes() -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
-def reserve(lay: Layout, timeout_s: float = 120.0) -> Any:
-    """Check `lay` against the live nodes, then reserve its placement group and wait for it.
+def reserve(lay: Layout, timeout_s: float = 120.0) -> Placement:
+    """Check `lay` against the live nodes, then reserve its placement groups and wait for them.
 
-    Raises ClusterError naming what is missing, before any actor starts; a group that the
+    Raises ClusterError naming what is missing, before any actor starts; groups that the
     check passes but Ray cannot place within `timeout_s` (resources held by someone else)
-    is removed and reported the same way."""
+    are removed and reported the same way."""
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.placement_group import placement_group
 
     problems = shortfall(lay, live_nodes())
     if problems:
         raise ClusterError("the cluster cannot hold this run:\n  " + "\n  ".join(problems)
                            + f"\n  (asked for: {'; '.join(f'{r}: {_show(res)}' for r, res in lay.roles())})")
-    pg = placement_group(lay.bundles, strategy=lay.strategy, name="spct")
+    groups = lay.groups()
+    placement = Placement([placement_group(bundles, strategy=strategy, name="spct" if len(groups) == 1 else f"spct-{g}")
+                           for g, (bundles, strategy) in enumerate(groups)], [len(b) for b, _ in groups])
     try:
-        ray.get(pg.ready(), timeout=timeout_s)
+        ray.get([pg.ready() for pg in placement.groups], timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
-        remove_placement_group(pg)
+        placement.remove()
         raise ClusterError(
             f"the placement group ({len(lay.bundles)} bundles, {lay.strategy}) was not placed within "
             f"{timeout_s:.0f} s although the live nodes have the resources: other jobs hold them "
             "(see `ray status`)") from None
-    log.info("placement group: %d engine and %d learner bundles, %s", lay.engines, lay.ranks, lay.strategy)
-    return pg
+    log.info("placement: %d engine and %d learner bundles in %d group(s), %s", lay.engines * lay.workers, lay.ranks,
+             len(groups), lay.strategy)
+    return placement
 
 
-def split_engines(lay: Layout, bundle_nodes: Mapping[int, str]) -> list[int]:
-    """The tensor-parallel engines whose workers' bundles landed on more than one node (they
-    still run, but every layer's all-reduce then crosses the network)."""
-    if lay.colocate or lay.workers == 1:
-        return []
-    return [i for i in range(lay.engines) if len({bundle_nodes[b] for b in lay.engine_indices(i)}) > 1]
-
-
-def placement_report(lay: Layout, pg) -> dict[str, Any]:
-    """Which node (id and address) holds each bundle of a placed group: written to
+def placement_report(lay: Layout, placement: Placement) -> dict[str, Any]:
+    """Which node (id and address) holds each bundle of the placed groups: written to
     output_dir/placement.json at start, for the user and the tests."""
     import ray
     from ray.util.placement_group import placement_group_table
 
-    table = placement_group_table(pg)
     address = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-    split = split_engines(lay, table["bundles_to_node_id"])
-    if split:
-        log.warning("rollout engines %s: their tensor-parallel workers were placed on more than one node "
-                    "(output_dir/placement.json); they run, with every all-reduce across the network", split)
+    nodes = {}
+    for pg, start in zip(placement.groups, placement.starts, strict=True):
+        nodes.update({start + b: node for b, node in placement_group_table(pg)["bundles_to_node_id"].items()})
     roles = [role for role, _ in lay.roles()][: len(lay.bundles)]  # the group's come first
     return {"strategy": lay.strategy,
-            "bundles": [{"role": role, "resources": res, "node_id": table["bundles_to_node_id"][i],
-                         "node_address": address.get(table["bundles_to_node_id"][i])}
+            "groups": [{"bundles": list(range(start, start + size)), "strategy": strategy}
+                       for start, size, (_, strategy) in zip(placement.starts, placement.sizes, lay.groups(),
+                                                             strict=True)],
+            "bundles": [{"role": role, "resources": res, "node_id": nodes[i], "node_address": address.get(nodes[i])}
                         for i, (role, res) in enumerate(zip(roles, lay.bundles, strict=True))],
-            "beside": [{"role": role, "resources": res} for role, res in lay.extras],
-            "engines_across_nodes": split}
+            "beside": [{"role": role, "resources": res} for role, res in lay.extras]}
+
+
+# Ray's name for a resource of bundle i of a placement group: CPU_group_<i>_<group id>, ...
+_BUNDLE_RESOURCE = re.compile(r"\w+?_group_(\d+)_[0-9a-f]+")
+
+
+def bundle_of(resource_names: Iterable[str]) -> int | None:
+    """The placement group bundle whose resources an actor holds, read from their names in
+    Ray (`CPU_group_2_<group id>`: bundle 2); None for an actor outside any group."""
+    found = {int(m[1]) for name in resource_names if (m := _BUNDLE_RESOURCE.fullmatch(name))}
+    if len(found) > 1:
+        raise ValueError(f"resources of several bundles: {sorted(found)}")
+    return found.pop() if found else None
+
+
+def here() -> dict[str, Any]:
+    """Where the calling actor runs: its node, its bundle of the run's placement group (None
+    beside it) and the GPUs Ray gave it (what every spct actor's `where()` returns)."""
+    import ray
+    from ray._private.worker import global_worker
+
+    names = global_worker.core_worker.resource_ids()  # the bundle-qualified names of what it holds
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "placement_group": ctx.get_placement_group_id(),
+            "bundle": bundle_of(names), "gpus": sorted(str(g) for g in ray.get_gpu_ids())}
+
+
+def misplaced(plan: Mapping[str, Mapping[str, int | None]], phase: str | None, role: str,
+              seen: Mapping[str, Any]) -> str | None:
+    """Why an actor is not where the plan (`actor_plan`) puts it in `phase`, or None when it is."""
+    def place(bundle: int | None) -> str:
+        return "beside the placement group" if bundle is None else f"in bundle {bundle}"
+
+    planned = plan.get(phase or "", {})
+    if role not in planned:
+        return f"{phase}: {role} is not in the plan for this phase; Ray placed it {place(seen['bundle'])}"
+    if seen["bundle"] != planned[role]:
+        return f"{phase}: {role}: the plan puts it {place(planned[role])}, Ray placed it {place(seen['bundle'])}"
+    return None
+
+
+class Whereabouts:
+    """Where each actor of the run runs, as it reports it (`here`), checked against the plan
+    (`actor_plan`) and listed under "actors" in output_dir/placement.json with its phase, node
+    and GPUs, beside the plan itself. `watch` asks actors as they start, without waiting for
+    them; `flush` reads the answers that have come. An actor the plan puts elsewhere is logged
+    as an error and listed under "misplaced" (the run goes on: the bundle ledger, spct.placement.Bundles,
+    already keeps two actors of the run from waiting on one place)."""
+
+    def __init__(self, path, report: dict[str, Any], plan: dict[str, dict[str, int | None]],
+                 placement: Placement) -> None:
+        import ray
+
+        self.path, self.plan, self.placement = path, plan, placement
+        self.report = {**report, "plan": plan, "actors": [], "misplaced": []}
+        self.address = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+        self.pending: list[tuple[str | None, str, Any]] = []
+        self.write()
+
+    def watch(self, phase: str | None, roles: Sequence[str], actors: Sequence[Any]) -> None:
+        """Ask each of `actors` (named by its role in the plan) where it runs."""
+        self.pending += [(phase, role, actor.where.remote()) for role, actor in zip(roles, actors, strict=True)]
+
+    def flush(self) -> None:
+        import ray
+
+        if not self.pending:
+            return
+        done, _ = ray.wait([ref for *_, ref in self.pending], num_returns=len(self.pending), timeout=0)
+        ready, left = set(done), []
+        for phase, role, ref in self.pending:
+            if ref not in ready:
+                left.append((phase, role, ref))
+                continue
+            try:
+                seen = ray.get(ref)
+            except ray.exceptions.RayError:  # it died starting: that error is the run's to report
+                continue
+            seen = {**seen, "bundle": self.placement.index(seen["placement_group"], seen["bundle"])}
+            self.report["actors"].append({"phase": phase, "role": role, "bundle": seen["bundle"],
+                                          "node_id": seen["node_id"],
+                                          "node_address": self.address.get(seen["node_id"]), "gpus": seen["gpus"]})
+            problem = misplaced(self.plan, phase, role, seen)
+            if problem:
+                log.error("an actor is not where the plan put it: %s", problem)
+                self.report["misplaced"].append(problem)
+        self.pending = left
+        self.write()
+
+    def write(self) -> None:
+        import json
+
+        from spct.files import write_atomic
+
+        write_atomic(self.path, json.dumps(self.report, indent=1))

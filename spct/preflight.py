@@ -390,7 +390,11 @@ def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[
     lay = layout(c)
     bundles = [f"bundle {i}: {role} ({', '.join(f'{v:g} {k}' for k, v in res.items())})"
                for i, (role, res) in enumerate(lay.roles()[: len(lay.bundles)])]
-    beside = [f"{role} ({', '.join(f'{v:g} {k}' for k, v in res.items())})" for role, res in lay.extras]
+    beside = [f"beside: {role} ({', '.join(f'{v:g} {k}' for k, v in res.items())})" for role, res in lay.extras]
+    samplers = [name for name, on in (("RFT teacher", "rft" in c.phases and c.rft.teacher),
+                                      ("RL pre-filter", "rl" in c.phases and c.rl.prefilter_model)) if on]
+    if samplers:
+        beside.append(f"the rollout engines' bundles, while no learner runs: {', '.join(samplers)} engines")
     meta = [f"{p}: {'bundle ' + str(b) if (b := meta_rm_bundle(lay, p)) is not None else 'beside the group'}"
             for p in ("meta_rm", "eval", "policy_rl") if p in c.phases]
     where = (c.cluster.address or os.environ.get("RAY_ADDRESS") or
@@ -404,7 +408,7 @@ def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[
         f"  data        {data}",
         "  phases      " + "\n              ".join(f"{p}: {_phase_line(c, p)}" for p in c.phases),
         f"  cluster     {where}; {c.cluster.nodes} node(s), placement {lay.strategy}",
-        "  placement   " + "\n              ".join(bundles + [f"beside: {b}" for b in beside]),
+        "  placement   " + "\n              ".join(bundles + beside),
     ]
     if meta:
         out.append("  meta RM     " + "; ".join(meta))

@@ -31,9 +31,11 @@ class GRMRewardPool:
         placement_group=None,
         wait: bool = True,
         with_reference: bool = False,
+        on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         """`wait=False`: return while the engines start (`self.group.ready()` waits);
-        `with_reference`: prompts show an item's reference answer (meta.reference) when it has one."""
+        `with_reference`: prompts show an item's reference answer (meta.reference) when it has one;
+        `on_shutdown` is called once its engines are stopped."""
         self.template = load_template(template)
         self.with_reference = with_reference
         self.max_new_tokens = max_new_tokens
@@ -45,6 +47,7 @@ class GRMRewardPool:
             num_gpus_per_engine=num_gpus_per_engine,
             placement_group=placement_group,
             name="reward_pool",
+            on_shutdown=on_shutdown,
             wait=wait,
         )
 

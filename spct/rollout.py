@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from spct.cluster import actor_env
 from spct.engine import VLLMEngine
+from spct.placement import in_bundle, locate
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,8 @@ def engine_options(options: dict[str, Any], placement_group, i: int, workers: in
     refuses a placement group bundle with more than one GPU."""
     if placement_group is None:
         return dict(options), {}
-    first = i * workers
-    options = dict(options, scheduling_strategy=PlacementGroupSchedulingStrategy(
-        placement_group=placement_group, placement_group_bundle_index=first,
-        placement_group_capture_child_tasks=True))
+    group, first = locate(placement_group, i * workers)  # its bundles' place in their group
+    options = dict(options, **in_bundle(group, first, capture=True))
     if workers == 1:
         return options, {}
     env = {**options["runtime_env"]["env_vars"],

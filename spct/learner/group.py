@@ -11,7 +11,7 @@ from typing import Any
 from spct.learner.batches import rank_mean, shard_batch, validate_batch
 from spct.learner.spec import LearnerSpec
 from spct.learner.worker import LearnerWorker
-from spct.placement import wait_ready
+from spct.placement import in_bundle, wait_ready
 
 
 def free_port() -> int:
@@ -45,7 +45,6 @@ class LearnerGroup:
         on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.spec = spec
         self.with_reference = spec.with_reference
@@ -58,13 +57,7 @@ class LearnerGroup:
             raise ValueError(f"bundle_indices: expected {num_ranks} entries, got {len(bundles)}")
 
         def placement(rank: int) -> dict[str, Any]:
-            if placement_group is None:
-                return {}
-            return {
-                "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group, placement_group_bundle_index=bundles[rank]
-                )
-            }
+            return {} if placement_group is None else in_bundle(placement_group, bundles[rank])
 
         if placement_group is None:
             addr, port = _rendezvous_address()

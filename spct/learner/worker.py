@@ -203,6 +203,12 @@ class LearnerWorker(Steps, Checkpoints):
         max_norm = self._grad_clip if self._grad_clip > 0 else float("inf")
         self._hook_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
+    def where(self) -> dict[str, Any]:
+        """Its node, placement group bundle and GPUs (spct.placement.here)."""
+        from spct.placement import here
+
+        return here()
+
     def ready(self) -> dict[str, Any]:
         """Who this rank is; returning at all means the process group and engines are up."""
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())

@@ -105,7 +105,7 @@ class PolicyReward:
         self.k_meta = None
         if rw.kind == "oracle":
             return
-        self.pool = p.grm_pool(pc.grm or p.state.model, single=rw.mode == "single", num_engines=pc.grm_engines,
+        self.pool = p.grm_pool(pc.grm or p.state.model, "policy GRM reward", single=rw.mode == "single", num_engines=pc.grm_engines,
                                owned=True, wait=wait)
         if pc.meta_rm:
             self.meta_score, _ = p.meta_scorer(pc.meta_rm, owned=True)

@@ -73,6 +73,13 @@ def test_quick_experiment_runs_every_phase(quick_run):
     assert all(not s["prompt"].rstrip().endswith(("Response 1", "Response 2", "Response 3", "Response 4"))
                or "The best response is" not in s["prompt"] for s in samples)
     assert any((out / "wandb").glob("offline-run-*"))
+    # Every actor of every phase, as it reported itself, sat where the plan put it.
+    placement = json.loads((out / "placement.json").read_text())
+    assert placement["misplaced"] == []
+    assert {(a["phase"], a["role"]): a["bundle"] for a in placement["actors"]} == {
+        ("warmup", "rollout engine 0"): 0, ("warmup", "learner rank 0"): 1, ("rft", "learner rank 0"): 1,
+        ("rl", "learner rank 0"): 1, ("meta_rm", "learner rank 0"): 1, ("meta_rm", "meta RM"): 1,
+        ("eval", "meta RM"): 1}
 
 
 def test_checkpoints_load_in_transformers(quick_run):
@@ -233,6 +240,12 @@ def test_policy_trained_with_the_runs_grm_as_its_reward(quick_run, tmp_path):
     evals = sorted((out / "policy_eval").glob("step*.jsonl"))
     assert [p.name for p in evals] == ["step000000.jsonl", "step000001.jsonl", "step000002.jsonl"]
     assert len(evals[0].read_text().splitlines()) == 8
+    placement = json.loads((out / "placement.json").read_text())
+    assert placement["misplaced"] == []
+    assert {(a["phase"], a["role"]): a["bundle"] for a in placement["actors"]} == {
+        ("policy_sft", "learner rank 0"): 1, ("policy_rl", "policy_rollout engine 0"): 0,
+        ("policy_rl", "learner rank 0"): 1, ("policy_rl", "policy GRM reward engine 0"): None,
+        ("policy_rl", "policy meta RM"): None}
 
     from safetensors.torch import load_file
 
@@ -327,6 +340,11 @@ def test_async_rl_leaves_out_a_prompt_longer_than_the_context_not_a_crash(tmp_pa
     prefilter = json.loads((out / "rl" / "prefilter.json").read_text())
     assert (prefilter["prefilter_items"], prefilter["prefilter_dropped"], len(prefilter["kept"])) == (4, 0, 4)
     assert "judged 0 of 4 train items right in all 2 samples" in log
+    # The pre-filter's engine sampled in the rollout engine's bundle, the GRM's engine after it.
+    placement = json.loads((out / "placement.json").read_text())
+    assert [(a["role"], a["bundle"]) for a in placement["actors"]] == [
+        ("RL pre-filter engine 0", 0), ("rollout engine 0", 0), ("learner rank 0", 1)]
+    assert placement["misplaced"] == []
     steps = [r for r in _records(out) if r["phase"] == "rl" and "skipped_prompts" in r]
     assert [r["phase_step"] for r in steps] == [1, 2, 3]
     assert all(r["skipped_prompts"] == 1 and "loss" in r for r in steps)  # all 4 items in every step

@@ -1,5 +1,6 @@
 """A real two-node Ray cluster on this machine: `ray start --head` plus `ray start --address`,
-each a raylet with its own CPUs, object store and custom resource. Every driver here is a
+each a raylet with its own CPUs, two declared GPUs (`--num-gpus`: Ray hands them out as on a GPU
+node; the actors on them run on CPU), object store and custom resource. Every driver here is a
 separate process that joins it, as on a cluster; nothing in this process connects to Ray.
 
 Select with `pytest -m multinode`. The nodes are stopped through the `ray start --block`
@@ -23,6 +24,7 @@ import pytest
 pytestmark = [pytest.mark.multinode, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
+GPUS = 2  # declared per node
 BIN = Path(sys.executable).parent
 
 
@@ -51,7 +53,7 @@ class Cluster:
 
     def start(self, name: str, head: bool = False, cpus: int = 2) -> None:
         agent, metrics = _free_ports(2)
-        cmd = [str(BIN / "ray"), "start", "--block", f"--num-cpus={cpus}", "--num-gpus=0",
+        cmd = [str(BIN / "ray"), "start", "--block", f"--num-cpus={cpus}", f"--num-gpus={GPUS}",
                f"--resources={json.dumps({f'spct_{name}': 1})}", f"--dashboard-agent-listen-port={agent}",
                f"--metrics-export-port={metrics}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
         if head:
@@ -162,22 +164,36 @@ def test_the_placement_strategy_of_the_preset_decides_the_nodes(cluster, overrid
     assert report["strategy"] == overrides[0].split("=")[1]
 
 
-def test_ray_job_submit_runs_the_quick_experiment_spread_over_both_nodes(cluster, tmp_path):
-    """`ray job submit -- python -m spct.train ...`: the driver joins through RAY_ADDRESS (set by
-    the job), the engine and the learner land on different nodes (SPREAD), and the outputs land
-    in output_dir."""
+def test_ray_job_submit_runs_on_the_nodes_gpus_with_every_actor_where_the_plan_put_it(cluster, tmp_path):
+    """`ray job submit -- python -m spct.train ... cluster.num_gpus=1`: the driver joins through
+    RAY_ADDRESS (set by the job); the engine, the learner rank and (in the meta_rm phase) the
+    meta RM each take a declared GPU; SPREAD puts the engine and the learner on different nodes;
+    the weights go from learner rank 0 to the engine by the broadcast a GPU run uses (gloo here);
+    each actor reports the node, bundle and GPU the plan gave it; the outputs land in output_dir."""
     out = tmp_path / "job"
     cmd = [str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{cluster.dashboard}", "--",
-           sys.executable, "-m", "spct.train", "experiment=quick", "phases=[warmup]", f"output_dir={out}",
-           "cluster.placement_strategy=SPREAD", "cluster.nodes=2", "logger=none"]
+           sys.executable, "-m", "spct.train", "experiment=quick", "phases=[warmup,meta_rm]", f"output_dir={out}",
+           "cluster.placement_strategy=SPREAD", "cluster.nodes=2", "cluster.num_gpus=1", "logger=none"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "succeeded" in proc.stdout
     placement = json.loads((out / "placement.json").read_text())
-    nodes = {b["role"]: b["node_id"] for b in placement["bundles"]}
-    assert placement["strategy"] == "SPREAD" and nodes["rollout engine 0"] != nodes["learner rank 0"]
+    bundles = placement["bundles"]
+    assert [(b["role"], b["resources"]) for b in bundles] == [("rollout engine 0", {"CPU": 1.0, "GPU": 1.0}),
+                                                             ("learner rank 0", {"CPU": 1.0, "GPU": 1.0})]
+    assert placement["strategy"] == "SPREAD" and bundles[0]["node_id"] != bundles[1]["node_id"]
+    assert placement["misplaced"] == [] and placement["plan"]["meta_rm"]["meta RM"] == 1
+    actors = {(a["phase"], a["role"]): a for a in placement["actors"]}
+    assert sorted(actors) == [("meta_rm", "learner rank 0"), ("meta_rm", "meta RM"),
+                              ("warmup", "learner rank 0"), ("warmup", "rollout engine 0")]
+    for a in actors.values():  # the plan's bundle, on that bundle's node, with a GPU of its own there
+        assert a["node_id"] == bundles[a["bundle"]]["node_id"] and len(a["gpus"]) == 1, a
+    assert actors["warmup", "rollout engine 0"]["bundle"] == 0
+    assert {a["bundle"] for role, a in actors.items() if role[1] != "rollout engine 0"} == {1}  # rank 0's
+    # The learner of each phase and the meta RM after it hold the one GPU of rank 0's bundle.
+    assert len({a["gpus"][0] for role, a in actors.items() if role[1] != "rollout engine 0"}) == 1
     state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["completed"] == ["warmup"] and state["weight_version"] == 1
+    assert state["completed"] == ["warmup", "meta_rm"] and state["weight_version"] == 1
     assert (out / "checkpoints" / "warmup-final" / "model" / "model.safetensors").exists()
     assert (out / "metrics.jsonl").exists() and (out / "summary.md").exists()
 

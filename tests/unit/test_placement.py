@@ -38,12 +38,78 @@ def test_the_8_gpu_preset_fits_one_8_gpu_node_and_not_less():
     assert problems and problems[0].startswith("GPU: the run needs 8 (learner rank, rollout engine), the cluster has 4")
 
 
-def test_a_teacher_and_the_policy_reward_pool_are_counted_beside_the_group():
+def test_a_teacher_and_the_pre_filter_sample_in_the_engines_bundles_the_policy_reward_pool_beside_them():
+    """An RFT teacher and the RL pre-filter sample while no learner runs: they take the rollout
+    engines' bundles (one 8-GPU node holds the 7B preset with both); the policy's GRM reward
+    pool runs beside its learner and engines, so the layout counts it."""
     lay = layout(_config("experiment=grm-qwen2.5-7b", "cluster=gpu_8x", "data.train=/d.jsonl",
-                         "phases=[rft,rl]", "rft.teacher=/models/teacher"))
-    assert [role for role, _ in lay.extras][:1] == ["RFT teacher engine 0"]
-    assert any("RFT teacher engine" in p for p in shortfall(lay, [GPU_NODE]))
+                         "phases=[rft,rl]", "rft.teacher=/models/teacher", "rl.prefilter_model=/models/weak"))
+    assert lay.extras == () and shortfall(lay, [GPU_NODE]) == []
+    lay = layout(_config("experiment=policy-qwen2.5-7b", "data.train=/d.jsonl", "policy.grm=/g", "policy.grm_engines=4",
+                         "policy.meta_rm=/m"))
+    assert [role for role, _ in lay.extras] == [f"policy GRM reward engine {i}" for i in range(4)] + ["policy meta RM"]
+    assert any(p.startswith("GPU: the run needs 11") for p in shortfall(lay, [GPU_NODE]))
     assert shortfall(lay, [GPU_NODE, GPU_NODE]) == []
+
+
+def test_an_actor_reports_its_bundle_from_the_names_of_what_it_holds():
+    from spct.placement import bundle_of, misplaced
+
+    gid = "edc3213f47589eda165bc5cf8c3001000000"
+    held = [f"CPU_group_{gid}", f"CPU_group_2_{gid}", f"GPU_group_{gid}", f"GPU_group_2_{gid}", f"bundle_group_2_{gid}"]
+    assert bundle_of(held) == 2
+    assert bundle_of(["CPU", "GPU", "memory"]) is None and bundle_of([f"CPU_group_{gid}"]) is None
+    with pytest.raises(ValueError, match=r"several bundles: \[0, 2\]"):
+        bundle_of(held + [f"CPU_group_0_{gid}"])
+    plan = {"meta_rm": {"learner rank 0": 5, "meta RM": 5}, "policy_rl": {"policy meta RM": None}}
+    assert misplaced(plan, "meta_rm", "meta RM", {"bundle": 5}) is None
+    assert misplaced(plan, "policy_rl", "policy meta RM", {"bundle": None}) is None
+    assert misplaced(plan, "meta_rm", "learner rank 0", {"bundle": 0}) == (
+        "meta_rm: learner rank 0: the plan puts it in bundle 5, Ray placed it in bundle 0")
+    assert misplaced(plan, "policy_rl", "policy meta RM", {"bundle": 3}).endswith(
+        "the plan puts it beside the placement group, Ray placed it in bundle 3")
+    assert misplaced(plan, "meta_rm", "RL pre-filter engine 0", {"bundle": None}) == (
+        "meta_rm: RL pre-filter engine 0 is not in the plan for this phase; Ray placed it beside the placement group")
+
+
+@pytest.mark.parametrize("overrides", [
+    ("experiment=grm-qwen2.5-7b", "cluster=gpu_8x", "data.train=/d.jsonl", "data.test=/t.jsonl",
+     "rft.teacher=/models/teacher", "rl.prefilter_model=/models/weak"),
+    ("experiment=grm-gemma-2-27b", "cluster=multi_node", "data.train=/d.jsonl", "data.test=/t.jsonl"),
+    ("experiment=policy-qwen2.5-7b", "data.train=/d.jsonl", "policy.grm=/g", "policy.meta_rm=/m"),
+    ("experiment=quick", "phases=[warmup,rft,rl,meta_rm,eval,policy_sft,policy_rl]", "policy.grm=/g",
+     "policy.max_new_tokens=32"),
+])
+def test_the_plan_gives_every_actor_of_every_phase_one_place(overrides):
+    """Each phase's actors by the names the run gives them: the GRM's engines on their first
+    bundle, learner ranks after the engines, the meta RM on rank 0's bundle when no learner
+    runs, a teacher and the pre-filter on the engines' bundles, the policy's reward beside; no
+    two actors of a phase share a bundle except the meta RM and the learner (never at once)."""
+    from spct.placement import actor_plan
+
+    cfg = _config(*overrides)
+    lay = layout(cfg)
+    plan = actor_plan(cfg, lay)
+    assert list(plan) == list(cfg.phases)
+    first = [lay.engine_indices(i)[0] for i in range(lay.engines)]
+    for phase, actors in plan.items():
+        engines = "policy_rollout" if phase == "policy_rl" else "rollout"
+        if phase != "policy_sft":
+            assert [actors[f"{engines} engine {i}"] for i in range(lay.engines)] == first
+        if phase != "eval":
+            assert [actors[f"learner rank {r}"] for r in range(lay.ranks)] == lay.rank_indices
+        for sampler in ("RFT teacher", "RL pre-filter"):
+            if f"{sampler} engine 0" in actors:
+                assert [actors[f"{sampler} engine {i}"] for i in range(lay.engines)] == first
+        if phase in ("meta_rm", "eval"):
+            assert actors["meta RM"] == lay.rank_indices[0]
+        beside = sorted(role for role, b in actors.items() if b is None)
+        assert beside == sorted(role for role, _ in lay.extras if phase == "policy_rl")
+        kinds = {}
+        for role, b in actors.items():
+            kinds.setdefault(b, set()).add(role.split(" engine")[0] if " engine " in role else role)
+        assert all(len(k) == 1 or k in ({"learner rank 0", "meta RM"}, {"rollout", "RFT teacher"},
+                                        {"rollout", "RL pre-filter"}) for b, k in kinds.items() if b is not None), kinds
 
 
 @pytest.mark.parametrize("strategy,nodes,expected", [
@@ -172,74 +238,28 @@ def test_an_engine_actor_holds_no_gpu_and_names_its_workers_bundles():
     assert engine_options(base, None, 3, workers=2) == (base, {})  # beside the group: vLLM's own processes
 
 
-def test_spreading_tensor_parallel_workers_over_nodes_is_refused_and_reported():
-    from spct.config import ConfigError
-    from spct.placement import split_engines
+def test_each_tensor_parallel_engine_has_a_strict_pack_group_of_its_own():
+    """Ray's PACK over one large group does not keep an engine's consecutive bundles on one node
+    (it orders bundles by their resources first; tests/integration/test_preset_placement.py saw
+    every engine of the 27B preset split): each TP engine gets a STRICT_PACK group, the learner
+    ranks one with the preset's strategy, numbered on as one layout. SPREAD is then fine for the
+    ranks; one-GPU engines keep the single group."""
+    from spct.placement import Placement, locate
+    from spct.rollout import engine_options
 
-    with pytest.raises(ConfigError, match="cluster.placement_strategy: expected PACK or STRICT_PACK with "
-                                          "rollout.tensor_parallel_size 2"):
-        _config(*TP_PRESET, "cluster.placement_strategy=SPREAD")
-    lay = layout(_config(*TP_PRESET))
-    nodes = {b: f"node{b // 8}" for b in range(len(lay.bundles))}
-    assert split_engines(lay, nodes) == []
-    nodes[7] = "node1"
-    assert split_engines(lay, nodes) == [3]
+    lay = layout(_config(*TP_PRESET, "cluster.placement_strategy=SPREAD"))
+    groups = lay.groups()
+    assert [(len(b), strategy) for b, strategy in groups] == [(2, "STRICT_PACK")] * 8 + [(16, "SPREAD")]
+    assert [b for bundles, _ in groups for b in bundles] == lay.bundles
+    placement = Placement([f"engine{i}" for i in range(8)] + ["ranks"], [2] * 8 + [16])
+    assert locate(placement, 7) == ("engine3", 1) and locate(placement, 16) == ("ranks", 0)
+    assert locate("one group", 7) == ("one group", 7)
+    with pytest.raises(IndexError, match="bundle 32: the run has 32"):
+        placement.locate(32)
+    options, _ = engine_options({"num_cpus": 2, "num_gpus": 2, "runtime_env": {"env_vars": {}}}, placement, 3, 2)
+    strategy = options["scheduling_strategy"]
+    assert (strategy.placement_group, strategy.placement_group_bundle_index) == ("engine3", 0)
+    assert options["runtime_env"]["env_vars"]["VLLM_RAY_BUNDLE_INDICES"] == "0,1"  # in its own group
+    assert len(layout(_config("experiment=grm-qwen2.5-7b", "data.train=/d.jsonl", "data.test=/t.jsonl")).groups()) == 1
 
 
-@pytest.mark.integration
-def test_vllms_ray_executor_accepts_the_groups_tensor_parallel_engines():
-    """On a Ray that declares the 27B preset's 32 GPUs (and 2 more): the run's placement group,
-    an engine actor placed as RolloutGroup places it, and inside it vLLM 0.32's own check of the
-    group and its choice of the workers' bundles; one vLLM worker per bundle then gets a GPU of
-    its own. A group with a two-GPU bundle (the engine's shape before) fails the same check."""
-    import subprocess
-    import sys
-
-    lay = layout(_config(*TP_PRESET))
-    shape = dict(engines=lay.engines, engine_bundle=lay.engine_bundle, ranks=lay.ranks, rank_bundle=lay.rank_bundle)
-    code = f"""
-import os, ray
-from ray.util.placement_group import placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from spct.placement import Layout
-from spct.rollout import engine_options
-
-lay = Layout(**{shape!r})
-ray.init(address="local", num_cpus=64, num_gpus=34, include_dashboard=False, log_to_driver=False)
-
-@ray.remote
-def vllm_check(tp, two_gpu_bundle):
-    from vllm.platforms import current_platform
-    current_platform.ray_device_key = "GPU"  # vLLM's CPU build has no Ray executor; the check is the GPU one
-    from vllm.config import ParallelConfig
-    from vllm.v1.executor.ray_utils import get_bundles_for_indices, initialize_ray_cluster
-    pc = ParallelConfig(tensor_parallel_size=tp, distributed_executor_backend="ray")
-    initialize_ray_cluster(pc, require_gpu_on_driver=False)  # the group this actor was placed in
-    mine = [int(b) for b in os.environ["VLLM_RAY_BUNDLE_INDICES"].split(",")]
-    bundles = [b for b, _, _ in get_bundles_for_indices(pc.placement_group, mine, tp)]
-    worker = ray.remote(num_cpus=0, num_gpus=1)(lambda: ray.get_gpu_ids())
-    gpus = ray.get([worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-        placement_group=pc.placement_group, placement_group_bundle_index=b)).remote() for b in bundles], timeout=60)
-    before = ParallelConfig(tensor_parallel_size=tp, distributed_executor_backend="ray")
-    before.placement_group = two_gpu_bundle
-    try:
-        initialize_ray_cluster(before, require_gpu_on_driver=False)
-        refused = None
-    except ValueError as e:
-        refused = str(e)
-    return bundles, gpus, refused
-
-pg = placement_group(lay.bundles, strategy="PACK")
-before = placement_group([{{"GPU": 2.0}}])
-ray.get([pg.ready(), before.ready()], timeout=60)
-i = lay.engines - 1
-options, extra = engine_options(dict(num_cpus=2, num_gpus=2, runtime_env={{"env_vars": {{}}}}), pg, i, lay.workers)
-bundles, gpus, refused = ray.get(vllm_check.options(**options).remote(lay.workers, before), timeout=120)
-assert extra == {{"ray_workers": True}} and bundles == lay.engine_indices(i), (i, bundles)
-assert all(len(g) == 1 for g in gpus) and len({{g[0] for g in gpus}}) == 2, gpus
-print("OK", bundles, refused)
-"""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "OK [14, 15] Placement group bundle cannot have more than 1 GPU." in out.stdout, out.stdout[-2000:]

@@ -64,8 +64,8 @@ class FakeContext:
         self.data, self.out, self.state, self.tracker = {"train": items}, out, RunState(), Tracker()
         self.pools: list[Pool] = []
 
-    def grm_pool(self, model: str) -> Pool:
-        assert model == "weak/grm"
+    def grm_pool(self, model: str, role: str, in_group: bool = False) -> Pool:
+        assert model == "weak/grm" and in_group  # it samples in the rollout engines' bundles
         self.pools.append(Pool())
         return self.pools[-1]
 
