@@ -346,7 +346,8 @@ class Pipeline:
                 template=m.single_template if single else m.template, max_new_tokens=m.max_new_tokens,
                 num_cpus_per_engine=r.num_cpus_per_engine,
                 num_gpus_per_engine=(self._gpus if placement else self.cfg.cluster.gpus)(r.tensor_parallel_size),
-                placement_group=placement, on_shutdown=give_back, wait=wait)
+                placement_group=placement, on_shutdown=give_back, colocated=placement is not None and r.colocate,
+                wait=wait)
         except BaseException:
             give_back()
             raise

@@ -32,10 +32,12 @@ class GRMRewardPool:
         wait: bool = True,
         with_reference: bool = False,
         on_shutdown: Callable[[], None] | None = None,
+        colocated: bool = False,
     ) -> None:
         """`wait=False`: return while the engines start (`self.group.ready()` waits);
         `with_reference`: prompts show an item's reference answer (meta.reference) when it has one;
-        `on_shutdown` is called once its engines are stopped."""
+        `on_shutdown` is called once its engines are stopped; `colocated`: its engines share
+        learner GPUs (spct.rollout.RolloutGroup)."""
         self.template = load_template(template)
         self.with_reference = with_reference
         self.max_new_tokens = max_new_tokens
@@ -48,6 +50,7 @@ class GRMRewardPool:
             placement_group=placement_group,
             name="reward_pool",
             on_shutdown=on_shutdown,
+            colocated=colocated,
             wait=wait,
         )
 

@@ -132,7 +132,7 @@ def place(overrides: list[str]) -> dict:
         stop(ranks)
         for phase in ("meta_rm", "eval"):  # scoring: the GRM's engines and the meta RM in rank 0's place
             if phase in cfg.phases:
-                meta = [("meta RM", Actor.options(num_gpus=c.gpus(1), **in_bundle(pg, meta_rm_bundle(lay, phase)))
+                meta = [("meta RM", Actor.options(num_gpus=c.gpus(1, shared=shared), **in_bundle(pg, meta_rm_bundle(lay, phase)))
                          .remote())]
                 wave(phase, grm + meta)
                 stop(meta)

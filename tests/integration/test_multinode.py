@@ -134,7 +134,6 @@ _PLACE = """
 import json, sys
 import ray
 from hydra import compose, initialize_config_dir
-from ray.util.placement_group import remove_placement_group
 from spct.config import register_schema, to_config
 from spct.placement import layout, placement_report, reserve
 ray.init(address=sys.argv[1], logging_level="ERROR")
@@ -144,7 +143,7 @@ with initialize_config_dir(config_dir=sys.argv[2], version_base=None):
 lay = layout(cfg)
 pg = reserve(lay, timeout_s=60)
 print(json.dumps(placement_report(lay, pg)))
-remove_placement_group(pg)
+pg.remove()
 """
 
 
