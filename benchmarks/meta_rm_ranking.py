@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from spct.data import load_splits
-from spct.evaluation import load_generations
+from spct.evaluate.tables import load_generations
 from spct.grm import best_index, is_correct, is_neutral
 from spct.scaling import accuracy, metarm_outcome, voting_outcome
 

@@ -7,7 +7,7 @@ settings for real models; the embedded default (conf/config.yaml) overrides them
 model on CPU.
 
 The three commands share one schema family: `spct.train` (Config), `spct.evaluate`
-(EvaluateConfig, spct/evaluate.py) and `spct.serve` (ServeConfig, spct/serve/config.py) are
+(EvaluateConfig, spct/evaluate/command.py) and `spct.serve` (ServeConfig, spct/serve/config.py) are
 built from the same sections (ModelConfig, RolloutConfig, ClusterConfig, LoggerConfig) and
 checked by the same section checks (`check_model`, `check_rollout`, ...).
 

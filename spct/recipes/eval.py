@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from spct.evaluation import judged, rule_of, run_benchmarks
+from spct.evaluate.tables import judged, rule_of, run_benchmarks
 from spct.recipes.context import Context
 from spct.reward_pool import GRMRewardPool
 

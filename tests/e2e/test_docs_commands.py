@@ -267,7 +267,7 @@ class Runner:
 
         from spct.card import read_card
         from spct.config import structured
-        from spct.evaluate import EvaluateConfig, resolve_benchmark
+        from spct.evaluate.command import EvaluateConfig, resolve_benchmark
         from spct.grm import build_prompt
 
         settings = dict(a.split("=", 1) for a in args if "=" in a)

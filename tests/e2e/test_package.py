@@ -45,7 +45,7 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_the_wheel_imports_from_its_own_install(installed):
     bin_dir, away = installed
-    where = sh(bin_dir / "python", "-c", "import spct, spct.serve, spct.evaluate, spct.memory as m; "
+    where = sh(bin_dir / "python", "-c", "import spct, spct.serve, spct.evaluate.command, spct.memory as m; "
                "print(spct.__file__, sorted(p.name for p in m.SHAPES.glob('*.json')))", cwd=away)
     assert str(bin_dir.parent) in where and str(REPO) not in where
     assert "'Qwen--Qwen2.5-7B-Instruct.json'" in where  # the memory estimate's model shapes ship too

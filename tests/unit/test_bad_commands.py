@@ -2,7 +2,7 @@
 
 Each case is a whole command line of `python -m spct.train`, `spct.evaluate` or `spct.serve` as a
 user types it; docs/reliability.md counts them. Every case is composed by Hydra and checked by
-the command's own code (`spct.train.run`, `spct.evaluate.run`, `spct.serve.__main__.prepare`)
+the command's own code (`spct.train.run`, `spct.evaluate.command.run`, `spct.serve.__main__.prepare`)
 with dry_run=true, so nothing can start even if a check were missing; a few run as the real
 command, without dry_run, in a fresh process. A real-model run composed without a preset runs,
 but warns which of the tiny demo's settings it kept.
@@ -165,7 +165,7 @@ def checked(module: str, args: list[str], cwd: Path) -> str:
             from spct.train import run as train
 
             return str(train(cfg))
-        from spct.evaluate import run as evaluate
+        from spct.evaluate.command import run as evaluate
 
         return str(evaluate(cfg))
     except Exception as e:  # noqa: BLE001 - the error is what the test reads
@@ -178,7 +178,7 @@ def checked(module: str, args: list[str], cwd: Path) -> str:
 def schemas():
     import spct.serve  # noqa: F401 - registers the "serve" schema
     from spct.config import register_schema
-    from spct.evaluate import register_schema as register_evaluate
+    from spct.evaluate.command import register_schema as register_evaluate
 
     register_schema()
     register_evaluate()

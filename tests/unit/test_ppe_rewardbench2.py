@@ -14,7 +14,7 @@ import pytest
 
 from spct.data import load_items
 from spct.data.formats import detect_format
-from spct.evaluation import summary_markdown
+from spct.evaluate.tables import summary_markdown
 from spct.item import DataError
 from spct.scaling import Row, judge
 from spct.scoring import score_benchmark
@@ -115,7 +115,7 @@ def test_ppe_preference_score_equals_the_accuracy_over_non_tied_human_votes(tmp_
 def test_ppe_correctness_score_is_the_mean_over_sets_of_conflict_pair_accuracy(tmp_path):
     root = layouts.ppe_correctness(tmp_path / "ppe", n=6)
     from spct.config import DataConfig
-    from spct.evaluate import resolve_benchmark
+    from spct.evaluate.command import resolve_benchmark
 
     label, rule, items = resolve_benchmark(f"ppe_correctness:{root}", DataConfig(), 0)
     assert (label, rule) == ("ppe_correctness", "ppe_correctness")
@@ -213,7 +213,7 @@ def test_the_papers_overall_appears_only_when_its_four_benchmarks_ran():
 def test_a_file_in_a_benchmarks_layout_is_scored_by_its_rule(tmp_path):
     """`spct.evaluate FILE` and the eval phase of `spct.train` on such a file pick the rule from
     the detected format; other layouts get plain accuracy."""
-    from spct.evaluation import judged, rule_of
+    from spct.evaluate.tables import judged, rule_of
 
     items = load_items(str(layouts.rewardbench2(tmp_path / "rb2", 1, 1)), split="test")
     assert rule_of(items.format) == "rewardbench2" and rule_of("pairwise") == rule_of(None) == "generic"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from spct.data import DataError, load_items
 from spct.data.formats import detect_format
-from spct.evaluation import rule_of
+from spct.evaluate.tables import rule_of
 from spct.scaling import judge
 from spct.scoring import BENCHMARKS, score_benchmark
 
@@ -161,7 +161,7 @@ def grm_score(item_input: str, response: str) -> int:
 def test_the_benchmark_reads_raw_files_and_item_files_and_scores_the_auc(tmp_path):
     metrics = pytest.importorskip("sklearn.metrics")
     from spct.config import DataConfig
-    from spct.evaluate import resolve_benchmark
+    from spct.evaluate.command import resolve_benchmark
 
     root = layouts.realmistake(tmp_path / "data", n=6)
     assert BENCHMARKS["realmistake"].loader_format is None and rule_of("realmistake") == "realmistake"

@@ -280,7 +280,7 @@ def test_nan_free_accuracy_of_real_rows():
 
 
 def test_generations_keep_the_scale_for_rescoring(tmp_path):
-    from spct.evaluation import load_generations, save_generations
+    from spct.evaluate.tables import load_generations, save_generations
 
     item = Item([{"role": "user", "content": "q"}], ["a"], [1.0], id="s")
     sets = [SampleSet(item, [{"scores": [8], "text": "t", "order": [0], "prompt": "p"}],

@@ -205,7 +205,7 @@ def test_rmb_pair_mode_judges_each_loser_apart_and_joins_them_back():
     once, right only when the best wins every pair. A judge that ranks each pair by the loser's
     place in the file (the last loser beats the best) gets every BoN item wrong, though most
     of its pairs are right; the list mode on the same preferences agrees."""
-    from spct.evaluation import judged
+    from spct.evaluate.tables import judged
 
     bn = load_items(FIXTURES / "rmb_bon_helpfulness_chat_sample15.json")
     pairs = judged("rmb", bn, "pairs")

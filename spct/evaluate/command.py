@@ -71,7 +71,7 @@ from spct.config import (
     structured,
 )
 from spct.data import Item, load_items
-from spct.evaluation import RMB_MODES, judged, rule_of, run_benchmarks
+from spct.evaluate.tables import RMB_MODES, judged, rule_of, run_benchmarks
 from spct.scaling import Row
 from spct.scoring import BENCHMARKS
 
