@@ -79,9 +79,9 @@ def sync_check(model: Path) -> dict:
     import torch
 
     from spct.algos import gather_logprobs
+    from spct.chat import encode_sft, sft_batch
     from spct.learner import LearnerGroup, LearnerSpec
     from spct.models import load_causal_lm, load_tokenizer
-    from spct.recipes.sft import encode_sft, sft_batch
     from spct.rollout import RolloutGroup
     from spct.weight_sync import make_weight_sync
 

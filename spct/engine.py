@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from spct.item import chat_messages
+from spct.chat import chat_prompt_ids
 from spct.versions import check_versions
 
 log = logging.getLogger(__name__)
@@ -260,10 +260,7 @@ class VLLMEngine:
         return here()
 
     def chat_prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
+        return chat_prompt_ids(self.tokenizer, prompt)
 
     def generate(
         self, prompts: Sequence[str | list[dict[str, str]]], sampling: dict[str, Any], chat: bool = True,

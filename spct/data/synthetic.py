@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spct.grm import check_order, format_scores
+from spct.grm import check_order, format_scores, random_order
 from spct.item import DataError, Item, validate
 
 SPLITS = ("train", "validation", "test")
@@ -398,3 +398,19 @@ def write_trajectory(
     critique = plan_critique(item, rng, n_checked, noise, carry_slip)
     return render_trajectory(item, order, critique, low, high)
 
+
+
+def warmup_pairs(items: Sequence[Item], rng: random.Random, n: int, show, settings) -> list[tuple[str, str]]:
+    """n (GRM prompt, trajectory) pairs of the flawed programmatic critic on items drawn from
+    `items`: the warm-up's data, also mixed into RFT (rft.warmup_mix). `show(item, order)` gives
+    the prompt and score scale the run shows the item with; `settings` is the run's warmup
+    section (checks_min, checks_max, noise, carry_slip, carry_slip_max)."""
+    s = settings
+    slip = (s.carry_slip, s.carry_slip if s.carry_slip_max is None else s.carry_slip_max)
+    pairs = []
+    for item in rng.sample(items, n):
+        order = random_order(item.n, rng)
+        shown = show(item, order)
+        pairs.append((shown.prompt, write_trajectory(item, order, rng, (s.checks_min, s.checks_max), s.noise,
+                                                     *shown.scale, slip)))
+    return pairs

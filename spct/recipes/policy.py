@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from spct.algos import grpo_batch
+from spct.chat import encode_sft, sft_batch
 from spct.data.synthetic import (
     SyntheticConfig,
     check_answer,
@@ -42,7 +43,6 @@ from spct.data.synthetic import (
 from spct.grm.reward import judged_items, rollout_rewards
 from spct.item import DataError, Item
 from spct.recipes.context import Context
-from spct.recipes.sft import encode_sft, sft_batch
 from spct.scaling import mean_interval
 
 log = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ import random
 
 from tqdm import tqdm
 
+from spct.chat import encode_sft, sft_batch
+from spct.data.synthetic import warmup_pairs
 from spct.grm import random_order, rft_accept
 from spct.item import DataError
 from spct.recipes.context import Context
-from spct.recipes.sft import encode_sft, sft_batch
-from spct.recipes.warmup import warmup_examples
 
 log = logging.getLogger("spct")
 
@@ -68,7 +68,8 @@ def run_rft(p: Context) -> None:
             examples += general
             extra["general_share"] = n_general / c.batch_size
         elif n_general:
-            examples += warmup_examples(p, rng, n_general)
+            examples += [encode_sft(p.tokenizer, prompt, completion)
+                         for prompt, completion in warmup_pairs(p.data["train"], rng, n_general, p.show, p.cfg.warmup)]
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
         done(metrics | extra, loss=f"{metrics['loss']:.3f}")

@@ -10,32 +10,17 @@ from __future__ import annotations
 
 import random
 
-from spct.data.synthetic import write_trajectory
-from spct.grm import random_order
+from spct.chat import encode_sft, sft_batch
+from spct.data.synthetic import warmup_pairs
 from spct.recipes.context import Context
-from spct.recipes.sft import encode_sft, sft_batch
-
-
-def warmup_examples(p: Context, rng: random.Random, n: int) -> list[tuple[list[int], int]]:
-    """n encoded (prompt, trajectory) pairs of the flawed programmatic critic on train items."""
-    c = p.cfg.warmup
-    slip = (c.carry_slip, c.carry_slip if c.carry_slip_max is None else c.carry_slip_max)
-    examples = []
-    for item in rng.sample(p.data["train"], n):
-        order = random_order(item.n, rng)
-        shown = p.show(item, order)
-        completion = write_trajectory(
-            item, order, rng, (c.checks_min, c.checks_max), c.noise, *shown.scale, slip
-        )
-        examples.append(encode_sft(p.tokenizer, shown.prompt, completion))
-    return examples
 
 
 def run_warmup(p: Context) -> None:
     c, seed = p.cfg.warmup, p.cfg.seed
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=False)
     for step, done in p.steps(c.steps):
-        examples = warmup_examples(p, random.Random(f"{seed}:warmup:{step}"), c.batch_size)
+        pairs = warmup_pairs(p.data["train"], random.Random(f"{seed}:warmup:{step}"), c.batch_size, p.show, c)
+        examples = [encode_sft(p.tokenizer, prompt, completion) for prompt, completion in pairs]
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
         done(metrics, loss=f"{metrics['loss']:.3f}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from spct.chat import chat_prompt_ids
 from spct.config import engine_kwargs
 from spct.data import Item
 from spct.grm import build_prompt
@@ -72,12 +73,7 @@ class GRMScorer:
 
     def prompt_tokens(self, item: Item) -> int:
         prompt = build_prompt(item, list(range(item.n)), template=self.pool.template)
-        ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, Mapping) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return len(ids)
+        return len(chat_prompt_ids(self.tokenizer, prompt))
 
     def check(self, item: Item) -> str | None:
         n = self.prompt_tokens(item)

@@ -18,9 +18,9 @@ import ray
 import torch
 from ray.util.placement_group import placement_group, placement_group_table
 
+from spct.chat import encode_sft, sft_batch
 from spct.learner import LearnerGroup, LearnerSpec
 from spct.models import load_causal_lm, load_tokenizer
-from spct.recipes.sft import encode_sft, sft_batch
 from spct.rollout import RolloutGroup
 from spct.weight_sync import make_weight_sync
 

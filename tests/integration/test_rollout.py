@@ -147,8 +147,8 @@ def test_learner_rank_0_sends_its_own_weights_by_broadcast_and_by_the_object_sto
     while rank 1 gathers its shards with it; then the object-store transport sends the blob
     rank 0 put in the store. After each push every engine decodes greedily as transformers does
     on the learner's weights."""
+    from spct.chat import encode_sft, sft_batch
     from spct.learner import LearnerGroup, LearnerSpec
-    from spct.recipes.sft import encode_sft, sft_batch
     from spct.weight_sync import RayObjectStoreSync, make_weight_sync
 
     spec = LearnerSpec(model=str(tiny_model_dir), zero_stage=3, lr=3e-2, total_steps=10, dtype="float32")
@@ -310,7 +310,7 @@ def test_nccl_broadcast_from_learner_rank_0_matches_transformers(ray_cluster, ti
                                    dtype="float32"), num_gpus_per_rank=1)
     try:
         before = greedy_tokens(group, PROMPTS)
-        from spct.recipes.sft import encode_sft, sft_batch
+        from spct.chat import encode_sft, sft_batch
 
         batch = sft_batch([encode_sft(tokenizer, p, "7 15 7 15 7 15") for p in PROMPTS])
         for _ in range(5):

@@ -24,7 +24,7 @@ def loaded(*modules: str) -> set[str]:
 
 @pytest.mark.parametrize("module", ["spct.item", "spct.grm", "spct.data", "spct.scaling", "spct.scoring",
                                     "spct.config", "spct.evaluate", "spct.evaluate.tables", "spct.placement", "spct.card",
-                                    "spct.preflight", "spct.run_state", "spct.files", "spct.memory", "spct.serve.batching", "spct.client", "spct.integrations.trl",
+                                    "spct.preflight", "spct.run_state", "spct.files", "spct.chat", "spct.memory", "spct.serve.batching", "spct.client", "spct.integrations.trl",
                                     "spct.integrations.verl"])
 def test_the_pure_core_imports_no_heavy_stack(module):
     assert not {m.split(".")[0] for m in loaded(module)} & set(STACK)
@@ -38,9 +38,20 @@ def test_the_training_math_needs_torch_alone(module):
 def test_each_layer_imports_only_the_ones_below():
     assert loaded("spct.item") == {"spct", "spct.item"}  # the bottom: the item schema
     assert not {m for m in loaded("spct.grm") if m.startswith("spct.data")}  # grm sits on item alone
-    recipes = loaded("spct.recipes.warmup", "spct.recipes.sft", "spct.recipes.rft", "spct.recipes.rl",
+    recipes = loaded("spct.recipes.warmup", "spct.recipes.rft", "spct.recipes.rl",
                      "spct.recipes.meta_rm", "spct.recipes.eval", "spct.recipes.policy")
     assert "spct.evaluate.command" not in recipes  # the command sits on top; the eval phase shares the tables
+
+
+def test_no_recipe_imports_another():
+    """A recipe holds its phase's loop; what two phases share lives in the layers below."""
+    for path in RECIPES.glob("*.py"):
+        imported = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Import)
+                     for alias in node.names}
+        others = {m for m in imported if m.startswith("spct.recipes")} - {"spct.recipes.context"}
+        assert path.name == "__init__.py" or not others, f"{path.name} imports {sorted(others)}"
 
 
 def _members_used_on_p(source: str) -> set[str]:

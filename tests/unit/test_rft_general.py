@@ -12,11 +12,11 @@ from pathlib import Path
 import layouts
 import pytest
 
+from spct.chat import encode_sft
 from spct.config import Config
 from spct.data import load_items
 from spct.item import DataError, Item
 from spct.recipes.rft import run_rft
-from spct.recipes.sft import encode_sft
 from spct.run_state import RunState
 
 
