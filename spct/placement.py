@@ -28,6 +28,7 @@ checks that against the bundle the plan gave it and lists it in output_dir/place
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from collections import Counter
@@ -73,10 +74,8 @@ class Placement:
 
     def index(self, group_id: str | None, bundle: int | None) -> int | None:
         """The run's number of bundle `bundle` of the group with id `group_id` (None: not ours)."""
-        for pg, start in zip(self.groups, self.starts, strict=True):
-            if bundle is not None and pg.id.hex() == group_id:
-                return start + bundle
-        return None
+        starts = {pg.id.hex(): start for pg, start in zip(self.groups, self.starts, strict=True)}
+        return None if bundle is None or group_id not in starts else starts[group_id] + bundle
 
     def remove(self) -> None:
         from ray.util.placement_group import remove_placement_group
@@ -244,22 +243,23 @@ def actor_plan(cfg, lay: Layout) -> dict[str, dict[str, int | None]]:
     """Which bundle each actor of each phase of a training config takes (None: beside the
     group), by the role the run names it by: the plan every actor's report is checked against
     (`Whereabouts`). The GRM's engines may start in any phase but the policy's."""
-    engines = {f"rollout engine {i}": lay.engine_indices(i)[0] for i in range(lay.engines)}
+    def engines(name: str) -> dict[str, int | None]:  # every engine group sits on the same first bundles
+        return {f"{name} engine {i}": lay.engine_indices(i)[0] for i in range(lay.engines)}
+
     ranks = {f"learner rank {r}": b for r, b in enumerate(lay.rank_indices)}
     plan: dict[str, dict[str, int | None]] = {}
     for phase in cfg.phases:
         if phase == "policy_rl":
-            plan[phase] = {**{f"policy_rollout engine {i}": b for i, b in enumerate(engines.values())}, **ranks,
-                           **{role: None for role, _ in lay.extras}}
+            plan[phase] = {**engines("policy_rollout"), **ranks, **{role: None for role, _ in lay.extras}}
             continue
         if phase == "policy_sft":
             plan[phase] = dict(ranks)
             continue
-        plan[phase] = dict(engines)
+        plan[phase] = engines("rollout")
         if phase == "rft" and cfg.rft.teacher:
-            plan[phase].update({f"RFT teacher engine {i}": b for i, b in enumerate(engines.values())})
+            plan[phase].update(engines("RFT teacher"))
         if phase == "rl" and cfg.rl.prefilter_model:
-            plan[phase].update({f"RL pre-filter engine {i}": b for i, b in enumerate(engines.values())})
+            plan[phase].update(engines("RL pre-filter"))
         if phase != "eval":
             plan[phase].update(ranks)
         if phase in ("meta_rm", "eval"):
@@ -462,8 +462,6 @@ class Whereabouts:
         self.write()
 
     def write(self) -> None:
-        import json
-
         from spct.files import write_atomic
 
         write_atomic(self.path, json.dumps(self.report, indent=1))

@@ -376,7 +376,7 @@ def _data_line(c: Config, split: str, read: Mapping[str, Any]) -> str:
 def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[str], resume_note: str,
                read: Mapping[str, Any] | None = None, memory: Sequence[Need] = ()) -> str:
     """What `python -m spct.train ...` would do, in words (dry_run=true prints it)."""
-    from spct.placement import layout, meta_rm_bundle
+    from spct.placement import actor_plan, layout, meta_rm_bundle
 
     m = c.model
     model = f"tiny preset {m.tiny_preset!r} (built from scratch)" if m.path is None else m.path
@@ -391,8 +391,8 @@ def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[
     bundles = [f"bundle {i}: {role} ({', '.join(f'{v:g} {k}' for k, v in res.items())})"
                for i, (role, res) in enumerate(lay.roles()[: len(lay.bundles)])]
     beside = [f"beside: {role} ({', '.join(f'{v:g} {k}' for k, v in res.items())})" for role, res in lay.extras]
-    samplers = [name for name, on in (("RFT teacher", "rft" in c.phases and c.rft.teacher),
-                                      ("RL pre-filter", "rl" in c.phases and c.rl.prefilter_model)) if on]
+    samplers = [name for name in ("RFT teacher", "RL pre-filter")
+                if any(f"{name} engine 0" in roles for roles in actor_plan(c, lay).values())]
     if samplers:
         beside.append(f"the rollout engines' bundles, while no learner runs: {', '.join(samplers)} engines")
     meta = [f"{p}: {'bundle ' + str(b) if (b := meta_rm_bundle(lay, p)) is not None else 'beside the group'}"
