@@ -92,7 +92,7 @@ def main() -> None:
     bodies = [{"conversation": it.conversation, "responses": it.responses, "k": 1, "meta": False} for it in items]
     kwargs = engine_kwargs(cfg.model, cfg.rollout, cfg.seed)
     init_ray(None, cfg.cluster.num_cpus, 0)
-    pool = GRMRewardPool(a.model, 1, kwargs, template=cfg.model.template, max_new_tokens=cfg.model.max_new_tokens,
+    pool = GRMRewardPool.start(a.model, 1, kwargs, template=cfg.model.template, max_new_tokens=cfg.model.max_new_tokens,
                          num_cpus_per_engine=1)
     scorer = GRMScorer(pool, a.model, cfg.model.max_model_len)
     base = {**app_options(ServeConfig()), "max_responses": max(it.n for it in items), "max_k": max(ks)}

@@ -51,7 +51,7 @@ def main() -> None:
     items = load_splits(seed=cfg.seed, splits=("test",), **dataclasses.asdict(cfg.data))["test"]
     kwargs = engine_kwargs(cfg.model, cfg.rollout, cfg.seed)
     init_ray(None, cfg.cluster.num_cpus, 0)
-    pool = GRMRewardPool(a.model, 1, kwargs, template=cfg.model.template,
+    pool = GRMRewardPool.start(a.model, 1, kwargs, template=cfg.model.template,
                          max_new_tokens=cfg.model.max_new_tokens, num_cpus_per_engine=1)
     pool.sample(items[:32], 2, temperature=a.temperature)  # warm-up
 

@@ -9,8 +9,7 @@ V vocabulary entries. A `mask` is 1 (or True) on tokens that count and 0 on prom
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -320,33 +319,3 @@ def sft_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor
                 for r, t in zip(rows.split(SFT_LOSS_CHUNK), targets.split(SFT_LOSS_CHUNK), strict=True))
     return total / keep.sum()
 
-
-def grpo_batch(
-    results: Sequence[Mapping[str, Any]], rewards: Sequence[float], scale: bool = True
-) -> tuple[dict[str, list] | None, int]:
-    """The GRPO batch of a step's rollouts: one engine result per prompt (its `samples` are the
-    prompt's group, `rewards` flattened in the same order), in the learner's GRPO format
-    (spct.learner.batches): each prompt's tokens once, each rollout's completion tokens and
-    log-probs, and group advantages (`spct.algos.group_advantages`, std-scaled with `scale`).
-
-    A group with an empty sample (its prompt left no room in the context: the engine's
-    "prompt_too_long") is left out whole, since it has nothing to train on and its advantages
-    need every member. Returns (the batch, or None when every group was left out; how many
-    groups were left out)."""
-    batch: dict[str, list] = {"prompt_ids": [], "group": [], "completion_ids": [], "old_logprobs": [], "advantages": []}
-    dropped, at = 0, 0
-    for res in results:
-        samples = res["samples"]
-        group = [float(r) for r in rewards[at : at + len(samples)]]
-        at += len(samples)
-        if any(not s["token_ids"] for s in samples):
-            dropped += 1
-            continue
-        batch["advantages"] += group_advantages(torch.tensor(group), len(group), scale=scale).tolist()
-        batch["group"] += [len(batch["prompt_ids"])] * len(samples)
-        batch["prompt_ids"].append(list(res["prompt_token_ids"]))
-        batch["completion_ids"] += [s["token_ids"] for s in samples]
-        batch["old_logprobs"] += [s["logprobs"] for s in samples]
-    if at != len(rewards):
-        raise ValueError(f"grpo_batch: {len(rewards)} rewards for {at} samples")
-    return (batch if batch["completion_ids"] else None), dropped

@@ -2,8 +2,9 @@
 
 `Pipeline` owns the components (rollout group, learner group, weight sync, tracker, the run's
 state and its checkpoints in a `spct.run_state.RunStore`) and implements the recipes' context
-(`spct.recipes.context.Context`, all a phase recipe may use). Classes below it never read the
-config: the builders here turn config sections into flat arguments.
+(`spct.recipes.context.Context`, all a phase recipe may use); sampling the GRM is its
+`GRMSampler` (`p.grm`, spct.sampler). Classes below it never read the config: the builders here
+turn config sections into flat arguments.
 
 Features: phases run in the order the config lists; each starts from the previous phase's
 Hugging Face checkpoint; a rerun with the same output_dir resumes from the latest checkpoint
@@ -12,8 +13,8 @@ checkpoint falls back to the newest whole one) and the GRM's engines start with 
 weights; held-out greedy accuracy after each GRM phase.
 
 Raises ConfigError (spct.config) for an invalid configuration, CheckpointError
-(spct.run_state) when no checkpoint to resume from is whole, and VersionMismatch (spct.versions) when an actor finds
-the wrong stack.
+(spct.run_state) when no checkpoint to resume from is whole, and VersionMismatch
+(spct.versions) when an actor finds the wrong stack.
 """
 
 from __future__ import annotations
@@ -39,10 +40,8 @@ from spct.config import (
     split_problems,
 )
 from spct.data import Item, load_items, load_splits, to_source
-from spct.grm import build_prompt, load_template, random_order
-from spct.grm.trajectory import Shown, Trajectory, read
 from spct.run_state import RunState, RunStore
-from spct.scaling import judge, wilson_interval
+from spct.sampler import GRMSampler
 from spct.tracking import Timings, Tracker
 
 log = logging.getLogger("spct")
@@ -85,6 +84,10 @@ class Pipeline:
         self.placement = None  # their placement group, reserved at setup
         self.bundles = None  # who holds which place of it (spct.placement.Bundles)
         self.whereabouts = None  # where each actor runs, as it reports it (spct.placement.Whereabouts)
+        m = config.model
+        # Samples the GRM being trained, from its rollout group (started on first use).
+        self.grm = GRMSampler(lambda: self.rollout, m.template, m.single_template, m.max_new_tokens, config.seed,
+                              timings=self.timings)
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -289,33 +292,6 @@ class Pipeline:
         return f"{st.phase} step {st.phase_step}" + (f", {sampled} items sampled" if sampled else "") + f" ({done})"
 
     # ---------------------------------------------------------------- operations for recipes
-    def show(self, item: Item, order: list[int], hint: bool = False, training: bool = True) -> Shown:
-        """The GRM prompt of `item` in `order`, with the template the item's size calls for; a
-        hinted one is sent with the hint and recorded (trained on) without it."""
-        name = self.cfg.model.single_template if training and item.n == 1 else self.cfg.model.template
-        template = load_template(name)
-        prompt = build_prompt(item, order, template=template)
-        sent = build_prompt(item, order, hint=True, template=template) if hint else None
-        return Shown(item, order, prompt, (template.low, template.high), sent, template.choice)
-
-    def sample(self, shown: list[Shown], key: str, n: int = 1, temperature: float = 1.0,
-               group=None) -> list[list[Trajectory]]:
-        """n GRM samples of each shown prompt from the rollout group (or another engine group,
-        e.g. a teacher pool's), read back (`spct.grm.trajectory.read`).
-
-        `key` names the draw (e.g. "rl:3", the step's rollouts): with the run's seed it seeds
-        each prompt's sampling, so the same run draws the same samples, also after a resume."""
-        pending = self.submit([s.text for s in shown], key, n, temperature, group)
-        with self.timings("generate"):
-            results = pending.result()
-        return [read(s, r) for s, r in zip(shown, results, strict=True)]
-
-    def submit(self, prompts: list[str], key: str, n: int = 1, temperature: float = 1.0, group=None):
-        """Sampling without waiting or reading back: a handle whose `.result()` waits for the
-        engine results."""
-        sampling = dict(n=n, temperature=temperature, max_tokens=self.cfg.model.max_new_tokens, logprobs=0)
-        return (group or self.rollout).submit(prompts, sampling, seed=f"{self.cfg.seed}:{key}")
-
     def grm_pool(self, model: str, role: str, single: bool = False, num_engines: int | None = None,
                  owned: bool = False, wait: bool = True, in_group: bool = False):
         """A GRM reward pool (`role` names it) serving the frozen GRM `model` with the run's engine
@@ -341,7 +317,7 @@ class Pipeline:
             give_back = self._take("engine", [b for i in range(n) for b in self.layout.engine_indices(i)],
                                    f"{role} engines")
         try:
-            pool = GRMRewardPool(
+            pool = GRMRewardPool.start(
                 model, n, engine_kwargs(m, r, self.cfg.seed),
                 template=m.single_template if single else m.template, max_new_tokens=m.max_new_tokens,
                 num_cpus_per_engine=r.num_cpus_per_engine,
@@ -500,28 +476,18 @@ class Pipeline:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, phase: str) -> dict[str, float]:
-        """Greedy held-out accuracy (Eq. 10) on the eval split, with a 95% interval.
-
-        A tie earns 1/#tied, the same rule as the eval phase's Greedy and Voting@k rows, so the
-        per-phase accuracies and the scaling table are comparable."""
+        """Greedy held-out accuracy (Eq. 10) on the eval split, with a 95% interval, in the same
+        response orders after every phase (spct.sampler.GRMSampler.greedy_accuracy)."""
         items = self.data.get(self.cfg.eval.split) or []
         if self.cfg.eval.max_items:
             items = items[: self.cfg.eval.max_items]
         if not items:
             log.warning("no %s split to evaluate on", self.cfg.eval.split)
             return {}
-        rng = random.Random(f"{self.cfg.seed}:eval")  # the same orders after every phase
-        shown = [self.show(it, random_order(it.n, rng), training=False) for it in items]
-        correct, failures = 0.0, 0
-        for (t,) in self.sample(shown, f"eval:{phase}", n=1, temperature=0.0):
-            failures += t.scores is None
-            correct += judge([t.scores], t.item.rewards, t.shown.scale).credit()
-        lo, hi = wilson_interval(correct, len(items))
-        out = {"accuracy": correct / len(items), "ci_low": lo, "ci_high": hi,
-               "parse_failure_rate": failures / len(items), "n": len(items)}
+        out = self.grm.greedy_accuracy(items, f"eval:{phase}", random.Random(f"{self.cfg.seed}:eval"))
         self.tracker.log({f"eval/{k}": v for k, v in out.items()}, step=self.state.global_step, phase=phase)
-        log.info("%s: held-out greedy accuracy %.3f [%.3f, %.3f] on %d items", phase, out["accuracy"], lo, hi,
-                 len(items))
+        log.info("%s: held-out greedy accuracy %.3f [%.3f, %.3f] on %d items", phase, out["accuracy"], out["ci_low"],
+                 out["ci_high"], len(items))
         return out
 
     # ---------------------------------------------------------------- state on disk

@@ -224,6 +224,17 @@ def policy_query(item: Item) -> str:
     return next(t["content"] for t in reversed(item.conversation) if t["role"] == "user")
 
 
+def checkable(item: Item) -> bool:
+    """Whether the program checker can check answers to `item` (an item of this task)."""
+    return "operands" in item.meta
+
+
+def checked_reward(item: Item, text: str) -> float:
+    """The program checker's reward of `text` as an answer to `item`: the share of the query's
+    sums it answers right (`check_answer`), 1 when every one is."""
+    return check_answer(item, text) / len(_operands(item))
+
+
 def check_answer(item: Item, text: str) -> int:
     """How many of the query's sums `text` answers right, by the program checker.
 

@@ -342,7 +342,7 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
                 score_meta, actor = meta_scorer(c.meta_rm.path, c.meta_rm.dtype, c.meta_rm.max_length,
                                                 num_gpus=c.cluster.gpus(1),
                                                 input_template=c.meta_rm.input_template)
-            pool = GRMRewardPool(
+            pool = GRMRewardPool.start(
                 c.model.path, r.num_engines,
                 engine_kwargs(c.model, r, c.seed),
                 template=c.model.template, max_new_tokens=c.model.max_new_tokens,
@@ -350,8 +350,8 @@ def run(cfg: DictConfig | EvaluateConfig) -> dict[str, list[Row]]:
                 num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size), with_reference=c.with_reference,
                 wait=c.judge_model is None)
             if c.judge is not None:
-                judge_pool = GRMRewardPool.from_group(pool.group, c.judge, c.model.max_new_tokens, c.with_reference) \
-                    if c.judge_model is None else GRMRewardPool(
+                judge_pool = GRMRewardPool(pool.group, c.judge, c.model.max_new_tokens, c.with_reference) \
+                    if c.judge_model is None else GRMRewardPool.start(
                         c.judge_model, r.num_engines, engine_kwargs(c.model, r, c.seed), template=c.judge,
                         max_new_tokens=c.model.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
                         num_gpus_per_engine=c.cluster.gpus(r.tensor_parallel_size), with_reference=c.with_reference)

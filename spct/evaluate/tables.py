@@ -64,7 +64,9 @@ def draw_samples(pool, items: Sequence[Item], k_max: int, temperature: float,
     sampled = pool.sample(items, k_max, temperature=temperature, seed=seed)
     greedy = pool.sample(items, 1, temperature=0.0, seed=seed, stream="greedy")
     scale = (pool.template.low, pool.template.high)
-    sets = [SampleSet(item, s, g[0], scale) for item, s, g in zip(items, sampled, greedy, strict=True)]
+    # In the form the generations file holds, which a rescore reads back.
+    sets = [SampleSet(item, [t.record() for t in s], g[0].record(), scale)
+            for item, s, g in zip(items, sampled, greedy, strict=True)]
     if meta_score is not None:
         flat = [x for st in sets for x in (*st.samples, st.greedy)]
         for x, m in zip(flat, meta_score([{"prompt": x["prompt"], "completion": x["text"]} for x in flat]),

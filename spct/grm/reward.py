@@ -13,9 +13,9 @@ reward server does. Rollouts whose votes tie get equal rewards and hence equal a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from spct.grm.trajectory import Trajectory
 from spct.grm.voting import rescaled_vote
 from spct.item import Item
 
@@ -37,20 +37,33 @@ def judged_items(query: Item, rollouts: Sequence[str], mode: str, tag: str) -> l
 
 
 def rollout_rewards(
-    scored: Sequence[Mapping[str, Any]], low: float, high: float, k_meta: int | None = None
+    sampled: Sequence[Sequence[Trajectory]], low: float, high: float, k_meta: int | None = None
 ) -> tuple[list[float], int, int]:
     """(one reward in [0, 1] per judged response in order, GRM samples that failed to parse,
-    GRM samples drawn) from `GRMRewardPool.score` results of `judged_items`.
+    GRM samples drawn) from the reward pool's samples of `judged_items` (one list per item).
 
-    A sample carrying "meta_score" was chosen by the meta RM: only the k_meta best count."""
+    Samples carrying a meta RM rating were chosen by the meta RM: only the k_meta best count."""
     rewards: list[float] = []
     failures = drawn = 0
-    for result in scored:
-        samples = result["samples"]
-        scores = [s["scores"] for s in samples]
-        n = len(result["rewards"])
-        meta = [s["meta_score"] for s in samples] if samples and "meta_score" in samples[0] else None
-        rewards.extend(rescaled_vote(scores, n, low, high, k_meta if meta else None, meta))
+    for samples in sampled:
+        scores = [t.scores for t in samples]
+        meta = [t.meta_score for t in samples] if samples and samples[0].meta_score is not None else None
+        rewards.extend(rescaled_vote(scores, samples[0].item.n, low, high, k_meta if meta else None, meta))
         failures += sum(s is None for s in scores)
         drawn += len(scores)
     return rewards, failures, drawn
+
+
+def agreement(rewards: Sequence[Sequence[float]], truth: Sequence[Sequence[float]]) -> float | None:
+    """How often the reward orders two rollouts of a query as the checker does (`truth`), over
+    the pairs the checker tells apart (1: always, 0.5: chance; a tie in the reward counts half).
+    Both hold one list per query."""
+    agree = pairs = 0.0
+    for rs, ts in zip(rewards, truth, strict=True):
+        for i in range(len(rs)):
+            for j in range(i + 1, len(rs)):
+                if ts[i] != ts[j]:
+                    pairs += 1
+                    diff = (rs[i] - rs[j]) * (ts[i] - ts[j])
+                    agree += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
+    return agree / pairs if pairs else None

@@ -2,9 +2,9 @@
 
 Every place that samples the GRM (the RL and RFT phases, the meta RM's data, the per-phase and
 final evaluations, the reward pool behind the server and the policy reward) shows an item's
-responses in some order (`Shown`), generates, and reads each sample back with `read`: scores
-parsed on the template's scale and mapped back to the item's own order, with the weight version
-that produced it. The rules then judge a `Trajectory` (`correct`, `reward`, `neutral`).
+responses in some order (`Shown`), generates, and reads each sample back with `read`: the
+engine's sample (spct.sample) with its scores parsed on the template's scale and mapped back to
+the item's own order. The rules then judge a `Trajectory` (`correct`, `reward`, `neutral`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from spct.grm.parsing import parse_choice, parse_scores
 from spct.grm.rules import is_correct, is_neutral, map_back, rule_reward
 from spct.item import Item
+from spct.sample import Sample, samples_of
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,14 @@ class Shown:
 
 
 @dataclass(frozen=True)
-class Trajectory:
-    """A GRM sample read back: scores in the item's order (None when the sample did not parse)."""
+class Trajectory(Sample):
+    """A GRM sample read back: the engine's sample (spct.sample.Sample), the prompt it was
+    `shown`, and its scores in the item's order (None when the sample did not parse); the meta
+    RM's rating when one was asked for (spct.reward_pool)."""
 
     shown: Shown
-    text: str
     scores: list[float] | None
-    token_ids: list[int]
-    logprobs: list[float] | None
-    version: int  # the weights that produced it (0: as loaded)
+    meta_score: float | None = None
 
     @property
     def item(self) -> Item:
@@ -66,8 +66,10 @@ class Trajectory:
         return is_neutral(self.scores)
 
     def record(self) -> dict[str, Any]:
-        """The plain form kept in generations files and returned by the reward pool."""
-        return {"order": self.shown.order, "prompt": self.shown.prompt, "text": self.text, "scores": self.scores}
+        """The plain form written to generations files and sent over HTTP (with the meta RM's
+        rating when it has one)."""
+        out = {"order": self.shown.order, "prompt": self.shown.prompt, "text": self.text, "scores": self.scores}
+        return out if self.meta_score is None else {**out, "meta_score": self.meta_score}
 
 
 def read(shown: Shown, result: Mapping[str, Any]) -> list[Trajectory]:
@@ -78,6 +80,5 @@ def read(shown: Shown, result: Mapping[str, Any]) -> list[Trajectory]:
     def parse(text: str) -> list[int] | None:
         return parse_choice(text, n) if shown.choice else parse_scores(text, n, low, high)
 
-    return [Trajectory(shown, s["text"], map_back(parse(s["text"]), shown.order),
-                       list(s.get("token_ids", [])), s.get("logprobs"), int(result.get("version", 0)))
-            for s in result["samples"]]
+    return [Trajectory(s.text, s.token_ids, s.logprobs, s.version, s.prompt_ids, shown,
+                       map_back(parse(s.text), shown.order)) for s in samples_of(result)]

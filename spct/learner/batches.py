@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spct.algos import completion_labels
+from spct.algos import completion_labels, group_advantages
+from spct.sample import Sample
 
 IGNORE_INDEX = -100
 SFT_KEYS = ("input_ids", "prompt_lens")
@@ -116,6 +117,37 @@ def _check_rollouts(batch: Mapping[str, Any], where: str) -> None:
             raise ValueError(
                 f"{where}.advantages[{i}]: expected a finite float, got {batch['advantages'][i]}"
             )
+
+
+def grpo_batch(
+    groups: Sequence[Sequence[Sample]], rewards: Sequence[Sequence[float]], scale: bool = True
+) -> tuple[dict[str, list] | None, int]:
+    """The GRPO batch of a step's rollouts: `groups` holds each prompt's samples, `rewards` one
+    reward per sample, nested alike. Each prompt's tokens go in once, each rollout's completion
+    tokens and log-probs, and group advantages (`spct.algos.group_advantages`, std-scaled with
+    `scale`).
+
+    A group with an empty sample (its prompt left no room in the context: the engine's
+    "prompt_too_long") is left out whole, since it has nothing to train on and its advantages
+    need every member. Returns (the batch, or None when every group was left out; how many
+    groups were left out)."""
+    if len(rewards) != len(groups):
+        raise ValueError(f"grpo_batch: rewards for {len(rewards)} groups, samples for {len(groups)}")
+    batch: dict[str, list] = {k: [] for k in ROLLOUT_KEYS}
+    dropped = 0
+    for g, (samples, group) in enumerate(zip(groups, rewards, strict=True)):
+        if len(group) != len(samples):
+            raise ValueError(f"grpo_batch: group {g}: {len(group)} rewards for {len(samples)} samples")
+        if any(not s.token_ids for s in samples):
+            dropped += 1
+            continue
+        batch["advantages"] += group_advantages(torch.tensor([float(r) for r in group]), len(group),
+                                                scale=scale).tolist()
+        batch["group"] += [len(batch["prompt_ids"])] * len(samples)
+        batch["prompt_ids"].append(list(samples[0].prompt_ids))
+        batch["completion_ids"] += [s.token_ids for s in samples]
+        batch["old_logprobs"] += [s.logprobs for s in samples]
+    return (batch if batch["completion_ids"] else None), dropped
 
 
 def shard_batch(batch: Mapping[str, Sequence[Any]], num_ranks: int) -> list[dict[str, Any]]:

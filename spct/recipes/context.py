@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from spct.config import Config
-from spct.grm.trajectory import Shown, Trajectory
 from spct.item import Item
 from spct.run_state import RunState
+from spct.sampler import GRMSampler
 from spct.tracking import Timings, Tracker
 
 if TYPE_CHECKING:
     from spct.learner import LearnerGroup
     from spct.reward_pool import GRMRewardPool
-    from spct.rollout import Pending, RolloutGroup
+    from spct.rollout import RolloutGroup
     from spct.weight_sync import WeightSync
 
 StepDone = Callable[..., None]  # done(metrics, **postfix) records a step (Pipeline.steps)
@@ -45,14 +45,9 @@ class Context(Protocol):
     def checkpoint(self, final: bool, role: str = "model") -> None: ...
     def save_progress(self) -> None: ...
 
-    # The GRM's rollout.
-    @property
-    def rollout(self) -> RolloutGroup: ...
-    def show(self, item: Item, order: list[int], hint: bool = False, training: bool = True) -> Shown: ...
-    def sample(self, shown: list[Shown], key: str, n: int = 1, temperature: float = 1.0,
-               group: RolloutGroup | None = None) -> list[list[Trajectory]]: ...
-    def submit(self, prompts: list[str], key: str, n: int = 1, temperature: float = 1.0,
-               group: RolloutGroup | None = None) -> Pending: ...
+    # The GRM being trained: its prompts and samples (on the run's rollout group, started on
+    # first use), and the push of the learner's weights to its engines.
+    grm: GRMSampler
     def sync_weights(self) -> int: ...
 
     # Actors a phase starts.

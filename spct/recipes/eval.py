@@ -20,7 +20,7 @@ def run_eval(p: Context) -> dict:
     # A benchmark's file is scored by its rule (its detected format says which).
     rule = "synthetic" if p.cfg.data.kind == "synthetic" else rule_of(getattr(split, "format", None))
     items = judged(rule, split[: c.max_items or None])
-    pool = GRMRewardPool.from_group(p.rollout, p.cfg.model.template, p.cfg.model.max_new_tokens)
+    pool = GRMRewardPool(p.grm.group, p.cfg.model.template, p.cfg.model.max_new_tokens)
     score_meta = stop_meta = None
     if p.state.meta_rm:
         score_meta, stop_meta = p.meta_scorer(p.state.meta_rm)

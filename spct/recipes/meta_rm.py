@@ -33,9 +33,9 @@ def grm_trajectories(p: Context, items, k: int, temperature: float, tag: str, ne
     shown = []
     for item in items:
         rng = random.Random(f"{p.cfg.seed}:{tag}:{item.id}")
-        shown += [p.show(item, random_order(item.n, rng), training=False) for _ in range(k)]
+        shown += [p.grm.show(item, random_order(item.n, rng), training=False) for _ in range(k)]
     return [trajectory(t.item.id, t.shown.prompt, t.text, t.correct, t.scores, neutral_label)
-            for (t,) in p.sample(shown, f"meta_rm:{tag}", n=1, temperature=temperature)]
+            for (t,) in p.grm.sample(shown, f"meta_rm:{tag}", n=1, temperature=temperature)]
 
 
 def run_meta_rm(p: Context) -> dict:

@@ -25,25 +25,24 @@ each evaluation's answers go to output_dir/policy_eval/step<N>.jsonl.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
-from pathlib import Path
 
-from spct.algos import grpo_batch
 from spct.chat import encode_sft, sft_batch
 from spct.data.synthetic import (
     SyntheticConfig,
-    check_answer,
+    checkable,
+    checked_reward,
     policy_query,
     sample_answer,
-    well_formed,
 )
-from spct.grm.reward import judged_items, rollout_rewards
-from spct.item import DataError, Item
+from spct.grm.reward import agreement
+from spct.item import DataError
+from spct.learner.batches import grpo_batch
+from spct.policy import PolicyReward, evaluate_policy, policy_prompt
 from spct.recipes.context import Context
-from spct.scaling import mean_interval
+from spct.sample import samples_of
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +56,6 @@ def policy_model(p: Context) -> str:
     from spct.models import ensure_tiny_model
 
     return str(ensure_tiny_model(p.out / "policy_base", preset=p.cfg.policy.tiny_preset, seed=p.cfg.seed + 1))
-
-
-def policy_prompt(item: Item) -> str | list[dict[str, str]]:
-    """What the policy is asked: the synthetic task's query, else the item's conversation."""
-    return policy_query(item) if "operands" in item.meta else item.conversation
 
 
 def run_policy_sft(p: Context) -> None:
@@ -78,7 +72,7 @@ def run_policy_sft(p: Context) -> None:
         # The synthetic task writes answers right with probability sft_p_right; other data
         # trains on each item's best response.
         examples = [encode_sft(tokenizer, policy_query(it), sample_answer(it, rng, pc.sft_p_right, task))
-                    if "operands" in it.meta else encode_sft(tokenizer, it.conversation, it.responses[it.best])
+                    if checkable(it) else encode_sft(tokenizer, it.conversation, it.responses[it.best])
                     for it in items]
         for it, (ids, _) in zip(items, examples, strict=True):
             if p.cfg.model.max_model_len and len(ids) > p.cfg.model.max_model_len:
@@ -91,141 +85,34 @@ def run_policy_sft(p: Context) -> None:
     p.checkpoint(final=True, role="policy")
 
 
-class PolicyReward:
-    """Rewards of a step's rollouts, from the GRM reward pool (with an optional meta RM) or the
-    program checker. With `wait=False` the GRM engines start in the background (`ready()`
-    waits)."""
-
-    def __init__(self, p: Context, wait: bool = True) -> None:
-        pc, rw = p.cfg.policy, p.cfg.policy.reward
-        self.kind, self.mode, self.k, self.seed = rw.kind, rw.mode, rw.k, p.cfg.seed
-        self.format_gate = rw.format_gate
-        self.temperature = rw.temperature if rw.k > 1 else 0.0
-        self.pool = self.meta_score = None
-        self.k_meta = None
-        if rw.kind == "oracle":
-            return
-        self.pool = p.grm_pool(pc.grm or p.state.model, "policy GRM reward", single=rw.mode == "single", num_engines=pc.grm_engines,
-                               owned=True, wait=wait)
-        if pc.meta_rm:
-            self.meta_score, _ = p.meta_scorer(pc.meta_rm, owned=True)
-            self.k_meta = rw.k_meta or max(1, rw.k // 2)
-
-    def ready(self) -> None:
-        if self.pool is not None:
-            self.pool.group.ready()
-
-    def __call__(self, items, rollouts: list[list[str]], step: int) -> tuple[list[float], dict[str, float]]:
-        """One reward per rollout (flattened in item order) and the GRM's metrics (parse-failure
-        rate, samples drawn, share of answers out of format)."""
-        if self.kind == "oracle":
-            return [check_answer(it, text) / len(it.meta["operands"]) for it, texts in zip(items, rollouts, strict=True)
-                    for text in texts], {}
-        scored = self.pool.score(self.judged(items, rollouts, step), self.k, self.temperature, f"{self.seed}:{step}",
-                                 self.k_meta, self.meta_score)
-        return self.finish(items, rollouts, scored)
-
-    def judged(self, items, rollouts: list[list[str]], step: int, first: int = 0) -> list[Item]:
-        """The GRM items judging items[i]'s rollouts; `first` is items[0]'s place in the step."""
-        return [j for i, (it, texts) in enumerate(zip(items, rollouts, strict=True), first)
-                for j in judged_items(it, texts, self.mode, f"{step}:{i}")]
-
-    def streamed(self, rollout, items, prompts, sampling, key: str, step: int, chunks: int, timings):
-        """Generate the step's rollouts in `chunks` calls queued on the policy's engines and send
-        each chunk's rollouts to the GRM engines as soon as they are done; returns the rollout
-        results and the rewards. Every prompt samples with the seed it has unchunked."""
-        from spct.rollout import request_seeds, split_contiguous
-
-        seeds = request_seeds(key, len(prompts))
-        parts = [r for r in split_contiguous(len(prompts), chunks) if r]
-        with timings("generate"):
-            pending = [rollout.submit([prompts[j] for j in r], sampling, seed=[seeds[j] for j in r]) for r in parts]
-            results, scoring = [], []
-            for r, chunk in zip(parts, pending, strict=True):
-                done = chunk.result()
-                results += done
-                if self.kind != "oracle":
-                    texts = [[s["text"] for s in res["samples"]] for res in done]
-                    scoring.append(self.pool.submit_score(
-                        self.judged(items[r.start:r.stop], texts, step, r.start), self.k, self.temperature,
-                        f"{self.seed}:{step}", self.k_meta, self.meta_score, keyed=True))
-        rollouts = [[s["text"] for s in res["samples"]] for res in results]
-        with timings("reward"):
-            if self.kind == "oracle":
-                return results, self(items, rollouts, step)
-            return results, self.finish(items, rollouts, [x for wait in scoring for x in wait()])
-
-    def finish(self, items, rollouts: list[list[str]], scored) -> tuple[list[float], dict[str, float]]:
-        template = self.pool.template
-        rewards, failures, drawn = rollout_rewards(scored, template.low, template.high, self.k_meta)
-        info = {"grm_parse_failure_rate": failures / max(drawn, 1), "grm_samples": drawn}
-        if self.format_gate:
-            formed = [well_formed(it, t) if "operands" in it.meta else True
-                      for it, texts in zip(items, rollouts, strict=True) for t in texts]
-            rewards = [r if ok else 0.0 for r, ok in zip(rewards, formed, strict=True)]
-            info["format_failure_rate"] = 1 - sum(formed) / len(formed)
-        return rewards, info
-
-
-def agreement(rewards: list[float], truth: list[float], group_size: int) -> float | None:
-    """How often the reward orders two rollouts of a prompt as the checker does, over the pairs
-    the checker tells apart (1: always, 0.5: chance; a tie in the reward counts half)."""
-    agree = pairs = 0.0
-    for g in range(0, len(rewards), group_size):
-        for i in range(g, g + group_size):
-            for j in range(i + 1, g + group_size):
-                if truth[i] != truth[j]:
-                    pairs += 1
-                    diff = (rewards[i] - rewards[j]) * (truth[i] - truth[j])
-                    agree += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
-    return agree / pairs if pairs else None
-
-
-def evaluate_policy(rollout, items, pc, path: Path, seed: str) -> dict[str, float]:
-    """Held-out checked accuracy: the share of the policy's sampled answers (eval_samples per
-    query, at the rollout temperature) with every sum right, with a 95% interval over queries;
-    and the share of sums right. Each query's answers and credit go to `path` (JSON Lines)."""
-    results = rollout.generate([policy_query(it) for it in items],
-                               dict(n=pc.eval_samples, temperature=pc.temperature, max_tokens=pc.max_new_tokens),
-                               seed=seed)
-    solved, sums, records = [], 0.0, []
-    for it, res in zip(items, results, strict=True):
-        m = len(it.meta["operands"])
-        texts = [s["text"] for s in res["samples"]]
-        right = [check_answer(it, t) for t in texts]
-        solved.append(sum(r == m for r in right) / len(right))
-        sums += sum(right) / (m * len(right))
-        records.append({"id": it.id, "query": policy_query(it), "answers": texts, "sums_right": right,
-                        "credit": solved[-1]})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    mean, low, high = mean_interval(solved)
-    return {"accuracy": mean, "ci_low": max(0.0, low), "ci_high": min(1.0, high),
-            "sum_accuracy": sums / len(solved), "n": len(solved)}
-
-
 def run_policy_rl(p: Context) -> dict[str, float]:
     pc, seed = p.cfg.policy, p.cfg.seed
     model = policy_model(p)
     # The policy's engines, the GRM's engines, the meta RM and the learner all start at once.
     rollout = p.engines(model, name="policy_rollout", owned=True, wait=False)
-    reward = PolicyReward(p, wait=False)
+    pool = meta_score = None
+    if pc.reward.kind != "oracle":
+        pool = p.grm_pool(pc.grm or p.state.model, "policy GRM reward", single=pc.reward.mode == "single",
+                          num_engines=pc.grm_engines, owned=True, wait=False)
+        if pc.meta_rm:
+            meta_score, _ = p.meta_scorer(pc.meta_rm, owned=True)
+    reward = PolicyReward(pc.reward, seed, pool, meta_score)
     learner = p.new_learner(pc.lr, 0, pc.steps, with_reference=pc.beta > 0, model=model)
     rollout.ready()
     reward.ready()
     if p.state.policy_version:  # resumed: the engines report the weights' version
         rollout.update_weights_from_path(model, p.state.policy_version)
     sync = p.weight_sync(rollout)
-    checkable = [it for it in p.data.get(pc.eval_split) or [] if "operands" in it.meta][: pc.eval_items]
-    if not checkable:
+    checkable_items = [it for it in p.data.get(pc.eval_split) or [] if checkable(it)][: pc.eval_items]
+    if not checkable_items:
         log.warning("policy_rl: data.%s holds no items the program checker can check (the synthetic task's), so "
                     "no held-out accuracy is measured; reward_mean is the reward model's own view", pc.eval_split)
 
     def evaluate(step: int) -> dict[str, float]:
-        if not checkable:
+        if not checkable_items:
             return {}
         start = time.perf_counter()
-        out = evaluate_policy(rollout, checkable, pc, p.out / "policy_eval" / f"step{step:06d}.jsonl",
+        out = evaluate_policy(rollout, checkable_items, pc, p.out / "policy_eval" / f"step{step:06d}.jsonl",
                               f"{seed}:policy_eval")
         out["time"] = time.perf_counter() - start
         p.tracker.log({f"policy_eval/{k}": v for k, v in out.items()}, step=p.state.global_step,
@@ -240,15 +127,15 @@ def run_policy_rl(p: Context) -> dict[str, float]:
         items = rng.sample(p.data["train"], pc.prompts_per_step)
         prompts, key = [policy_prompt(it) for it in items], f"{seed}:policy_rl:{step}"
         if pc.reward.stream_chunks > 1:
-            results, (rewards, info) = reward.streamed(rollout, items, prompts, sampling, key, step,
-                                                       pc.reward.stream_chunks, p.timings)
+            groups, (rewards, info) = reward.streamed(rollout, items, prompts, sampling, key, step,
+                                                      pc.reward.stream_chunks, p.timings)
         else:
             with p.timings("generate"):
-                results = rollout.generate(prompts, sampling, seed=key)
+                groups = [samples_of(r) for r in rollout.generate(prompts, sampling, seed=key)]
             with p.timings("reward"):
-                rewards, info = reward(items, [[s["text"] for s in r["samples"]] for r in results], step)
-        texts = [[s["text"] for s in r["samples"]] for r in results]
-        batch, skipped = grpo_batch(results, rewards, scale=pc.scale_advantages)
+                rewards, info = reward(items, [[s.text for s in g] for g in groups], step)
+        texts = [[s.text for s in g] for g in groups]
+        batch, skipped = grpo_batch(groups, rewards, scale=pc.scale_advantages)
         metrics = {"skipped_prompts": skipped}
         if batch is not None:  # else every query overflowed the context: nothing to train on
             with p.timings("train"):
@@ -259,15 +146,15 @@ def run_policy_rl(p: Context) -> dict[str, float]:
             sync.push_from(learner, p.state.policy_version)
         times = p.timings.lap()
         times["time/step"] = time.perf_counter() - start
-        n = len(rewards)
-        metrics.update({"reward_mean": sum(rewards) / n, "weight_version": p.state.policy_version,
-                        "rollout_version": min(r["version"] for r in results),
+        flat = [r for g in rewards for r in g]
+        n = len(flat)
+        metrics.update({"reward_mean": sum(flat) / n, "weight_version": p.state.policy_version,
+                        "rollout_version": min(s.version for g in groups for s in g),
                         "grm_time_share": times.get("time/reward", 0.0) / times["time/step"], **info, **times})
-        if all("operands" in it.meta for it in items):
-            right = [check_answer(it, t) / len(it.meta["operands"]) for it, ts in zip(items, texts, strict=True)
-                     for t in ts]
-            metrics["train_accuracy"] = sum(r == 1 for r in right) / n
-            agree = agreement(rewards, right, pc.group_size)
+        if all(checkable(it) for it in items):
+            right = [[checked_reward(it, t) for t in ts] for it, ts in zip(items, texts, strict=True)]
+            metrics["train_accuracy"] = sum(r == 1 for g in right for r in g) / n
+            agree = agreement(rewards, right)
             if agree is not None:
                 metrics["reward_checker_agreement"] = agree
         if pc.eval_every and (step + 1) % pc.eval_every == 0 or step + 1 == pc.steps:

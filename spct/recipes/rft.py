@@ -29,6 +29,7 @@ from spct.data.synthetic import warmup_pairs
 from spct.grm import random_order, rft_accept
 from spct.item import DataError
 from spct.recipes.context import Context
+from spct.sampler import GRMSampler
 
 log = logging.getLogger("spct")
 
@@ -42,7 +43,7 @@ def run_rft(p: Context) -> None:
     if not p.state.rft.sampling_done:
         teacher = p.grm_pool(c.teacher, "RFT teacher", in_group=True) if c.teacher else None
         try:
-            _sample(p, items, path, teacher.group if teacher else None)
+            _sample(p, items, path, p.grm.on(teacher.group) if teacher else p.grm)
         finally:  # the teacher's engines give way to the learner
             if teacher is not None:
                 teacher.shutdown()
@@ -69,7 +70,7 @@ def run_rft(p: Context) -> None:
             extra["general_share"] = n_general / c.batch_size
         elif n_general:
             examples += [encode_sft(p.tokenizer, prompt, completion)
-                         for prompt, completion in warmup_pairs(p.data["train"], rng, n_general, p.show, p.cfg.warmup)]
+                         for prompt, completion in warmup_pairs(p.data["train"], rng, n_general, p.grm.show, p.cfg.warmup)]
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))
         done(metrics | extra, loss=f"{metrics['loss']:.3f}")
@@ -95,7 +96,8 @@ def general_examples(p: Context, rng: random.Random, n: int) -> tuple[list[tuple
     return examples, too_long
 
 
-def _sample(p: Context, items, path, teacher) -> None:
+def _sample(p: Context, items, path, grm: GRMSampler) -> None:
+    """Sample `items` from `grm` (the model being trained, or a teacher's engines) into `path`."""
     c, seed = p.cfg.rft, p.cfg.seed
     path.parent.mkdir(parents=True, exist_ok=True)
     progress = p.state.rft
@@ -116,8 +118,8 @@ def _sample(p: Context, items, path, teacher) -> None:
             shown = []  # per item: n_samples plain prompts, then the hinted one
             for item in batch:
                 rng = random.Random(f"{seed}:rft-sample:{item.id}")
-                shown += [p.show(item, random_order(item.n, rng), hint=k == c.n_samples) for k in range(samples(item))]
-            sampled = p.sample(shown, f"rft:{start}", n=1, temperature=c.temperature, group=teacher)
+                shown += [grm.show(item, random_order(item.n, rng), hint=k == c.n_samples) for k in range(samples(item))]
+            sampled = grm.sample(shown, f"rft:{start}", n=1, temperature=c.temperature)
             with p.timings("reward"):
                 records = []
                 for (t,) in sampled:

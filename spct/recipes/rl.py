@@ -24,12 +24,12 @@ import time
 
 from tqdm import tqdm
 
-from spct.algos import grpo_batch
 from spct.files import write_atomic
 from spct.grm import random_order
 from spct.grm.rules import prefilter_keep
 from spct.grm.trajectory import Shown, read
 from spct.item import DataError, Item
+from spct.learner.batches import grpo_batch
 from spct.recipes.context import Context
 from spct.scaling import CORRECT, judge
 
@@ -43,7 +43,7 @@ def rl_prompts(p: Context, step: int, items: list[Item] | None = None) -> list[S
     rng = random.Random(f"{p.cfg.seed}:rl:{step}")
     items = rng.sample(p.data["train"] if items is None else items, c.prompts_per_step)
     orders = [random_order(it.n, rng) for it in items]
-    return [p.show(it, o) for it, o in zip(items, orders, strict=True)]
+    return [p.grm.show(it, o) for it, o in zip(items, orders, strict=True)]
 
 
 def train_items(p: Context) -> list[Item]:
@@ -63,7 +63,7 @@ def train_items(p: Context) -> list[Item]:
                 chunk = items[start:start + 1024]
                 samples = pool.sample(chunk, c.prefilter_samples, temperature=c.temperature,
                                       seed=f"{p.cfg.seed}:rl-prefilter:{start}")
-                verdicts += [[judge([s["scores"]], it.rewards, scale).verdict == CORRECT for s in its]
+                verdicts += [[judge([t.scores], it.rewards, scale).verdict == CORRECT for t in its]
                              for it, its in zip(chunk, samples, strict=True)]
         finally:
             pool.shutdown()
@@ -90,7 +90,7 @@ def run_rl(p: Context) -> None:
 
     def submit(step):
         shown = rl_prompts(p, step, items)
-        return shown, p.submit([s.text for s in shown], f"rl:{step}", n=c.group_size, temperature=c.temperature)
+        return shown, p.grm.submit([s.text for s in shown], f"rl:{step}", n=c.group_size, temperature=c.temperature)
 
     ahead = None
     for step, done in p.steps(c.steps):
@@ -101,11 +101,12 @@ def run_rl(p: Context) -> None:
         ahead = submit(step + 1) if c.async_generation and step + 1 < c.steps else None
 
         with p.timings("reward"):
-            trajectories = [t for s, r in zip(shown, results, strict=True) for t in read(s, r)]
+            groups = [read(s, r) for s, r in zip(shown, results, strict=True)]
+            trajectories = [t for g in groups for t in g]
             rewards = [t.reward for t in trajectories]
             failures = sum(t.scores is None for t in trajectories)
             lengths = [len(t.token_ids) for t in trajectories]
-            batch, skipped = grpo_batch(results, rewards)
+            batch, skipped = grpo_batch(groups, [[t.reward for t in g] for g in groups])
 
         metrics = {"skipped_prompts": skipped}
         if batch is not None:  # else every prompt overflowed the context: nothing to train on

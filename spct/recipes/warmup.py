@@ -19,7 +19,7 @@ def run_warmup(p: Context) -> None:
     c, seed = p.cfg.warmup, p.cfg.seed
     learner = p.new_learner(c.lr, c.warmup_steps, c.steps, with_reference=False)
     for step, done in p.steps(c.steps):
-        pairs = warmup_pairs(p.data["train"], random.Random(f"{seed}:warmup:{step}"), c.batch_size, p.show, c)
+        pairs = warmup_pairs(p.data["train"], random.Random(f"{seed}:warmup:{step}"), c.batch_size, p.grm.show, c)
         examples = [encode_sft(p.tokenizer, prompt, completion) for prompt, completion in pairs]
         with p.timings("train"):
             metrics = learner.sft_step(sft_batch(examples))

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from spct.chat import chat_prompt_ids
 from spct.config import engine_kwargs
 from spct.data import Item
-from spct.grm import build_prompt
+from spct.grm import build_prompt, vote
 from spct.serve.batching import content_id
 from spct.serve.config import ServeConfig
 
@@ -92,17 +92,15 @@ class GRMScorer:
         meta_score = self._meta_score if use_meta else None
         # Seeds keyed by content: an item scores the same whatever else shares its batch.
         items = [it if it.id is not None else replace(it, id=content_id(it)) for it in items]
-        results = self.pool.score(
-            items, k, temperature, self.seed, k_meta if use_meta else None, meta_score, keyed=True
-        )
-        return [
-            {
-                "rewards": r["rewards"],
-                "scores": [s["scores"] for s in r["samples"]],
-                "meta_scores": [s["meta_score"] for s in r["samples"]] if use_meta else None,
-            }
-            for r in results
-        ]
+        k_meta = k_meta if use_meta else None
+        sampled = self.pool.sample(items, k, temperature, self.seed, keyed=True, meta_score=meta_score)
+        out = []
+        for item, samples in zip(items, sampled, strict=True):
+            scores = [t.scores for t in samples]
+            meta = [t.meta_score for t in samples] if use_meta else None
+            out.append({"rewards": vote(scores, item.n, k_meta=k_meta, meta_scores=meta), "scores": scores,
+                        "meta_scores": meta})
+        return out
 
     def health(self) -> list[str]:
         """What cannot score: each engine or the meta RM whose actor has died (a busy one, which
@@ -168,7 +166,7 @@ def build_scorer(c: ServeConfig) -> GRMScorer:
 
     init_ray(c.cluster.address, c.cluster.num_cpus, c.cluster.num_gpus)
     m, r = c.model, c.rollout
-    pool = GRMRewardPool(
+    pool = GRMRewardPool.start(
         m.path,
         r.num_engines,
         engine_kwargs(m, r, c.seed),

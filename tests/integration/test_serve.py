@@ -52,7 +52,7 @@ def scorer(ray_cluster, tiny_model_dir):
     from spct.meta_rm import MetaRM
     from spct.reward_pool import GRMRewardPool
 
-    pool = GRMRewardPool(
+    pool = GRMRewardPool.start(
         str(tiny_model_dir), 1, ENGINE_KWARGS, template="compact", max_new_tokens=MAX_NEW_TOKENS
     )
     meta = (

@@ -584,21 +584,3 @@ def test_policy_loss_and_gradient_match_trl(trl_trainer, kl_ratio_correction):
     )
     assert metrics["kl"] == pytest.approx(trl_metrics["kl"], abs=1e-6)
 
-
-def test_grpo_batch_leaves_out_groups_whose_prompt_overflowed():
-    from spct.algos import grpo_batch
-
-    def result(prompt, completions):
-        return {"prompt_token_ids": prompt,
-                "samples": [{"token_ids": c, "logprobs": [-0.5] * len(c)} for c in completions]}
-
-    results = [result([1, 2], [[3], [4, 5]]), result([9] * 8, [[], []]), result([6], [[7], [8]])]
-    batch, dropped = grpo_batch(results, [1.0, 0.0, 0.5, 0.5, 0.0, 1.0], scale=False)
-    assert dropped == 1
-    assert batch["prompt_ids"] == [[1, 2], [6]] and batch["group"] == [0, 0, 1, 1]
-    assert batch["completion_ids"] == [[3], [4, 5], [7], [8]]
-    assert batch["old_logprobs"] == [[-0.5], [-0.5, -0.5], [-0.5], [-0.5]]
-    assert batch["advantages"] == pytest.approx([0.5, -0.5, -0.5, 0.5])
-    assert grpo_batch([results[1]], [0.5, 0.5]) == (None, 1)
-    with pytest.raises(ValueError, match="3 rewards for 2 samples"):
-        grpo_batch([results[0]], [1.0, 0.0, 0.0])

@@ -22,10 +22,11 @@ def loaded(*modules: str) -> set[str]:
     return set(json.loads(out.strip().splitlines()[-1]))
 
 
-@pytest.mark.parametrize("module", ["spct.item", "spct.grm", "spct.data", "spct.scaling", "spct.scoring",
-                                    "spct.config", "spct.evaluate", "spct.evaluate.tables", "spct.placement", "spct.card",
-                                    "spct.preflight", "spct.run_state", "spct.files", "spct.chat", "spct.memory", "spct.serve.batching", "spct.client", "spct.integrations.trl",
-                                    "spct.integrations.verl"])
+@pytest.mark.parametrize("module", ["spct.item", "spct.sample", "spct.grm", "spct.data", "spct.scaling", "spct.scoring",
+                                    "spct.config", "spct.evaluate", "spct.evaluate.tables", "spct.placement",
+                                    "spct.card", "spct.preflight", "spct.run_state", "spct.files", "spct.chat",
+                                    "spct.memory", "spct.policy", "spct.serve.batching", "spct.client",
+                                    "spct.integrations.trl", "spct.integrations.verl"])
 def test_the_pure_core_imports_no_heavy_stack(module):
     assert not {m.split(".")[0] for m in loaded(module)} & set(STACK)
 

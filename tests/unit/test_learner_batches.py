@@ -179,3 +179,26 @@ def test_ranks_left_without_a_sequence_get_a_padding_copy():
     shards = shard_batch(batch, 3)
     assert [s.get("padding", False) for s in shards] == [False, False, True]
     assert shards[2]["input_ids"] == [[1, 2, 3]]  # something to run the same passes on, at weight 0
+
+
+def test_grpo_batch_leaves_out_groups_whose_prompt_overflowed():
+    from spct.learner.batches import grpo_batch
+    from spct.sample import samples_of
+
+    def group(prompt, completions):
+        return samples_of({"prompt_token_ids": prompt, "version": 0, "samples": [
+            {"text": "", "token_ids": c, "logprobs": [-0.5] * len(c)} for c in completions]})
+
+    groups = [group([1, 2], [[3], [4, 5]]), group([9] * 8, [[], []]), group([6], [[7], [8]])]
+    batch, dropped = grpo_batch(groups, [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]], scale=False)
+    assert dropped == 1
+    assert batch["prompt_ids"] == [[1, 2], [6]] and batch["group"] == [0, 0, 1, 1]
+    assert batch["completion_ids"] == [[3], [4, 5], [7], [8]]
+    assert batch["old_logprobs"] == [[-0.5], [-0.5, -0.5], [-0.5], [-0.5]]
+    assert batch["advantages"] == pytest.approx([0.5, -0.5, -0.5, 0.5])
+    assert validate_batch(batch, rollout=True) == 4
+    assert grpo_batch([groups[1]], [[0.5, 0.5]]) == (None, 1)
+    with pytest.raises(ValueError, match="group 0: 3 rewards for 2 samples"):
+        grpo_batch([groups[0]], [[1.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="rewards for 1 groups, samples for 2"):
+        grpo_batch(groups[:2], [[1.0, 0.0]])

@@ -15,13 +15,16 @@ from spct.data import Item
 from spct.data.synthetic import (
     SyntheticConfig,
     check_answer,
+    checkable,
+    checked_reward,
     make_items,
     policy_query,
     sample_answer,
     well_formed,
 )
 from spct.grm import build_prompt
-from spct.grm.reward import judged_items, rollout_rewards
+from spct.grm.reward import agreement, judged_items, rollout_rewards
+from spct.grm.trajectory import Shown, Trajectory
 from spct.grm.voting import counted, rescaled_vote
 
 
@@ -31,13 +34,12 @@ def query(item_id="q7"):
 
 
 def scored(samples, meta=None):
-    """A GRMRewardPool.score result for one judged item."""
+    """The reward pool's samples of one judged item (scores given, as read back)."""
     n = len(next(s for s in samples if s is not None)) if any(s is not None for s in samples) else 1
-    out = [{"scores": s} for s in samples]
-    if meta is not None:
-        for s, m in zip(out, meta, strict=True):
-            s["meta_score"] = m
-    return {"rewards": [0.0] * n, "samples": out}
+    item = Item([{"role": "user", "content": "q"}], ["r"] * n, [0.0] * n, id="judged")
+    shown = Shown(item, list(range(n)), "prompt", (1, 10))
+    return [Trajectory("text", [], None, 0, [], shown, s, None if meta is None else m)
+            for s, m in zip(samples, meta or [None] * len(samples), strict=True)]
 
 
 # ---------------------------------------------------------------- rescaling
@@ -184,13 +186,21 @@ def test_sampled_answers_are_right_at_the_asked_rate():
 
 
 def test_the_oracle_reward_is_the_share_of_sums_right():
-    from types import SimpleNamespace
+    from spct.config import PolicyRewardConfig
+    from spct.policy import PolicyReward
 
-    from spct.config import Config
-    from spct.recipes.policy import PolicyReward
-
-    cfg = Config()
-    cfg.policy.reward.kind = "oracle"
-    reward = PolicyReward(SimpleNamespace(cfg=cfg))  # no GRM pool is started for the oracle
+    reward = PolicyReward(PolicyRewardConfig(kind="oracle"), seed=0)  # no GRM pool for the oracle
     rewards, info = reward([query()], [["3+4=7 ; 8+9=17", "3+4=7 ; 8+9=7", "seventeen"]], step=0)
-    assert rewards == [1.0, 0.5, 0.0] and info == {}
+    assert rewards == [[1.0, 0.5, 0.0]] and info == {}
+    assert checked_reward(query(), "3+4=7 ; 8+9=7") == 0.5 and checkable(query())
+    with pytest.raises(ValueError, match="reward pool"):
+        PolicyReward(PolicyRewardConfig(kind="grm"), seed=0)
+
+
+def test_agreement_counts_the_pairs_the_checker_tells_apart_ties_half():
+    # Query 1: the checker orders (a > b), the reward agrees; (a, c) tie in the checker: not counted;
+    # (c > b) the reward ties: half. Query 2: the reward disagrees with its one pair.
+    truth = [[1.0, 0.0, 1.0], [0.5, 0.0]]
+    rewards = [[0.9, 0.1, 0.1], [0.0, 0.3]]
+    assert agreement(rewards, truth) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert agreement([[0.2, 0.7]], [[1.0, 1.0]]) is None  # no pair the checker tells apart

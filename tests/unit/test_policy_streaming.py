@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from spct.config import PolicyRewardConfig
 from spct.grm import load_template
+from spct.grm.trajectory import Shown, Trajectory
 from spct.item import Item
-from spct.recipes.policy import PolicyReward
+from spct.policy import PolicyReward
 from spct.rollout import request_seeds
 
 
@@ -40,23 +42,21 @@ class Pool:
         self.events = events
 
     def _results(self, items):
-        return [{"rewards": [0.0] * it.n, "samples": [{"scores": [1 + len(r) % 10 for r in it.responses]}]}
-                for it in items]
+        """One sample per item, scoring each response by its length."""
+        return [[Trajectory("", [], None, 0, [], Shown(it, list(range(it.n)), "", (1, 10)),
+                            [1 + len(r) % 10 for r in it.responses])] for it in items]
 
-    def submit_score(self, items, k, temperature, seed, k_meta, meta_score, keyed=False):
+    def submit(self, items, k, temperature, seed, keyed=False, meta_score=None):
         assert keyed  # chunked: seeds follow the judged item, not its place in the call
         self.events.append(f"GRM started on {[it.id for it in items]}")
         return lambda: (self.events.append("GRM waited"), self._results(items))[1]
 
-    def score(self, items, k, temperature, seed, k_meta, meta_score):
+    def sample(self, items, k, temperature, seed, meta_score=None):
         return self._results(items)
 
 
 def reward(events):
-    r = PolicyReward.__new__(PolicyReward)
-    r.kind, r.mode, r.k, r.seed, r.format_gate, r.temperature = "grm", "group", 1, 0, False, 0.0
-    r.pool, r.meta_score, r.k_meta = Pool(events), None, None
-    return r
+    return PolicyReward(PolicyRewardConfig(format_gate=False), 0, Pool(events))
 
 
 @contextmanager
@@ -70,11 +70,11 @@ def test_each_chunk_is_judged_while_the_next_generates_with_the_unchunked_seeds_
     prompts = [f"q{i}" for i in range(5)]
     rollouts, policy_reward = Rollouts(events), reward(events)
     sampling = {"n": 2}
-    results, (rewards, info) = policy_reward.streamed(rollouts, items, prompts, sampling, "0:policy_rl:3", 3, 2,
-                                                      timings)
+    groups, (rewards, info) = policy_reward.streamed(rollouts, items, prompts, sampling, "0:policy_rl:3", 3, 2,
+                                                     timings)
     assert events == ["generated up to 3", "GRM started on ['q0:3:0', 'q1:3:1', 'q2:3:2']",
                       "generated up to 5", "GRM started on ['q3:3:3', 'q4:3:4']", "GRM waited", "GRM waited"]
     assert rollouts.seeds == request_seeds("0:policy_rl:3", 5)
-    texts = [[s["text"] for s in r["samples"]] for r in results]
+    texts = [[s.text for s in g] for g in groups]
     assert texts == [[f"q{i}!0", f"q{i}!1"] for i in range(5)]
     assert (rewards, info) == reward([])(items, texts, 3)

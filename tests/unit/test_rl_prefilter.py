@@ -12,6 +12,7 @@ import pytest
 from spct.config import Config
 from spct.data.synthetic import SyntheticConfig, make_items
 from spct.grm.rules import prefilter_keep
+from spct.grm.trajectory import Shown, Trajectory
 from spct.item import DataError
 from spct.recipes.rl import train_items
 from spct.run_state import RunState
@@ -39,7 +40,8 @@ class Pool:
                 return [9 if (item.rewards[0] > 0.5) == right else 1]
             return [9 if (j == item.best) == right else 1 for j in range(item.n)]
 
-        return [[{"scores": scores(it)} for _ in range(k)] for it in items]
+        return [[Trajectory("", [], None, 0, [], Shown(it, list(range(it.n)), "", (1, 10)), scores(it))
+                 for _ in range(k)] for it in items]
 
     def shutdown(self) -> None:
         self.closed = True
