@@ -1,10 +1,11 @@
 """The training pipeline: set-up, the phases in order, checkpoints, a summary.
 
-`Pipeline` owns the components (rollout group, learner group, weight sync, tracker, the run's
-state and its checkpoints in a `spct.run_state.RunStore`) and implements the recipes' context
-(`spct.recipes.context.Context`, all a phase recipe may use); sampling the GRM is its
-`GRMSampler` (`p.grm`, spct.sampler). Classes below it never read the config: the builders here
-turn config sections into flat arguments.
+`Pipeline` owns the components (the GRM's rollout group and weight sync, the learner group, the
+tracker, the run's state and its checkpoints in a `spct.run_state.RunStore`) and implements the
+recipes' context (`spct.recipes.context.Context`, all a phase recipe may use) with two handles:
+sampling the GRM is its `GRMSampler` (`p.grm`, spct.sampler), starting actors on the placement
+group its `Actors` (`p.actors`, spct.actors). Classes below these never read the config: the
+builders turn config sections into flat arguments.
 
 Features: phases run in the order the config lists; each starts from the previous phase's
 Hugging Face checkpoint; a rerun with the same output_dir resumes from the latest checkpoint
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spct.actors import Actors
 from spct.card import write_card
 from spct.cluster import init_ray
 from spct.config import (
@@ -35,8 +37,6 @@ from spct.config import (
     POLICY_PHASES,
     Config,
     ConfigError,
-    engine_kwargs,
-    grm_settings,
     split_problems,
 )
 from spct.data import Item, load_items, load_splits, to_source
@@ -78,12 +78,9 @@ class Pipeline:
         self._sync = None
         self.learner = None
         self.tracker: Tracker | None = None
-        self._owned: list[Any] = []  # other actor groups a phase started (policy engines, GRM pool)
         self.general: list[Item] = []
-        self.layout = None  # where the engines and learner ranks go (spct.placement)
-        self.placement = None  # their placement group, reserved at setup
-        self.bundles = None  # who holds which place of it (spct.placement.Bundles)
-        self.whereabouts = None  # where each actor runs, as it reports it (spct.placement.Whereabouts)
+        # Starts the actors on the run's placement group (reserved at setup).
+        self.actors = Actors(config, lambda: self.state.phase, make_room=self._stop_grm_engines)
         m = config.model
         # Samples the GRM being trained, from its rollout group (started on first use).
         self.grm = GRMSampler(lambda: self.rollout, m.template, m.single_template, m.max_new_tokens, config.seed,
@@ -103,27 +100,7 @@ class Pipeline:
         if problems:
             raise ConfigError("invalid configuration for this data:\n  " + "\n  ".join(problems))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
-        from spct.placement import (
-            Bundles,
-            Whereabouts,
-            actor_plan,
-            layout,
-            placement_report,
-            reserve,
-        )
-
-        self.layout = layout(cfg)
-        self.placement = reserve(self.layout)
-        self.bundles = Bundles()
-        if cfg.cluster.num_gpus:
-            from spct.memory import host_check, host_need
-            from spct.placement import live_nodes
-
-            warning = host_check(host_need(cfg), live_nodes())
-            if warning:
-                log.warning("%s", warning)
-        self.whereabouts = Whereabouts(self.out / "placement.json", placement_report(self.layout, self.placement),
-                                       actor_plan(cfg, self.layout), self.placement)
+        self.actors.reserve(self.out / "placement.json")
         if self.state.model is None and set(cfg.phases) - set(POLICY_PHASES):
             self.state.model = self._base_model()
         lg = cfg.logger
@@ -154,64 +131,21 @@ class Pipeline:
         """(the GRM's rollout group, its weight sync), started together on first use (with
         `wait=False`, returned while the engines start)."""
         if self._rollout is None:
-            self._rollout = self.engines(self.state.model, wait=wait)
-            self._sync = self.weight_sync(self._rollout)
+            self._rollout = self.actors.engines(self.state.model, wait=wait)
+            self._sync = self.actors.weight_sync(self._rollout)
             if self.state.weight_version:  # resumed: the engines report the weights' version
                 with self.timings("weight_sync"):
                     self._rollout.update_weights_from_path(self.state.model, self.state.weight_version)
         return self._rollout, self._sync
 
-    def weight_sync(self, group):
-        """How a learner's weights reach `group`: NCCL from learner rank 0's GPU on a GPU
-        cluster, else the Ray object store."""
-        from spct.weight_sync import make_weight_sync
-
-        broadcast = self.cfg.cluster.gpus(1) and not self.cfg.rollout.colocate
-        return make_weight_sync("broadcast" if broadcast else "ray", group)
-
-    def engines(self, model: str, name: str = "rollout", owned: bool = False, wait: bool = True):
-        """A vLLM engine group serving `model` with the run's rollout settings; `owned` ones
-        are shut down with the run. `wait=False` returns while the engines start, unless they
-        share GPUs with the learner (rollout.colocate: they must be asleep before it loads)."""
-        from spct.rollout import RolloutGroup
-
-        r = self.cfg.rollout
-        give_back = self._take("engine", [b for i in range(r.num_engines) for b in self.layout.engine_indices(i)]
-                               if self.bundles is not None else [], f"{name} engines")
-        try:
-            group = RolloutGroup(model, num_engines=r.num_engines,
-                                 engine_kwargs=engine_kwargs(self.cfg.model, r, self.cfg.seed),
-                                 num_cpus_per_engine=r.num_cpus_per_engine,
-                                 num_gpus_per_engine=self._gpus(r.tensor_parallel_size), name=name,
-                                 placement_group=self.placement, colocated=r.colocate, on_shutdown=give_back,
-                                 wait=wait or r.colocate)
-        except BaseException:
-            give_back()
-            raise
-        self._watch([f"{name} engine {i}" for i in range(r.num_engines)], group.engines)
-        if owned:
-            self.own(group.shutdown)
-        return group
-
-    def _watch(self, roles: list[str], actors) -> None:
-        """Ask `actors` where they run, to check against the plan (spct.placement.actor_plan)."""
-        if self.whereabouts is not None:
-            self.whereabouts.watch(self.state.phase, roles, actors)
-
-    def _take(self, place: str, indices, who: str):
-        """Hold a place in the placement group for `who` (spct.placement.Bundles); returns the
-        function that gives it back (nothing to hold without a placement group)."""
-        if self.bundles is None:
-            return lambda: None
-        return self.bundles.take(place, list(indices), who)
-
-    def _gpus(self, n: int) -> float:
-        """GPUs an engine or a learner rank of the placement group asks Ray for."""
-        return self.cfg.cluster.gpus(n, shared=self.cfg.rollout.colocate)
-
-    def own(self, close) -> None:
-        """Call `close()` at cleanup (actors a phase started beyond the run's own)."""
-        self._owned.append(close)
+    def _stop_grm_engines(self, why: str | None = None) -> None:
+        """Stop the GRM's rollout group (it starts again, with the latest weights, at its next
+        use); `why` names who needs its places."""
+        if self._rollout is not None:
+            if why:
+                log.info("%s: the GRM's engines step aside while it samples", why)
+            self._rollout.shutdown()
+            self._rollout = self._sync = None
 
     def _base_model(self) -> str:
         m = self.cfg.model
@@ -245,9 +179,8 @@ class Pipeline:
                 log.info("phase %s already complete, skipping", phase)
                 continue
             start = time.perf_counter()
-            if phase in POLICY_PHASES and self._rollout is not None:  # the GRM is frozen from here on:
-                self._rollout.shutdown()  # its training engines give way to the policy's and the pool's
-                self._rollout = self._sync = None
+            if phase in POLICY_PHASES:  # the GRM is frozen from here on: its training engines give way
+                self._stop_grm_engines()  # to the policy's and the pool's
             if self.state.phase != phase:
                 self.state.start_phase(phase)
             result = RECIPES[phase](self)
@@ -259,17 +192,15 @@ class Pipeline:
             self.state.completed.append(phase)
             self.state.start_phase(None)
             self.store.write(self.state)
-            self.whereabouts.flush()
+            self.actors.flush()
         return self.state
 
     def cleanup(self) -> None:
         """Stop every actor the run started and close the tracker; one that fails to stop (it
         may be dead already) does not keep the others running."""
-        closers = [self.whereabouts.flush] if self.whereabouts is not None else []
+        closers = [self.actors.flush]
         closers += [g.shutdown for g in (self.learner, self._rollout) if g is not None]
-        closers += reversed(self._owned)
-        if self.placement is not None:
-            closers.append(self.placement.remove)
+        closers += self.actors.closers()
         if self.tracker is not None:
             closers.append(self.tracker.finish)
         for close in closers:
@@ -277,8 +208,7 @@ class Pipeline:
                 close()
             except Exception as e:  # noqa: BLE001 - report and go on stopping the rest
                 log.warning("cleanup: %s failed: %s", getattr(close, "__qualname__", close), e)
-        self.learner = self._rollout = self._sync = None
-        self._owned, self.tracker, self.placement, self.bundles, self.whereabouts = [], None, None, None, None
+        self.learner = self._rollout = self._sync = self.tracker = None
 
     def resume_point(self) -> str:
         """Where rerunning the same command resumes, read from what is on disk."""
@@ -292,89 +222,12 @@ class Pipeline:
         return f"{st.phase} step {st.phase_step}" + (f", {sampled} items sampled" if sampled else "") + f" ({done})"
 
     # ---------------------------------------------------------------- operations for recipes
-    def grm_pool(self, model: str, role: str, single: bool = False, num_engines: int | None = None,
-                 owned: bool = False, wait: bool = True, in_group: bool = False):
-        """A GRM reward pool (`role` names it) serving the frozen GRM `model` with the run's engine
-        settings and the GRM's own (what its checkpoint's card records: spct.config.grm_settings),
-        judging with its template (its single-response one if `single`); an `owned` one is shut
-        down with the run; `wait=False` returns while its engines start.
-
-        `in_group`: its engines take the rollout engines' bundles, for a pool that samples while
-        no learner runs (an RFT teacher, the RL pre-filter); the GRM's own engines stop for it and
-        start again, with the latest weights, at their next use. Else it runs beside the group
-        (the layout counts it: spct.placement.layout)."""
-        from spct.reward_pool import GRMRewardPool
-
-        r, m = self.cfg.rollout, grm_settings(model, self.cfg.model)
-        n = r.num_engines if in_group else (num_engines or r.num_engines)
-        placement, give_back = None, (lambda: None)
-        if in_group and self.placement is not None:
-            if self._rollout is not None:
-                log.info("%s: the GRM's engines step aside while it samples", role)
-                self._rollout.shutdown()
-                self._rollout = self._sync = None
-            placement = self.placement
-            give_back = self._take("engine", [b for i in range(n) for b in self.layout.engine_indices(i)],
-                                   f"{role} engines")
-        try:
-            pool = GRMRewardPool.start(
-                model, n, engine_kwargs(m, r, self.cfg.seed),
-                template=m.single_template if single else m.template, max_new_tokens=m.max_new_tokens,
-                num_cpus_per_engine=r.num_cpus_per_engine,
-                num_gpus_per_engine=(self._gpus if placement else self.cfg.cluster.gpus)(r.tensor_parallel_size),
-                placement_group=placement, on_shutdown=give_back, colocated=placement is not None and r.colocate,
-                wait=wait)
-        except BaseException:
-            give_back()
-            raise
-        self._watch([f"{role} engine {i}" for i in range(n)], pool.group.engines)
-        if owned:
-            self.own(pool.shutdown)
-        return pool
-
-    def meta_scorer(self, path: str, owned: bool = False):
-        """A meta-RM actor on `path` with the input length, dtype and input template its card
-        records (else meta_rm.max_length, the run's dtype and the default framing), the run's threads and a GPU of its own on a GPU
-        cluster: (a function scoring trajectories, the function that stops the actor; an `owned`
-        one is stopped with the run). Where it runs is the plan's (spct.placement.meta_rm_bundle):
-        learner rank 0's place in the meta_rm and eval phases, beside the group in the policy
-        phases."""
-        import ray
-
-        from spct.config import MetaRMRef, resolve_meta_rm
-        from spct.meta_rm import meta_scorer
-        from spct.placement import in_bundle, meta_rm_bundle
-
-        ref = MetaRMRef(path=path)
-        resolve_meta_rm(ref, self.cfg.model.dtype, self.cfg.meta_rm.max_length)
-
-        options, give_back = {}, (lambda: None)
-        bundle = meta_rm_bundle(self.layout, self.state.phase) if self.placement is not None else None
-        if bundle is not None:
-            give_back = self._take("learner", [bundle], "the meta RM")
-            options = in_bundle(self.placement, bundle)
-        try:
-            score, actor = meta_scorer(path, ref.dtype, ref.max_length, self.cfg.learner.num_threads,
-                                       num_gpus=self._gpus(1), input_template=ref.input_template, **options)
-        except BaseException:
-            give_back()
-            raise
-        self._watch(["meta RM" if bundle is not None else "policy meta RM"], [actor])
-
-        def stop() -> None:
-            ray.kill(actor)
-            give_back()
-
-        if owned:
-            self.own(stop)
-        return score, stop
-
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
                     task: str = "causal_lm", model: str | None = None):
         """A learner group starting from `model` (default: the latest GRM weights, with the
         optimizer state of an interrupted phase on resume). Its reference model is the weights
         the phase started from, also when it resumes from a step checkpoint."""
-        from spct.learner import LearnerGroup, LearnerSpec
+        from spct.learner import LearnerSpec
 
         self.close_learner()
         if (model is None and task == "causal_lm" and self._rollout is None and not self.cfg.rollout.colocate
@@ -394,16 +247,7 @@ class Pipeline:
                            reference_model=self.state.phase_start if with_reference else None, seed=self.cfg.seed,
                            gradient_checkpointing=lc.gradient_checkpointing, num_threads=lc.num_threads or None,
                            share_prefix=lc.share_prefix)
-        ranks = self.layout.rank_indices if self.placement is not None else None
-        give_back = self._take("learner", ranks or [], "the learner")
-        try:
-            self.learner = LearnerGroup(lc.num_ranks, spec, num_cpus_per_rank=lc.num_cpus_per_rank,
-                                        num_gpus_per_rank=self._gpus(1), placement_group=self.placement,
-                                        bundle_indices=ranks, on_shutdown=give_back)
-        except BaseException:
-            give_back()
-            raise
-        self._watch([f"learner rank {r}" for r in range(lc.num_ranks)], self.learner.workers)
+        self.learner = self.actors.learner(spec)
         if self.state.learner_state and task == "causal_lm":
             self.learner.load_state(self.state.learner_state)
         return self.learner

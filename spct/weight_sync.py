@@ -24,6 +24,7 @@ import ray
 import torch
 
 from spct.rollout import RolloutGroup
+from spct.sample import samples_of
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class _SyncBase:
         per_engine = ray.get(
             [e.generate.remote(list(prompts), sampling, True) for e in self.group.engines]
         )
-        tokens = [[r["samples"][0]["token_ids"] for r in results] for results in per_engine]
+        tokens = [[samples_of(r)[0].token_ids for r in results] for results in per_engine]
         if any(t != tokens[0] for t in tokens[1:]):
             log.warning("weight sync: engines decode the same prompts differently")
             return False

@@ -17,10 +17,8 @@ from spct.sampler import GRMSampler
 from spct.tracking import Timings, Tracker
 
 if TYPE_CHECKING:
+    from spct.actors import Actors
     from spct.learner import LearnerGroup
-    from spct.reward_pool import GRMRewardPool
-    from spct.rollout import RolloutGroup
-    from spct.weight_sync import WeightSync
 
 StepDone = Callable[..., None]  # done(metrics, **postfix) records a step (Pipeline.steps)
 
@@ -50,12 +48,9 @@ class Context(Protocol):
     grm: GRMSampler
     def sync_weights(self) -> int: ...
 
-    # Actors a phase starts.
+    # Actors a phase starts: its learner (from the latest weights, with their optimizer state on
+    # resume), and the rest (engine groups, GRM reward pools, meta-RM actors, weight syncs).
     def new_learner(self, lr: float, warmup_steps: int, total_steps: int, with_reference: bool,
                     task: str = "causal_lm", model: str | None = None) -> LearnerGroup: ...
     def close_learner(self) -> None: ...
-    def engines(self, model: str, name: str = "rollout", owned: bool = False, wait: bool = True) -> RolloutGroup: ...
-    def weight_sync(self, group: RolloutGroup) -> WeightSync: ...
-    def grm_pool(self, model: str, role: str, single: bool = False, num_engines: int | None = None,
-                 owned: bool = False, wait: bool = True, in_group: bool = False) -> GRMRewardPool: ...
-    def meta_scorer(self, path: str, owned: bool = False) -> tuple[Callable, Callable]: ...
+    actors: Actors

@@ -23,7 +23,7 @@ def run_eval(p: Context) -> dict:
     pool = GRMRewardPool(p.grm.group, p.cfg.model.template, p.cfg.model.max_new_tokens)
     score_meta = stop_meta = None
     if p.state.meta_rm:
-        score_meta, stop_meta = p.meta_scorer(p.state.meta_rm)
+        score_meta, stop_meta = p.actors.meta_scorer(p.state.meta_rm)
     try:
         with p.timings("generate"):
             tables = run_benchmarks(pool, [(c.split, rule, items)], p.out / "eval", k_max=c.k_max,

@@ -74,7 +74,7 @@ def run_meta_rm(p: Context) -> dict:
         done(metrics, loss=f"{metrics['loss']:.3f}")
     p.checkpoint(final=True, role="meta_rm")
     p.close_learner()
-    score, stop = p.meta_scorer(p.state.meta_rm)
+    score, stop = p.actors.meta_scorer(p.state.meta_rm)
     try:
         scores = score(val) if val else []
     finally:

@@ -89,20 +89,20 @@ def run_policy_rl(p: Context) -> dict[str, float]:
     pc, seed = p.cfg.policy, p.cfg.seed
     model = policy_model(p)
     # The policy's engines, the GRM's engines, the meta RM and the learner all start at once.
-    rollout = p.engines(model, name="policy_rollout", owned=True, wait=False)
+    rollout = p.actors.engines(model, name="policy_rollout", owned=True, wait=False)
     pool = meta_score = None
     if pc.reward.kind != "oracle":
-        pool = p.grm_pool(pc.grm or p.state.model, "policy GRM reward", single=pc.reward.mode == "single",
+        pool = p.actors.grm_pool(pc.grm or p.state.model, "policy GRM reward", single=pc.reward.mode == "single",
                           num_engines=pc.grm_engines, owned=True, wait=False)
         if pc.meta_rm:
-            meta_score, _ = p.meta_scorer(pc.meta_rm, owned=True)
+            meta_score, _ = p.actors.meta_scorer(pc.meta_rm, owned=True)
     reward = PolicyReward(pc.reward, seed, pool, meta_score)
     learner = p.new_learner(pc.lr, 0, pc.steps, with_reference=pc.beta > 0, model=model)
     rollout.ready()
     reward.ready()
     if p.state.policy_version:  # resumed: the engines report the weights' version
         rollout.update_weights_from_path(model, p.state.policy_version)
-    sync = p.weight_sync(rollout)
+    sync = p.actors.weight_sync(rollout)
     checkable_items = [it for it in p.data.get(pc.eval_split) or [] if checkable(it)][: pc.eval_items]
     if not checkable_items:
         log.warning("policy_rl: data.%s holds no items the program checker can check (the synthetic task's), so "

@@ -41,7 +41,7 @@ def run_rft(p: Context) -> None:
     items = items[: c.items or len(items)]
     path = p.out / "rft" / "trajectories.jsonl"
     if not p.state.rft.sampling_done:
-        teacher = p.grm_pool(c.teacher, "RFT teacher", in_group=True) if c.teacher else None
+        teacher = p.actors.grm_pool(c.teacher, "RFT teacher", in_group=True) if c.teacher else None
         try:
             _sample(p, items, path, p.grm.on(teacher.group) if teacher else p.grm)
         finally:  # the teacher's engines give way to the learner

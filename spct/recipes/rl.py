@@ -56,7 +56,7 @@ def train_items(p: Context) -> list[Item]:
     if not path.exists():
         model = str(p.out / "checkpoints" / "warmup-final" / "model") if c.prefilter_model == "warmup" \
             else c.prefilter_model
-        pool = p.grm_pool(model, "RL pre-filter", in_group=True)
+        pool = p.actors.grm_pool(model, "RL pre-filter", in_group=True)
         scale, verdicts = (pool.template.low, pool.template.high), []
         try:
             for start in tqdm(range(0, len(items), 1024), desc="rl pre-filter"):

@@ -65,6 +65,7 @@ class FakeContext:
             it.id = f"item-{i}"
         self.data, self.out, self.state, self.tracker = {"train": items}, out, RunState(), Tracker()
         self.pools: list[Pool] = []
+        self.actors = self  # the run's actors: only its GRM pools are asked for
 
     def grm_pool(self, model: str, role: str, in_group: bool = False) -> Pool:
         assert model == "weak/grm" and in_group  # it samples in the rollout engines' bundles
