@@ -83,6 +83,7 @@ def sync_check(model: Path) -> dict:
     from spct.learner import LearnerGroup, LearnerSpec
     from spct.models import load_causal_lm, load_tokenizer
     from spct.rollout import RolloutGroup
+    from spct.sample import samples_of
     from spct.weight_sync import make_weight_sync
 
     prompts = ["Solve: 3+4 ; 7+8", "Which response is best?", "hello there"]
@@ -93,7 +94,7 @@ def sync_check(model: Path) -> dict:
     learner = LearnerGroup(1, LearnerSpec(model=str(model), zero_stage=3, lr=1e-4, total_steps=10, dtype="float32",
                                    micro_batch_size=4), num_gpus_per_rank=0.5)
     greedy = {"temperature": 0.0, "max_tokens": 16, "logprobs": 0}
-    before = [r["samples"][0]["token_ids"] for r in engines.generate(prompts, greedy)]
+    before = [samples_of(r)[0].token_ids for r in engines.generate(prompts, greedy)]
     initial = learner.state_for_sync()
     tok = load_tokenizer(model)
     batch = sft_batch([encode_sft(tok, p, "7+8=15 ; 3+9=12") for p in prompts])
@@ -104,7 +105,7 @@ def sync_check(model: Path) -> dict:
     t0 = time.perf_counter()
     sync.push_from(learner, 1)
     sync_s = time.perf_counter() - t0
-    results = engines.generate(prompts, greedy)
+    results = [samples_of(r)[0] for r in engines.generate(prompts, greedy)]
     state = learner.state_for_sync()
     engines.shutdown()
     learner.shutdown()
@@ -115,15 +116,15 @@ def sync_check(model: Path) -> dict:
     def logprobs(weights) -> list[list[float]]:
         hf.load_state_dict(weights, strict=False)
         out = []
-        for r in results:
-            prompt, ids = r["prompt_token_ids"], r["samples"][0]["token_ids"]
+        for s in results:
+            prompt, ids = s.prompt_ids, s.token_ids
             logits = hf(torch.tensor([prompt + ids], device="cuda")).logits[:, len(prompt) - 1 : -1]
             out.append(gather_logprobs(logits, torch.tensor([ids], device="cuda"))[0].tolist())
         return out
 
-    engine = [r["samples"][0]["logprobs"] for r in results]
+    engine = [s.logprobs for s in results]
     after, old = agreement(engine, logprobs(state)), agreement(engine, logprobs(initial))
-    return {"changed": [r["samples"][0]["token_ids"] for r in results] != before,
+    return {"changed": [s.token_ids for s in results] != before,
             "logprob_gap": after, "logprob_gap_to_old_weights": old,
             "agrees": after <= LOGPROB_TOL < old, "sync_s": sync_s, "train_and_sync_s": time.perf_counter() - start}
 
