@@ -41,7 +41,7 @@ class Shown:
 class Trajectory(Sample):
     """A GRM sample read back: the engine's sample (spct.sample.Sample), the prompt it was
     `shown`, and its scores in the item's order (None when the sample did not parse); the meta
-    RM's rating when one was asked for (spct.reward_pool)."""
+    RM's rating when one was asked for (spct.sampler.GRMSampler.draw)."""
 
     shown: Shown
     scores: list[float] | None

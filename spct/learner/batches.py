@@ -1,6 +1,8 @@
-"""Learner batches: validation, sharding over ranks, padding, micro-batches, completion logits.
+"""Learner batches: the GRPO batch of a step's samples, validation, sharding over ranks,
+padding, micro-batches, completion logits.
 
-Batches arrive over Ray as plain dicts of lists, with no padding.
+Batches arrive over Ray as plain dicts of lists, with no padding; `grpo_batch` builds a GRPO one
+from the step's sample records (spct.sample) and their rewards.
 
 SFT and BCE batches, one entry per sequence:
 
