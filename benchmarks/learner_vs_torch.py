@@ -65,7 +65,7 @@ class PlainTorch:
     def step(self, batch: dict, beta: float) -> float:
         import torch
 
-        from spct.algos import grpo_policy_loss, token_logprobs
+        from spct.algos import gather_logprobs, grpo_policy_loss
 
         prompts = [batch["prompt_ids"][g] for g in batch["group"]]
         n, total = len(prompts), 0.0
@@ -83,9 +83,10 @@ class PlainTorch:
                 mask[j, p - 1 : len(s) - 1] = True
                 old[j, p - 1 : len(s) - 1] = torch.tensor(batch["old_logprobs"][i])
             adv = torch.tensor([batch["advantages"][i] for i in rows])
-            logp = token_logprobs(self.policy(input_ids=ids, attention_mask=attn).logits, ids)
+            # Each next token's log-prob, [B, T - 1], as the mask and old log-probs are laid out.
+            logp = gather_logprobs(self.policy(input_ids=ids, attention_mask=attn).logits[:, :-1], ids[:, 1:])
             with torch.no_grad():
-                ref = token_logprobs(self.ref(input_ids=ids, attention_mask=attn).logits, ids)
+                ref = gather_logprobs(self.ref(input_ids=ids, attention_mask=attn).logits[:, :-1], ids[:, 1:])
             loss, _ = grpo_policy_loss(logp, old, adv, mask, ref_logp=ref, beta=beta)
             (loss * len(seqs) / n).backward()
             total += loss.item() * len(seqs) / n

@@ -219,12 +219,6 @@ def _check_logits(logits: Tensor, ids: Tensor, ids_name: str) -> None:
         )
 
 
-def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
-    """Log-prob of each next token: out[b, t] = log p(input_ids[b, t + 1] | prefix), [B, T-1]."""
-    _check_logits(logits, input_ids, "input_ids")
-    return gather_logprobs(logits[:, :-1], input_ids[:, 1:])
-
-
 def gather_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
     """log p(ids[b, t]) under logits[b, t, :]: [B, T, V], [B, T] -> [B, T].
 

@@ -107,8 +107,6 @@ class Steps:
         for an on-policy batch and grows if a weight sync was missed.
         """
         start = time.perf_counter()
-        if beta > 0 and self.reference is None:
-            raise ValueError("grpo_step: beta > 0 needs a reference model (with_reference=True)")
         padding = bool(batch.get("padding"))
         micro = rollout_micro_batches(batch, self.micro_batch_size, self.pad_id, self.device)
         n_global, tokens_global = self._shard_sizes(0 if padding else len(batch["completion_ids"]),

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from spct.algos import (
     completion_labels,
+    gather_logprobs,
     group_advantages,
     grpo_policy_loss,
     kl_estimate,
@@ -19,7 +20,6 @@ from spct.algos import (
     per_sequence_token_mean,
     sft_loss,
     token_entropy,
-    token_logprobs,
 )
 
 # ------------------------------------------------------------------------------- advantages
@@ -334,11 +334,11 @@ def test_per_token_advantages_are_accepted():
 # ------------------------------------------------------------------------------- log-probs, SFT
 
 
-def test_token_logprobs_match_log_softmax_gather():
+def test_gathered_logprobs_match_log_softmax_gather():
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 11, requires_grad=True)
     ids = torch.randint(0, 11, (3, 5))
-    out = token_logprobs(logits, ids)
+    out = gather_logprobs(logits[:, :-1], ids[:, 1:])  # each next token's log-prob
     assert out.shape == (3, 4)
     naive = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     torch.testing.assert_close(out, naive)
@@ -347,15 +347,10 @@ def test_token_logprobs_match_log_softmax_gather():
     assert torch.equal(logits.grad[:, -1], torch.zeros(3, 11))
 
 
-def test_token_logprobs_uniform_by_hand_and_bf16_upcast():
-    out = token_logprobs(torch.zeros(1, 3, 4, dtype=torch.bfloat16), torch.tensor([[0, 1, 2]]))
+def test_gathered_logprobs_uniform_by_hand_and_bf16_upcast():
+    out = gather_logprobs(torch.zeros(1, 2, 4, dtype=torch.bfloat16), torch.tensor([[1, 2]]))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, torch.full((1, 2), math.log(1 / 4)))
-
-
-def test_token_logprobs_rejects_mismatched_ids():
-    with pytest.raises(ValueError, match="input_ids"):
-        token_logprobs(torch.zeros(1, 3, 4), torch.zeros(1, 4, dtype=torch.long))
 
 
 def test_token_entropy():
@@ -529,7 +524,7 @@ def test_advantages_match_trl(trl_trainer, scale_rewards, scale):
 @pytest.mark.parametrize("kl_ratio_correction", [False, True])
 def test_policy_loss_and_gradient_match_trl(trl_trainer, kl_ratio_correction):
     """TRL's own _compute_loss on its own rollouts, with off-policy old log-probs so both clip
-    sides are active, against ours on log-probs from token_logprobs; values, metrics, grads."""
+    sides are active, against ours on log-probs from gather_logprobs; values, metrics, grads."""
     trainer, batch = trl_trainer
     model = trainer.model
     inputs = trainer._generate_and_score_completions(batch)
@@ -540,7 +535,7 @@ def test_policy_loss_and_gradient_match_trl(trl_trainer, kl_ratio_correction):
 
     def our_logp() -> torch.Tensor:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return token_logprobs(logits, input_ids)[:, -n_completion:]
+        return gather_logprobs(logits[:, :-1], input_ids[:, 1:])[:, -n_completion:]
 
     with torch.no_grad():
         current = our_logp()
