@@ -141,6 +141,13 @@ class Layout:
         return [(self.worker_bundles(), "STRICT_PACK")] * self.engines + [([dict(self.rank_bundle)] * self.ranks,
                                                                            self.strategy)]
 
+    def reservation(self) -> str:
+        """How the group is reserved, in words (the dry-run plan)."""
+        if len(self.groups()) == 1:
+            return f"one placement group, {self.strategy}"
+        return (f"{self.engines} STRICT_PACK groups, one per tensor-parallel engine (its {self.workers} workers on "
+                f"one node), and the learner ranks' group, {self.strategy}")
+
     def engine_indices(self, i: int) -> list[int]:
         """The bundles engine i's TP workers take (the engine actor sits on the first)."""
         return list(range(i * self.workers, (i + 1) * self.workers))

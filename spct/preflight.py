@@ -407,7 +407,7 @@ def train_plan(c: Config, state, sources: Mapping[str, str], warnings: Sequence[
         "              (" + "; ".join(f"{source}: {', '.join(keys)}" for source, keys in by.items()) + ")",
         f"  data        {data}",
         "  phases      " + "\n              ".join(f"{p}: {_phase_line(c, p)}" for p in c.phases),
-        f"  cluster     {where}; {c.cluster.nodes} node(s), placement {lay.strategy}",
+        f"  cluster     {where}; {c.cluster.nodes} node(s); {lay.reservation()}",
         "  placement   " + "\n              ".join(bundles + beside),
     ]
     if meta:

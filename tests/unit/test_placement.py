@@ -260,6 +260,9 @@ def test_each_tensor_parallel_engine_has_a_strict_pack_group_of_its_own():
     strategy = options["scheduling_strategy"]
     assert (strategy.placement_group, strategy.placement_group_bundle_index) == ("engine3", 0)
     assert options["runtime_env"]["env_vars"]["VLLM_RAY_BUNDLE_INDICES"] == "0,1"  # in its own group
-    assert len(layout(_config("experiment=grm-qwen2.5-7b", "data.train=/d.jsonl", "data.test=/t.jsonl")).groups()) == 1
+    one = layout(_config("experiment=grm-qwen2.5-7b", "data.train=/d.jsonl", "data.test=/t.jsonl"))
+    assert len(one.groups()) == 1 and one.reservation() == "one placement group, PACK"
+    assert lay.reservation() == ("8 STRICT_PACK groups, one per tensor-parallel engine (its 2 workers on one node), "
+                                 "and the learner ranks' group, SPREAD")
 
 
