@@ -38,6 +38,21 @@ def per_query(flat: Sequence[float], rollouts: Sequence[Sequence[Any]]) -> list[
     return out
 
 
+def reward_by_answer(rewards: Sequence[Sequence[float]], kinds: Sequence[Sequence[str]],
+                     names: Sequence[str]) -> dict[str, float]:
+    """Which answers a reward pays for: per kind of answer (`kinds` holds one per rollout, per
+    query, e.g. `spct.data.synthetic.answer_kind`), its share of the rollouts (`answers/<kind>`)
+    and the mean reward it got (`reward_by_answer/<kind>`, only for kinds that occur)."""
+    pairs = [(r, k) for rs, ks in zip(rewards, kinds, strict=True) for r, k in zip(rs, ks, strict=True)]
+    out: dict[str, float] = {}
+    for name in names:
+        got = [r for r, k in pairs if k == name]
+        out[f"answers/{name}"] = len(got) / len(pairs)
+        if got:
+            out[f"reward_by_answer/{name}"] = sum(got) / len(got)
+    return out
+
+
 class PolicyReward:
     """Rewards of a step's rollouts: one per rollout, per query, and the GRM's metrics.
 

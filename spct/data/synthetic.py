@@ -261,6 +261,22 @@ def well_formed(item: Item, text: str) -> bool:
         for part, ab in zip(parts, operands, strict=True))
 
 
+ANSWER_KINDS = ("right", "carry", "slip", "format")
+
+
+def answer_kind(item: Item, text: str) -> str:
+    """What kind of answer `text` is, by the program checker: "format" (not the answer format,
+    `well_formed`), "right" (every sum right), "carry" (each wrong sum drops the carry of its
+    units, 8+9=7: the slip the warm-up's critic makes, `warmup.carry_slip`), else "slip"."""
+    if not well_formed(item, text):
+        return "format"
+    claims = [int(_CLAIM.fullmatch(part)[3]) for part in text.split(";")]
+    wrong = [(a, b, c) for (a, b), c in zip(_operands(item), claims, strict=True) if c != a + b]
+    if not wrong:
+        return "right"
+    return "carry" if all(a % 10 + b % 10 >= 10 and c == a + b - 10 for a, b, c in wrong) else "slip"
+
+
 def _operands(item: Item) -> list[list[int]]:
     if "operands" not in item.meta:
         raise DataError(item.id or "<item>", "meta.operands", "missing: not an item of spct.data.synthetic")

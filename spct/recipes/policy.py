@@ -18,7 +18,10 @@ synthetic task an answer that does not restate the query's sums gets 0 whatever 
 learns to misstate the sums in ways the GRM cannot check. Then one GRPO step on the policy's
 learner (group advantages r - mean unless `policy.scale_advantages`), and the new weights go to
 the policy's engines (version + 1). `reward_checker_agreement` logs how often the reward orders
-two rollouts as the checker does.
+two rollouts as the checker does, and `reward_by_answer/<kind>` the mean reward each kind of
+answer got (`answers/<kind>`: its share): right, carry (only dropped carries wrong, the
+warm-up critic's own slip), slip (other wrong sums) and format (out of format), to see which
+errors a reward pays for.
 Held-out checked accuracy is measured before RL, every `policy.eval_every` steps and at the end;
 each evaluation's answers go to output_dir/policy_eval/step<N>.jsonl.
 """
@@ -31,7 +34,9 @@ import time
 
 from spct.chat import encode_sft, sft_batch
 from spct.data.synthetic import (
+    ANSWER_KINDS,
     SyntheticConfig,
+    answer_kind,
     checkable,
     checked_reward,
     policy_query,
@@ -40,7 +45,7 @@ from spct.data.synthetic import (
 from spct.grm.reward import agreement
 from spct.item import DataError
 from spct.learner.batches import grpo_batch
-from spct.policy import PolicyReward, evaluate_policy, policy_prompt
+from spct.policy import PolicyReward, evaluate_policy, policy_prompt, reward_by_answer
 from spct.recipes.context import Context
 from spct.sample import samples_of
 
@@ -157,6 +162,8 @@ def run_policy_rl(p: Context) -> dict[str, float]:
             agree = agreement(rewards, right)
             if agree is not None:
                 metrics["reward_checker_agreement"] = agree
+            kinds = [[answer_kind(it, t) for t in ts] for it, ts in zip(items, texts, strict=True)]
+            metrics |= reward_by_answer(rewards, kinds, ANSWER_KINDS)
         if pc.eval_every and (step + 1) % pc.eval_every == 0 or step + 1 == pc.steps:
             result = evaluate(step + 1)
             metrics.update({f"eval_{k}": v for k, v in result.items() if k in ("accuracy", "sum_accuracy")})

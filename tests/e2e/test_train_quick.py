@@ -231,7 +231,7 @@ def test_policy_trained_with_the_runs_grm_as_its_reward(quick_run, tmp_path):
     assert results["policy_rl"]["n"] == 8
     steps = [r for r in _records(out) if r["phase"] == "policy_rl" and "reward_mean" in r]
     for key in ("reward_mean", "grm_parse_failure_rate", "grm_time_share", "kl", "train_accuracy",
-                "time/reward", "eval_accuracy"):
+                "time/reward", "eval_accuracy", "answers/right", "answers/format"):
         assert key in steps[0], key
     assert all(0.0 <= r["reward_mean"] <= 1.0 for r in steps)
     assert steps[0]["grm_samples"] == 4 * 2  # 4 prompts, one GRM prompt each, k = 2

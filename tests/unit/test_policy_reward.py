@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from spct.algos import group_advantages
 from spct.data import Item
 from spct.data.synthetic import (
+    ANSWER_KINDS,
     SyntheticConfig,
+    answer_kind,
     check_answer,
     checkable,
     checked_reward,
@@ -204,3 +206,25 @@ def test_agreement_counts_the_pairs_the_checker_tells_apart_ties_half():
     rewards = [[0.9, 0.1, 0.1], [0.0, 0.3]]
     assert agreement(rewards, truth) == pytest.approx((1 + 0.5 + 0) / 3)
     assert agreement([[0.2, 0.7]], [[1.0, 1.0]]) is None  # no pair the checker tells apart
+
+
+def test_answers_are_told_apart_by_the_errors_they_make():
+    q = query()  # 3+4 ; 8+9: only 8+9 carries
+    assert answer_kind(q, "3+4=7 ; 8+9=17") == "right"
+    assert answer_kind(q, " 3+4=7;8+9=7") == "carry"  # the carry dropped, the rest right
+    assert answer_kind(q, "3+4=6 ; 8+9=7") == "slip"  # 3+4 has no carry to drop
+    assert answer_kind(q, "3+4=7 ; 8+9=16") == "slip"
+    assert answer_kind(q, "3+4=7") == "format" and answer_kind(q, "seventeen") == "format"
+    assert answer_kind(q, "3+4=7 ; 8+9=17 ; 1+1=2") == "format"  # right sums, but an extra part
+    assert set(ANSWER_KINDS) == {"right", "carry", "slip", "format"}
+
+
+def test_reward_by_answer_is_the_mean_reward_of_each_kind_and_its_share():
+    from spct.policy import reward_by_answer
+
+    rewards = [[1.0, 0.5], [0.25, 0.0]]
+    kinds = [["right", "carry"], ["carry", "format"]]
+    out = reward_by_answer(rewards, kinds, ANSWER_KINDS)
+    assert out == {"answers/right": 0.25, "reward_by_answer/right": 1.0, "answers/carry": 0.5,
+                   "reward_by_answer/carry": 0.375, "answers/slip": 0.0, "answers/format": 0.25,
+                   "reward_by_answer/format": 0.0}
