@@ -261,20 +261,25 @@ def well_formed(item: Item, text: str) -> bool:
         for part, ab in zip(parts, operands, strict=True))
 
 
-ANSWER_KINDS = ("right", "carry", "slip", "format")
+ANSWER_KINDS = ("right", "carry", "slip", "worse", "format")
 
 
 def answer_kind(item: Item, text: str) -> str:
     """What kind of answer `text` is, by the program checker: "format" (not the answer format,
-    `well_formed`), "right" (every sum right), "carry" (each wrong sum drops the carry of its
-    units, 8+9=7: the slip the warm-up's critic makes, `warmup.carry_slip`), else "slip"."""
+    `well_formed`), "right" (every sum right), one wrong sum that drops the carry of its units
+    ("carry", 8+9=7: the slip the warm-up's critic makes, `warmup.carry_slip`) or that is wrong
+    another way ("slip"), or "worse" (two or more wrong sums). "carry" and "slip" have the same
+    checked reward, so a reward that pays more for one of them favours that error."""
     if not well_formed(item, text):
         return "format"
     claims = [int(_CLAIM.fullmatch(part)[3]) for part in text.split(";")]
     wrong = [(a, b, c) for (a, b), c in zip(_operands(item), claims, strict=True) if c != a + b]
     if not wrong:
         return "right"
-    return "carry" if all(a % 10 + b % 10 >= 10 and c == a + b - 10 for a, b, c in wrong) else "slip"
+    if len(wrong) > 1:
+        return "worse"
+    a, b, c = wrong[0]
+    return "carry" if a % 10 + b % 10 >= 10 and c == a + b - 10 else "slip"
 
 
 def _operands(item: Item) -> list[list[int]]:

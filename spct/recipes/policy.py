@@ -19,9 +19,9 @@ learns to misstate the sums in ways the GRM cannot check. Then one GRPO step on 
 learner (group advantages r - mean unless `policy.scale_advantages`), and the new weights go to
 the policy's engines (version + 1). `reward_checker_agreement` logs how often the reward orders
 two rollouts as the checker does, and `reward_by_answer/<kind>` the mean reward each kind of
-answer got (`answers/<kind>`: its share): right, carry (only dropped carries wrong, the
-warm-up critic's own slip), slip (other wrong sums) and format (out of format), to see which
-errors a reward pays for.
+answer got (`answers/<kind>`: its share; spct.data.synthetic.answer_kind): right, one dropped
+carry (the warm-up critic's own slip), one other slip, worse, out of format; a reward that pays
+more for "carry" than for "slip" favours the critic's error.
 Held-out checked accuracy is measured before RL, every `policy.eval_every` steps and at the end;
 each evaluation's answers go to output_dir/policy_eval/step<N>.jsonl.
 """

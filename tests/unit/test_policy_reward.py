@@ -212,11 +212,12 @@ def test_answers_are_told_apart_by_the_errors_they_make():
     q = query()  # 3+4 ; 8+9: only 8+9 carries
     assert answer_kind(q, "3+4=7 ; 8+9=17") == "right"
     assert answer_kind(q, " 3+4=7;8+9=7") == "carry"  # the carry dropped, the rest right
-    assert answer_kind(q, "3+4=6 ; 8+9=7") == "slip"  # 3+4 has no carry to drop
     assert answer_kind(q, "3+4=7 ; 8+9=16") == "slip"
+    assert answer_kind(q, "3+4=6 ; 8+9=17") == "slip"  # 3+4 has no carry to drop
+    assert answer_kind(q, "3+4=6 ; 8+9=7") == "worse"  # two wrong sums
     assert answer_kind(q, "3+4=7") == "format" and answer_kind(q, "seventeen") == "format"
     assert answer_kind(q, "3+4=7 ; 8+9=17 ; 1+1=2") == "format"  # right sums, but an extra part
-    assert set(ANSWER_KINDS) == {"right", "carry", "slip", "format"}
+    assert set(ANSWER_KINDS) == {"right", "carry", "slip", "worse", "format"}
 
 
 def test_reward_by_answer_is_the_mean_reward_of_each_kind_and_its_share():
@@ -226,5 +227,5 @@ def test_reward_by_answer_is_the_mean_reward_of_each_kind_and_its_share():
     kinds = [["right", "carry"], ["carry", "format"]]
     out = reward_by_answer(rewards, kinds, ANSWER_KINDS)
     assert out == {"answers/right": 0.25, "reward_by_answer/right": 1.0, "answers/carry": 0.5,
-                   "reward_by_answer/carry": 0.375, "answers/slip": 0.0, "answers/format": 0.25,
-                   "reward_by_answer/format": 0.0}
+                   "reward_by_answer/carry": 0.375, "answers/slip": 0.0, "answers/worse": 0.0,
+                   "answers/format": 0.25, "reward_by_answer/format": 0.0}
