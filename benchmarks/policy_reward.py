@@ -5,7 +5,9 @@ kind from that same policy: the GRM greedy (k = 1), Voting@8, MetaRM@8, and the 
 checker (oracle, the ceiling). Every run is the documented command
 `python -m spct.train experiment=policy ...`; the policy's held-out checked accuracy before RL
 is the floor. Prints the final accuracies with 95% intervals, the paired differences between
-kinds, the GRM's share of each step's time, and saves a plot of accuracy per step.
+kinds, the GRM's share of each step's time, what each reward paid each kind of the policy's
+answers (right, one dropped carry, one other slip, worse, out of format: which errors it
+favours), and saves a plot of accuracy per step.
 
     make train                                     # the GRM: outputs/spct-default
     python benchmarks/policy_reward.py --grm-run outputs/spct-default
@@ -25,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from spct.data.synthetic import ANSWER_KINDS  # noqa: E402
 from spct.scaling import mean_interval  # noqa: E402
 
 KINDS = {  # short name: (label, overrides)
@@ -37,6 +40,8 @@ KINDS = {  # short name: (label, overrides)
     "voting8-stream": ("GRM Voting@8, streamed", ["policy.reward.k=8", "policy.reward.stream_chunks=4"]),
 }
 DEFAULT_KINDS = ["greedy", "voting8", "metarm8", "oracle"]
+KIND_LABELS = {"right": "right", "carry": "one dropped carry", "slip": "one other slip", "worse": "2+ wrong sums",
+               "format": "out of format"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,9 +83,18 @@ def read_run(out: Path) -> dict:
     def mean(key: str) -> float:
         return sum(s.get(key, 0.0) for s in steps) / len(steps)
 
+    # What the reward paid each kind of answer, over all steps: each step's mean weighted by its
+    # share (every step has the same number of rollouts).
+    paid = {}
+    for kind in ANSWER_KINDS:
+        shares = [(s[f"answers/{kind}"], s.get(f"reward_by_answer/{kind}", 0.0)) for s in steps
+                  if f"answers/{kind}" in s]
+        weight = sum(w for w, _ in shares)
+        paid[kind] = (sum(w * r for w, r in shares) / weight if weight else None,
+                      weight / len(shares) if shares else None)
     return {"curve": curve, "final": final, "time_step": mean("time/step"), "time_reward": mean("time/reward"),
             "grm_share": mean("grm_time_share"), "parse_failures": mean("grm_parse_failure_rate"),
-            "agreement": mean("reward_checker_agreement")}
+            "agreement": mean("reward_checker_agreement"), "paid": paid}
 
 
 def credits(path: Path) -> list[float]:
@@ -161,6 +175,21 @@ def report(args, runs, floor, out: Path, wall: float) -> None:
         lines.append(f"- {KINDS[a][0]} - {KINDS[b][0] if b else 'untrained policy'}: {100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
     lines.append("\n'agrees with the checker': over a step's pairs of rollouts the checker tells apart, how "
                  "often the reward orders them the same way (a tie counts half; 50% is chance).")
+    lines += ["", "What each reward paid each kind of the policy's training answers, over all steps and seeds: "
+              "mean reward (share of the answers). One dropped carry and one other slip have the same "
+              "checked reward; a reward that pays more for one favours that error.", "",
+              "| reward | " + " | ".join(KIND_LABELS[k] for k in ANSWER_KINDS) + " |",
+              "|---|" + "---:|" * len(ANSWER_KINDS)]
+    for kind, by_seed in runs.items():
+        cells = []
+        for answer in ANSWER_KINDS:
+            got = [by_seed[s].get("paid", {}).get(answer, (None, None)) for s in seeds]
+            shares = [w for _, w in got if w is not None]
+            weight = sum(w for _, w in got if w)
+            value = sum(r * w for r, w in got if r is not None and w) / weight if weight else None
+            cells.append("" if not shares else
+                         f"{'-' if value is None else f'{value:.2f}'} ({100 * sum(shares) / len(shares):.0f}%)")
+        lines.append(f"| {KINDS[kind][0]} | " + " | ".join(cells) + " |")
     lines.append(f"\nwall time of the runs {wall / 60:.1f} min")
     text = "\n".join(lines)
     print(text)

@@ -62,7 +62,15 @@ def test_policy_reward_reads_runs_and_reports_paired_differences(tmp_path):
                     "".join(json.dumps({"credit": c}) + "\n" for c in credits))
             metrics = [{"phase": "policy_rl", "phase_step": 0, "policy_eval/accuracy": 0.375},
                        {"phase": "policy_rl", "phase_step": 1, "time/step": 2.0, "time/reward": 1.0,
-                        "grm_time_share": 0.5, "grm_parse_failure_rate": 0.0, "reward_checker_agreement": 0.7},
+                        "grm_time_share": 0.5, "grm_parse_failure_rate": 0.0, "reward_checker_agreement": 0.7,
+                        "answers/right": 0.5, "reward_by_answer/right": 0.9, "answers/carry": 0.25,
+                        "reward_by_answer/carry": 0.6, "answers/slip": 0.25, "reward_by_answer/slip": 0.2,
+                        "answers/worse": 0.0, "answers/format": 0.0},
+                       {"phase": "policy_rl", "phase_step": 2, "time/step": 2.0, "time/reward": 1.0,
+                        "grm_time_share": 0.5, "grm_parse_failure_rate": 0.0, "reward_checker_agreement": 0.7,
+                        "answers/right": 0.25, "reward_by_answer/right": 0.6, "answers/carry": 0.25,
+                        "reward_by_answer/carry": 0.8, "answers/slip": 0.5, "reward_by_answer/slip": 0.5,
+                        "answers/worse": 0.0, "answers/format": 0.0},
                        {"phase": "policy_rl", "phase_step": 2, "policy_eval/accuracy": sum(final) / 4}]
             (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
             runs.setdefault(kind, {})[seed] = policy.read_run(folder)
@@ -73,6 +81,10 @@ def test_policy_reward_reads_runs_and_reports_paired_differences(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "| GRM Voting@8 | 75.0 |" in summary and "| untrained policy (floor) | 37.5 |" in summary
     assert "GRM Voting@8 - GRM greedy (k=1): +25.0" in summary
+    # Weighted by each step's share: right (0.5 * 0.9 + 0.25 * 0.6) / 0.75 = 0.8, in 37.5% of the answers;
+    # slip (0.25 * 0.2 + 0.5 * 0.5) / 0.75 = 0.4; no answer of two wrong sums.
+    assert runs["greedy"][0]["paid"]["carry"] == pytest.approx((0.7, 0.25))
+    assert "| GRM Voting@8 | 0.80 (38%) | 0.70 (25%) | 0.40 (38%) | - (0%) | - (0%) |" in summary
     assert (tmp_path / "policy_reward.png").stat().st_size > 0
 
 
