@@ -71,7 +71,8 @@ class Actors:
     # ---------------------------------------------------------------- the books
     def _take(self, place: str, indices, who: str) -> Callable[[], None]:
         """Hold a place in the placement group for `who` (spct.placement.Bundles); returns the
-        function that gives it back (nothing to hold without a placement group)."""
+        function that gives it back (nothing to hold without a placement group, or for no bundles:
+        an actor beside the group)."""
         if self.bundles is None:
             return lambda: None
         return self.bundles.take(place, list(indices), who)
@@ -144,8 +145,7 @@ class Actors:
         placement = self.placement if in_group else None
         if placement is not None:
             self.make_room(role)
-        give_back = self._take("engine", self._engine_places(n), f"{role} engines") if placement is not None \
-            else (lambda: None)
+        give_back = self._take("engine", self._engine_places(n) if placement is not None else [], f"{role} engines")
         pool = self._started(lambda give_back: GRMRewardPool.start(
             model, n, engine_kwargs(m, r, self.cfg.seed), template=m.single_template if single else m.template,
             max_new_tokens=m.max_new_tokens, num_cpus_per_engine=r.num_cpus_per_engine,
@@ -174,7 +174,7 @@ class Actors:
         resolve_meta_rm(ref, self.cfg.model.dtype, self.cfg.meta_rm.max_length)
         bundle = meta_rm_bundle(self.layout, self.phase()) if self.placement is not None else None
         options = in_bundle(self.placement, bundle) if bundle is not None else {}
-        give_back = self._take("learner", [bundle], "the meta RM") if bundle is not None else (lambda: None)
+        give_back = self._take("learner", [bundle] if bundle is not None else [], "the meta RM")
         score, actor = self._started(lambda _: meta_scorer(
             path, ref.dtype, ref.max_length, self.cfg.learner.num_threads, num_gpus=self._gpus(1),
             input_template=ref.input_template, **options), give_back)

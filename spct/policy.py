@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from spct.config import PolicyConfig, PolicyRewardConfig
-from spct.data.synthetic import checkable, checked_reward, policy_query, well_formed
-from spct.grm.reward import judged_items, rollout_rewards
+from spct.data.synthetic import (
+    ANSWER_KINDS,
+    answer_kind,
+    checkable,
+    checked_reward,
+    policy_query,
+    well_formed,
+)
+from spct.grm.reward import agreement, judged_items, rollout_rewards
 from spct.item import Item
 from spct.sample import Sample, samples_of
 from spct.scaling import mean_interval
@@ -51,6 +58,23 @@ def reward_by_answer(rewards: Sequence[Sequence[float]], kinds: Sequence[Sequenc
         if got:
             out[f"reward_by_answer/{name}"] = sum(got) / len(got)
     return out
+
+
+def checked_metrics(items: Sequence[Item], texts: Sequence[Sequence[str]],
+                    rewards: Sequence[Sequence[float]]) -> dict[str, float]:
+    """What the program checker says of a step whose queries it can check (else nothing): the
+    share of answers with every sum right (`train_accuracy`), how often the reward orders two
+    rollouts as the checker does (`reward_checker_agreement`, when a pair differs), and which
+    kinds of answer the reward pays for (`reward_by_answer`)."""
+    if not all(checkable(it) for it in items):
+        return {}
+    right = [[checked_reward(it, t) for t in ts] for it, ts in zip(items, texts, strict=True)]
+    out = {"train_accuracy": sum(r == 1 for g in right for r in g) / sum(map(len, right))}
+    agree = agreement(rewards, right)
+    if agree is not None:
+        out["reward_checker_agreement"] = agree
+    kinds = [[answer_kind(it, t) for t in ts] for it, ts in zip(items, texts, strict=True)]
+    return out | reward_by_answer(rewards, kinds, ANSWER_KINDS)
 
 
 class PolicyReward:

@@ -254,11 +254,22 @@ def check_answer(item: Item, text: str) -> int:
 def well_formed(item: Item, text: str) -> bool:
     """Whether `text` has the answer format: exactly the query's sums, in order, each restated
     as `a+b=c` with an integer c (right or not)."""
+    return _stated(item, text) is not None
+
+
+def _stated(item: Item, text: str) -> list[int] | None:
+    """The values `text` gives the query's sums, when it has the answer format (`well_formed`)."""
     operands = _operands(item)
     parts = text.split(";")
-    return len(parts) == len(operands) and all(
-        (m := _CLAIM.fullmatch(part)) is not None and [int(m[1]), int(m[2])] == list(ab)
-        for part, ab in zip(parts, operands, strict=True))
+    if len(parts) != len(operands):
+        return None
+    values = []
+    for part, (a, b) in zip(parts, operands, strict=True):
+        m = _CLAIM.fullmatch(part)
+        if m is None or (int(m[1]), int(m[2])) != (a, b):
+            return None
+        values.append(int(m[3]))
+    return values
 
 
 ANSWER_KINDS = ("right", "carry", "slip", "worse", "format")
@@ -270,10 +281,10 @@ def answer_kind(item: Item, text: str) -> str:
     ("carry", 8+9=7: the slip the warm-up's critic makes, `warmup.carry_slip`) or that is wrong
     another way ("slip"), or "worse" (two or more wrong sums). "carry" and "slip" have the same
     checked reward, so a reward that pays more for one of them favours that error."""
-    if not well_formed(item, text):
+    values = _stated(item, text)
+    if values is None:
         return "format"
-    claims = [int(_CLAIM.fullmatch(part)[3]) for part in text.split(";")]
-    wrong = [(a, b, c) for (a, b), c in zip(_operands(item), claims, strict=True) if c != a + b]
+    wrong = [(a, b, c) for (a, b), c in zip(_operands(item), values, strict=True) if c != a + b]
     if not wrong:
         return "right"
     if len(wrong) > 1:
@@ -429,7 +440,6 @@ def write_trajectory(
     """
     critique = plan_critique(item, rng, n_checked, noise, carry_slip)
     return render_trajectory(item, order, critique, low, high)
-
 
 
 def warmup_pairs(items: Sequence[Item], rng: random.Random, n: int, show, settings) -> list[tuple[str, str]]:

@@ -34,18 +34,14 @@ import time
 
 from spct.chat import encode_sft, sft_batch
 from spct.data.synthetic import (
-    ANSWER_KINDS,
     SyntheticConfig,
-    answer_kind,
     checkable,
-    checked_reward,
     policy_query,
     sample_answer,
 )
-from spct.grm.reward import agreement
 from spct.item import DataError
 from spct.learner.batches import grpo_batch
-from spct.policy import PolicyReward, evaluate_policy, policy_prompt, reward_by_answer
+from spct.policy import PolicyReward, checked_metrics, evaluate_policy, policy_prompt
 from spct.recipes.context import Context
 from spct.sample import samples_of
 
@@ -134,12 +130,13 @@ def run_policy_rl(p: Context) -> dict[str, float]:
         if pc.reward.stream_chunks > 1:
             groups, (rewards, info) = reward.streamed(rollout, items, prompts, sampling, key, step,
                                                       pc.reward.stream_chunks, p.timings)
+            texts = [[s.text for s in g] for g in groups]
         else:
             with p.timings("generate"):
                 groups = [samples_of(r) for r in rollout.generate(prompts, sampling, seed=key)]
+            texts = [[s.text for s in g] for g in groups]
             with p.timings("reward"):
-                rewards, info = reward(items, [[s.text for s in g] for g in groups], step)
-        texts = [[s.text for s in g] for g in groups]
+                rewards, info = reward(items, texts, step)
         batch, skipped = grpo_batch(groups, rewards, scale=pc.scale_advantages)
         metrics = {"skipped_prompts": skipped}
         if batch is not None:  # else every query overflowed the context: nothing to train on
@@ -152,18 +149,10 @@ def run_policy_rl(p: Context) -> dict[str, float]:
         times = p.timings.lap()
         times["time/step"] = time.perf_counter() - start
         flat = [r for g in rewards for r in g]
-        n = len(flat)
-        metrics.update({"reward_mean": sum(flat) / n, "weight_version": p.state.policy_version,
+        metrics.update({"reward_mean": sum(flat) / len(flat), "weight_version": p.state.policy_version,
                         "rollout_version": min(s.version for g in groups for s in g),
                         "grm_time_share": times.get("time/reward", 0.0) / times["time/step"], **info, **times})
-        if all(checkable(it) for it in items):
-            right = [[checked_reward(it, t) for t in ts] for it, ts in zip(items, texts, strict=True)]
-            metrics["train_accuracy"] = sum(r == 1 for g in right for r in g) / n
-            agree = agreement(rewards, right)
-            if agree is not None:
-                metrics["reward_checker_agreement"] = agree
-            kinds = [[answer_kind(it, t) for t in ts] for it, ts in zip(items, texts, strict=True)]
-            metrics |= reward_by_answer(rewards, kinds, ANSWER_KINDS)
+        metrics |= checked_metrics(items, texts, rewards)
         if pc.eval_every and (step + 1) % pc.eval_every == 0 or step + 1 == pc.steps:
             result = evaluate(step + 1)
             metrics.update({f"eval_{k}": v for k, v in result.items() if k in ("accuracy", "sum_accuracy")})

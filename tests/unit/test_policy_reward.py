@@ -229,3 +229,14 @@ def test_reward_by_answer_is_the_mean_reward_of_each_kind_and_its_share():
     assert out == {"answers/right": 0.25, "reward_by_answer/right": 1.0, "answers/carry": 0.5,
                    "reward_by_answer/carry": 0.375, "answers/slip": 0.0, "answers/worse": 0.0,
                    "answers/format": 0.25, "reward_by_answer/format": 0.0}
+
+
+def test_checked_metrics_only_for_a_step_the_checker_can_check():
+    from spct.policy import checked_metrics
+
+    texts = [["3+4=7 ; 8+9=17", "3+4=7 ; 8+9=7"]]
+    out = checked_metrics([query()], texts, [[0.9, 0.2]])
+    assert out["train_accuracy"] == 0.5 and out["reward_checker_agreement"] == 1.0
+    assert out["reward_by_answer/carry"] == 0.2 and out["answers/right"] == 0.5
+    plain = Item([{"role": "user", "content": "hi"}], ["x"], [1.0], id="p")
+    assert checked_metrics([query(), plain], texts * 2, [[0.9, 0.2]] * 2) == {}
