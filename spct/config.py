@@ -250,6 +250,10 @@ class PolicyRewardConfig:
     # `a+b=c ; ...`) gets reward 0 whatever the GRM says, as RL recipes pair a model reward with
     # a rule-based format reward: a GRM never saw such answers and can be exploited by them.
     format_gate: bool = True
+    # Group mode: a query's vote counts only when at least this share of the counted GRM samples
+    # prefer its winner (spct.grm.voting.consensus); below it the vote abstains and the query's
+    # rollouts get equal rewards (no advantage). 0: every vote counts.
+    abstain: float = 0.0
     # Streaming: the step's prompts are generated in this many chunks, and each chunk's rollouts
     # go to the GRM as soon as they are done, so GRM sampling overlaps the rest of generation
     # (1: judge after the whole batch). GRM seeds then follow each judged item, not its place.
@@ -652,6 +656,9 @@ def _validate_policy(c: Config, ch: Checks) -> None:
     one_of(ch, rw.mode, ("group", "single"), "policy.reward.mode")
     need(rw.k_meta is None or 1 <= rw.k_meta <= rw.k, "policy.reward.k_meta", f"null or in [1, k = {rw.k}]")
     need(rw.k_meta is None or pc.meta_rm is not None, "policy.reward.k_meta", "policy.meta_rm to be set")
+    need(0 <= rw.abstain <= 1, "policy.reward.abstain", "in [0, 1]")
+    need(rw.abstain == 0 or rw.mode == "group", "policy.reward.abstain", "0 unless policy.reward.mode=group (a "
+         "vote abstains between the rollouts it judges together)")
     need(rw.stream_chunks == 1 or not c.rollout.colocate, "policy.reward.stream_chunks",
          "1 with rollout.colocate (colocated engines sleep between calls, so chunks cannot queue)")
     need(pc.group_size >= 2, "policy.group_size", ">= 2 (a group of one has no baseline)")

@@ -91,7 +91,7 @@ class PolicyReward:
         if settings.kind != "oracle" and pool is None:
             raise ValueError("PolicyReward: a GRM reward needs its reward pool")
         self.kind, self.mode, self.k, self.seed = settings.kind, settings.mode, settings.k, seed
-        self.format_gate = settings.format_gate
+        self.format_gate, self.abstain = settings.format_gate, settings.abstain
         self.temperature = settings.temperature if settings.k > 1 else 0.0
         self.pool, self.meta_score = pool, meta_score
         self.k_meta = (settings.k_meta or max(1, settings.k // 2)) if meta_score is not None else None
@@ -145,8 +145,11 @@ class PolicyReward:
     def finish(self, items: Sequence[Item], rollouts: list[list[str]],
                sampled) -> tuple[list[list[float]], dict[str, float]]:
         template = self.pool.template
-        rewards, failures, drawn = rollout_rewards(sampled, template.low, template.high, self.k_meta)
+        rewards, failures, drawn, abstained = rollout_rewards(sampled, template.low, template.high, self.k_meta,
+                                                              self.abstain)
         info = {"grm_parse_failure_rate": failures / max(drawn, 1), "grm_samples": drawn}
+        if self.abstain > 0:
+            info["grm_abstain_rate"] = abstained / max(len(sampled), 1)
         if self.format_gate:
             formed = [well_formed(it, t) if checkable(it) else True
                       for it, texts in zip(items, rollouts, strict=True) for t in texts]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from spct.grm.trajectory import Trajectory
-from spct.grm.voting import rescaled_vote
+from spct.grm.voting import consensus, rescaled_vote
 from spct.item import Item
 
 MODES = ("group", "single")
@@ -37,21 +37,31 @@ def judged_items(query: Item, rollouts: Sequence[str], mode: str, tag: str) -> l
 
 
 def rollout_rewards(
-    sampled: Sequence[Sequence[Trajectory]], low: float, high: float, k_meta: int | None = None
-) -> tuple[list[float], int, int]:
+    sampled: Sequence[Sequence[Trajectory]], low: float, high: float, k_meta: int | None = None,
+    abstain: float = 0.0,
+) -> tuple[list[float], int, int, int]:
     """(one reward in [0, 1] per judged response in order, GRM samples that failed to parse,
-    GRM samples drawn) from the reward pool's samples of `judged_items` (one list per item).
+    GRM samples drawn, items whose vote abstained) from the reward pool's samples of
+    `judged_items` (one list per item).
 
-    Samples carrying a meta RM rating were chosen by the meta RM: only the k_meta best count."""
+    Samples carrying a meta RM rating were chosen by the meta RM: only the k_meta best count.
+    An item judging several responses whose counted samples agree on its winner less often than
+    `abstain` (`consensus`) abstains: its responses all get their mean reward, so the vote adds
+    no advantage between them."""
     rewards: list[float] = []
-    failures = drawn = 0
+    failures = drawn = abstained = 0
     for samples in sampled:
         scores = [t.scores for t in samples]
         meta = [t.meta_score for t in samples] if samples and samples[0].meta_score is not None else None
-        rewards.extend(rescaled_vote(scores, samples[0].item.n, low, high, k_meta if meta else None, meta))
+        n, kept = samples[0].item.n, k_meta if meta else None
+        voted = rescaled_vote(scores, n, low, high, kept, meta)
+        if abstain > 0 and n > 1 and consensus(scores, n, kept, meta) < abstain:
+            voted = [sum(voted) / n] * n
+            abstained += 1
+        rewards.extend(voted)
         failures += sum(s is None for s in scores)
         drawn += len(scores)
-    return rewards, failures, drawn
+    return rewards, failures, drawn, abstained
 
 
 def agreement(rewards: Sequence[Sequence[float]], truth: Sequence[Sequence[float]]) -> float | None:

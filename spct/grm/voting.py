@@ -83,6 +83,30 @@ def rescaled_vote(
         return [0.0] * n
     return [(t - parsed * low) / (slots * (high - low)) for t in totals]
 
+def consensus(
+    samples: Sequence[Sequence[float] | None],
+    n: int,
+    k_meta: int | None = None,
+    meta_scores: Sequence[float] | None = None,
+) -> float:
+    """The share of the counted samples (as `vote` counts them) whose own strict best response
+    is the vote's strict best: 1 when every sample prefers the winner, 0 when the vote ties at
+    the top. A sample that failed to parse, or ties at its top, prefers nothing."""
+    totals = vote(samples, n, k_meta, meta_scores)
+    top = max(totals)
+    if totals.count(top) > 1:
+        return 0.0
+    best = totals.index(top)
+    chosen = range(len(samples)) if meta_scores is None else _top_by_meta(len(samples), k_meta, meta_scores)
+    if not chosen:
+        return 0.0
+    agree = 0
+    for i in chosen:
+        sample = samples[i]
+        if sample is not None and max(sample) == sample[best] and list(sample).count(sample[best]) == 1:
+            agree += 1
+    return agree / len(chosen)
+
 
 def _top_by_meta(k: int, k_meta: int | None, meta_scores: Sequence[float]) -> list[int]:
     if len(meta_scores) != k:

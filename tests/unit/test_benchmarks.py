@@ -46,46 +46,83 @@ def test_benchmark_prompts_come_step_by_step_with_what_the_reward_needs(tmp_path
     assert rows[:5] != rows[5:]  # each step draws its own items
 
 
-def test_policy_reward_reads_runs_and_reports_paired_differences(tmp_path):
-    """policy_reward's report from run folders as `spct.train` leaves them."""
+def test_policy_reward_reads_runs_and_judges_its_claims_over_units(tmp_path):
+    """policy_reward's report from run folders as `spct.train` leaves them: two GRM runs x two
+    policy seeds, each claim judged by the t-interval of its paired differences over the four."""
     import json
 
     policy = load("policy_reward")
-    runs, floor = {}, {}
-    for seed in (0, 1):
-        floor[seed] = [0.0, 0.5, 0.0, 1.0]
-        for kind, final in (("greedy", [0.0, 0.5, 0.5, 1.0]), ("voting8", [1.0, 0.5, 0.5, 1.0])):
-            folder = tmp_path / f"seed{seed}" / kind
-            (folder / "policy_eval").mkdir(parents=True)
-            for step, credits in ((0, floor[seed]), (2, final)):
-                (folder / "policy_eval" / f"step{step:06d}.jsonl").write_text(
-                    "".join(json.dumps({"credit": c}) + "\n" for c in credits))
-            metrics = [{"phase": "policy_rl", "phase_step": 0, "policy_eval/accuracy": 0.375},
-                       {"phase": "policy_rl", "phase_step": 1, "time/step": 2.0, "time/reward": 1.0,
-                        "grm_time_share": 0.5, "grm_parse_failure_rate": 0.0, "reward_checker_agreement": 0.7,
-                        "answers/right": 0.5, "reward_by_answer/right": 0.9, "answers/carry": 0.25,
-                        "reward_by_answer/carry": 0.6, "answers/slip": 0.25, "reward_by_answer/slip": 0.2,
-                        "answers/worse": 0.0, "answers/format": 0.0},
-                       {"phase": "policy_rl", "phase_step": 2, "time/step": 2.0, "time/reward": 1.0,
-                        "grm_time_share": 0.5, "grm_parse_failure_rate": 0.0, "reward_checker_agreement": 0.7,
-                        "answers/right": 0.25, "reward_by_answer/right": 0.6, "answers/carry": 0.25,
-                        "reward_by_answer/carry": 0.8, "answers/slip": 0.5, "reward_by_answer/slip": 0.5,
-                        "answers/worse": 0.0, "answers/format": 0.0},
-                       {"phase": "policy_rl", "phase_step": 2, "policy_eval/accuracy": sum(final) / 4}]
-            (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-            runs.setdefault(kind, {})[seed] = policy.read_run(folder)
-    assert runs["greedy"][0]["curve"] == {0: 0.375, 2: 0.5}
-    assert runs["voting8"][1]["agreement"] == 0.7
-    args = policy.parser().parse_args(["--grm-run", "x", "--seeds", "0", "1", "--kinds", "greedy", "voting8"])
-    policy.report(args, runs, floor, tmp_path, wall=60.0)
+    grms = {}
+    for g in ("g0", "g1"):
+        grm = tmp_path / g / "checkpoints" / "rl-final" / "model"
+        grm.mkdir(parents=True)
+        grms[g] = (grm, tmp_path / g / "checkpoints" / "meta_rm-final" / "model")
+    (tmp_path / "g0" / "results.json").write_text(json.dumps({"results": {"rl": {"accuracy": 0.6}, "eval": {
+        "scaling": [{"method": "Voting", "k": 8, "accuracy": 0.7}, {"method": "MetaRM", "k": 8, "accuracy": 0.75}]}}}))
+    floor = [0.0, 0.5, 0.0, 1.0]
+    finals = {"greedy": {0: [0.0, 0.5, 0.5, 1.0], 1: [0.0, 0.0, 0.0, 1.0]},  # +12.5 and -12.5 points
+              "voting8": {0: [1.0, 0.5, 0.5, 1.0], 1: [1.0, 0.5, 0.5, 1.0]}}  # +25 points over greedy, or +50
+    runs = {}
+    for g in grms:
+        for seed in (0, 1):
+            for kind, final in finals.items():
+                folder = policy.folder(tmp_path / "bench", seed, g, kind)
+                (folder / "policy_eval").mkdir(parents=True)
+                for step, credits in ((0, floor), (3, final[seed])):
+                    (folder / "policy_eval" / f"step{step:06d}.jsonl").write_text(
+                        "".join(json.dumps({"credit": c}) + "\n" for c in credits))
+                metrics = [{"phase": "policy_rl", "phase_step": 0, "policy_eval/accuracy": 0.375}]
+                for step, right, agree in ((1, 0.5, 0.8), (2, 0.5, None), (3, 0.25, 0.6)):
+                    metrics.append({"phase": "policy_rl", "phase_step": step, "time/step": 2.0, "time/reward": 1.0,
+                                    "grm_time_share": 0.5, "grm_parse_failure_rate": 0.0,
+                                    "reward_checker_agreement": agree, "answers/right": right,
+                                    "reward_by_answer/right": 0.9 if step == 1 else 0.6, "answers/carry": 0.25,
+                                    "reward_by_answer/carry": 0.7, "answers/slip": 0.75 - right,
+                                    "reward_by_answer/slip": 0.2 if step == 1 else 0.5,
+                                    "answers/worse": 0.0, "answers/format": 0.0})
+                metrics.append({"phase": "policy_rl", "phase_step": 3, "policy_eval/accuracy": sum(final[seed]) / 4})
+                (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+                runs.setdefault(kind, {})[(g, seed)] = policy.read_run(folder)
+    run = runs["greedy"][("g0", 0)]
+    assert run["curve"] == {0: 0.375, 3: 0.5} and run["agreement"] == pytest.approx(0.7)
+    assert run["moved"]["early"]["right"] == 0.5 and run["moved"]["late"] == pytest.approx(
+        {"agreement": 0.6, "right": 0.25, "carry": 0.25, "slip": 0.5, "worse": 0.0, "format": 0.0})
+    args = policy.parser().parse_args(["--grm-run", "g0", "g1", "--seeds", "0", "1", "--kinds", "greedy", "voting8"])
+    results = policy.report(args, grms, runs, tmp_path, wall=60.0)
+    claims = {c["rule"]: c for c in results["claims"]}
+    # greedy - floor: +12.5, -12.5, +12.5, -12.5 points: mean 0, not established either way.
+    above_floor = claims["the GRM greedy reward raises the policy above its floor"]
+    assert above_floor["mean"] == pytest.approx(0) and above_floor["verdict"] == "not established"
+    assert above_floor["above"] == 2 and above_floor["units"] == 4
+    # voting8 - greedy: +25, +50, +25, +50: mean 37.5, t(3) = 3.182, sem = 14.43 / 2 -> +/- 22.97.
+    better = claims["Voting@8 ends above greedy"]
+    assert better["mean"] == pytest.approx(0.375) and better["low"] == pytest.approx(0.375 - 0.2297, abs=1e-3)
+    assert better["verdict"] == "holds"
+    assert not any("MetaRM" in rule for rule in claims)  # a claim on a reward not run is not judged
     summary = (tmp_path / "summary.md").read_text()
-    assert "| GRM Voting@8 | 75.0 |" in summary and "| untrained policy (floor) | 37.5 |" in summary
-    assert "GRM Voting@8 - GRM greedy (k=1): +25.0" in summary
-    # Weighted by each step's share: right (0.5 * 0.9 + 0.25 * 0.6) / 0.75 = 0.8, in 37.5% of the answers;
-    # slip (0.25 * 0.2 + 0.5 * 0.5) / 0.75 = 0.4; no answer of two wrong sums.
-    assert runs["greedy"][0]["paid"]["carry"] == pytest.approx((0.7, 0.25))
-    assert "| GRM Voting@8 | 0.80 (38%) | 0.70 (25%) | 0.40 (38%) | - (0%) | - (0%) |" in summary
+    assert "| Voting@8 ends above greedy | +37.5 | +14.5 to +60.5 | 4/4 | holds |" in summary
+    assert "| untrained policy (floor) | 37.5 | 37.5 - 37.5 | 37.5, 37.5 |" in summary
+    assert "| GRM Voting@8 | 75.0 | 75.0 - 75.0 | 75.0, 75.0 | 70% |" in summary
+    # The GRM's own accuracy where its run has results, its rewards' gains over the floor.
+    assert "| g0 | 60.0 | 70.0 | 75.0 | +0.0 | +37.5 |" in summary and "| g1 |  |  |  | +0.0 | +37.5 |" in summary
+    # Early (step 1) -> late (step 3): the agreement and the shares of each kind of answer.
+    assert "| GRM greedy (k=1) | 80% -> 60% | 50% -> 25% | 25% -> 25% | 25% -> 50% | 0% -> 0% | 0% -> 0% |" in summary
+    # Weighted by each step's share: right (0.5 * 0.9 + 0.5 * 0.6 + 0.25 * 0.6) / 1.25 = 0.72, in 42% of the answers.
+    assert run["paid"]["carry"] == pytest.approx((0.7, 0.25))
+    assert "| GRM Voting@8 | 0.72 (42%) | 0.70 (25%) |" in summary
+    assert json.loads((tmp_path / "results.json").read_text())["claims"][1]["verdict"] == "holds"
     assert (tmp_path / "policy_reward.png").stat().st_size > 0
+
+
+def test_policy_reward_refuses_grm_runs_it_cannot_use(tmp_path):
+    policy = load("policy_reward")
+    with pytest.raises(SystemExit, match="rl-final"):
+        policy.grm_runs([str(tmp_path / "missing")])
+    for parent in ("a", "b"):
+        for model in ("rl-final", "meta_rm-final"):
+            (tmp_path / parent / "run" / "checkpoints" / model / "model").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="two runs named 'run'"):
+        policy.grm_runs([str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")])
 
 
 def test_trl_runs_once_with_its_defaults_and_once_with_checkpointing_off(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from spct.data.synthetic import (
 from spct.grm import build_prompt
 from spct.grm.reward import agreement, judged_items, rollout_rewards
 from spct.grm.trajectory import Shown, Trajectory
-from spct.grm.voting import counted, rescaled_vote
+from spct.grm.voting import consensus, counted, rescaled_vote
 
 
 def query(item_id="q7"):
@@ -133,17 +133,41 @@ def test_judged_items_refuse_an_unknown_mode_or_no_rollouts():
 
 def test_rollout_rewards_flatten_in_order_and_count_failures():
     results = [scored([[10, 1], None]), scored([[1, 1], [10, 10]])]
-    rewards, failures, drawn = rollout_rewards(results, 1, 10)
+    rewards, failures, drawn, abstained = rollout_rewards(results, 1, 10)
     assert rewards == pytest.approx([0.5, 0.0, 0.5, 0.5])
-    assert (failures, drawn) == (1, 4)
+    assert (failures, drawn, abstained) == (1, 4, 0)
 
 
 def test_rollout_rewards_use_the_meta_scores_when_present():
     results = [scored([[10, 1], [1, 10]], meta=[0.9, 0.1])]
-    rewards, _, _ = rollout_rewards(results, 1, 10, k_meta=1)
+    rewards, *_ = rollout_rewards(results, 1, 10, k_meta=1)
     assert rewards == pytest.approx([1.0, 0.0])
-    unguided, _, _ = rollout_rewards([scored([[10, 1], [1, 10]])], 1, 10, k_meta=1)
+    unguided, *_ = rollout_rewards([scored([[10, 1], [1, 10]])], 1, 10, k_meta=1)
     assert unguided == pytest.approx([0.5, 0.5])
+
+
+def test_a_vote_below_the_consensus_threshold_abstains():
+    split = [scored([[10, 1], [10, 1], [1, 10], [9, 2]])]  # 3 of 4 samples prefer the first rollout
+    rewards, _, _, abstained = rollout_rewards(split, 1, 10, abstain=0.75)
+    assert rewards[0] > rewards[1] and abstained == 0
+    rewards, _, _, abstained = rollout_rewards(split, 1, 10, abstain=0.8)
+    assert rewards[0] == rewards[1] == pytest.approx(0.5) and abstained == 1
+    # The meta RM's choice is what must agree: the two samples it keeps both prefer the second.
+    guided = [scored([[10, 1], [10, 1], [1, 10], [2, 9]], meta=[0.1, 0.2, 0.9, 0.8])]
+    rewards, _, _, abstained = rollout_rewards(guided, 1, 10, k_meta=2, abstain=1.0)
+    assert rewards[1] > rewards[0] and abstained == 0
+    # A lone response has nothing to abstain between.
+    alone = [scored([[3]]), scored([[8], None])]
+    rewards, *_ = rollout_rewards(alone, 1, 10, abstain=1.0)
+    assert rewards == pytest.approx([2 / 9, 7 / 18])
+
+
+def test_consensus_counts_the_samples_that_prefer_the_winner():
+    assert consensus([[9, 1], [8, 2], [1, 9], None], 2) == pytest.approx(0.5)
+    assert consensus([[5, 5], [9, 1]], 2) == pytest.approx(0.5)  # a tied sample prefers nothing
+    assert consensus([[9, 1], [1, 9]], 2) == 0.0  # the vote ties at the top
+    assert consensus([[1, 2, 9], [9, 1, 2]], 3) == pytest.approx(0.5)
+    assert consensus([[9, 1], [1, 9], [2, 8]], 2, k_meta=2, meta_scores=[0.1, 0.9, 0.8]) == 1.0
 
 
 # ---------------------------------------------------------------- the program checker
