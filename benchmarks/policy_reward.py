@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spct.data.synthetic import ANSWER_KINDS  # noqa: E402
+from spct.data.synthetic import ANSWER_KINDS, SLIPS, sum_slips  # noqa: E402
 
 KINDS = {  # short name: (label, overrides)
     "greedy": ("GRM greedy (k=1)", ["policy.reward.k=1"]),
@@ -47,6 +47,8 @@ KINDS = {  # short name: (label, overrides)
 DEFAULT_KINDS = ["greedy", "voting8", "metarm8", "oracle"]
 KIND_LABELS = {"right": "right", "carry": "one dropped carry", "slip": "one other slip", "worse": "2+ wrong sums",
                "format": "out of format"}
+SLIP_LABELS = {"right": "right", "+1": "one too many", "-1": "one too few", "carry": "carry dropped",
+               "other": "other", "format": "out of format"}
 FLOOR = "floor"
 # The claims: (rule, a, b) reads "a's final accuracy minus b's is above 0" (b = FLOOR: the
 # untrained policy's).
@@ -135,7 +137,8 @@ def read_run(out: Path) -> dict:
     moved = {when: {"agreement": _mean_known(rows, "reward_checker_agreement"),
                     **{kind: _mean_known(rows, f"answers/{kind}") for kind in ANSWER_KINDS}}
              for when, rows in phases.items()}
-    return {"curve": curve, "start": credits(evals[0]), "final": credits(evals[-1]), "time_step": mean("time/step"),
+    return {"curve": curve, "start": credits(evals[0]), "final": credits(evals[-1]),
+            "slips": {"start": slip_shares(evals[0]), "end": slip_shares(evals[-1])}, "time_step": mean("time/step"),
             "time_reward": mean("time/reward"), "grm_share": mean("grm_time_share"),
             "parse_failures": mean("grm_parse_failure_rate"), "agreement": _mean_known(steps, "reward_checker_agreement"),
             "paid": paid, "moved": moved}
@@ -144,6 +147,22 @@ def read_run(out: Path) -> dict:
 def _mean_known(rows: list[dict], key: str) -> float | None:
     known = [r[key] for r in rows if r.get(key) is not None]
     return sum(known) / len(known) if known else None
+
+
+def slip_shares(path: Path) -> dict[str, float]:
+    """How the held-out answers in a policy_eval file answer each sum (`sum_slips`): the share
+    of all sums per kind, "format" for the sums of an answer out of format."""
+    counts = dict.fromkeys((*SLIPS, "format"), 0)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        for answer in row["answers"]:
+            slips = sum_slips(row["query"], answer)
+            if slips is None:
+                counts["format"] += row["query"].count("+")
+            for slip in slips or []:
+                counts[slip] += 1
+    total = sum(counts.values())
+    return {k: v / total for k, v in counts.items()} if total else counts
 
 
 def credits(path: Path) -> list[float]:
@@ -270,6 +289,16 @@ def report(args, grms: dict, runs: dict[str, dict], out: Path, wall: float) -> d
             early, late = moved("early", key), moved("late", key)
             cells.append("" if early is None or late is None else f"{100 * early:.0f}% -> {100 * late:.0f}%")
         lines.append(f"| {KINDS[kind][0]} | " + " | ".join(cells) + " |")
+    lines += ["", "How the policy's held-out answers answer each sum, before RL -> after (share of the sums, mean "
+              "over units): which values the reward taught it.", "",
+              "| reward | " + " | ".join(SLIP_LABELS[k] for k in (*SLIPS, "format")) + " |",
+              "|---|" + "---|" * (len(SLIPS) + 1)]
+    for kind, by_unit in runs.items():
+        def share(when: str, slip: str, by_unit=by_unit) -> float:
+            return sum(by_unit[u]["slips"][when][slip] for u in units) / len(units)
+
+        lines.append(f"| {KINDS[kind][0]} | " + " | ".join(
+            f"{100 * share('start', k):.0f}% -> {100 * share('end', k):.0f}%" for k in (*SLIPS, "format")) + " |")
     lines += ["", "What each reward paid each kind of the policy's training answers, over all steps and units: "
               "mean reward (share of the answers). One dropped carry and one other slip have the same "
               "checked reward; a reward that pays more for one favours that error.", "",

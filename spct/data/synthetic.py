@@ -259,7 +259,10 @@ def well_formed(item: Item, text: str) -> bool:
 
 def _stated(item: Item, text: str) -> list[int] | None:
     """The values `text` gives the query's sums, when it has the answer format (`well_formed`)."""
-    operands = _operands(item)
+    return _values(_operands(item), text)
+
+
+def _values(operands: Sequence[Sequence[int]], text: str) -> list[int] | None:
     parts = text.split(";")
     if len(parts) != len(operands):
         return None
@@ -291,6 +294,29 @@ def answer_kind(item: Item, text: str) -> str:
         return "worse"
     a, b, c = wrong[0]
     return "carry" if a % 10 + b % 10 >= 10 and c == a + b - 10 else "slip"
+
+
+SLIPS = ("right", "+1", "-1", "carry", "other")
+
+
+def sum_slips(query: str, text: str) -> list[str] | None:
+    """How `text` answers each sum of `query` (as `render_query` writes it; None when `text` is
+    out of the answer format): "right", one above or below ("+1", "-1"), its units carry
+    dropped ("carry", 8+9=7), or "other". Where a policy's answers move under a reward shows
+    which errors that reward pays for."""
+    m = re.fullmatch(r"Solve: (.*)", query.strip())
+    parts = [re.fullmatch(r"(\d+)\+(\d+)", part) for part in m[1].split(" ; ")] if m else [None]
+    operands = [[int(p[1]), int(p[2])] for p in parts if p is not None]
+    if len(operands) != len(parts):
+        raise ValueError(f"sum_slips: {query!r} is not a query of the synthetic task ('Solve: a+b ; c+d')")
+    values = _values(operands, text)
+    if values is None:
+        return None
+    slips = []
+    for (a, b), c in zip(operands, values, strict=True):
+        carry = a % 10 + b % 10 >= 10 and c == a + b - 10
+        slips.append({0: "right", 1: "+1", -1: "-1"}.get(c - (a + b), "carry" if carry else "other"))
+    return slips
 
 
 def _operands(item: Item) -> list[list[int]]:

@@ -60,6 +60,7 @@ def test_policy_reward_reads_runs_and_judges_its_claims_over_units(tmp_path):
     (tmp_path / "g0" / "results.json").write_text(json.dumps({"results": {"rl": {"accuracy": 0.6}, "eval": {
         "scaling": [{"method": "Voting", "k": 8, "accuracy": 0.7}, {"method": "MetaRM", "k": 8, "accuracy": 0.75}]}}}))
     floor = [0.0, 0.5, 0.0, 1.0]
+    answers = {0.0: "3+4=6 ; 8+9=7", 0.5: "3+4=8 ; 8+9=17", 1.0: "3+4=7 ; 8+9=17"}  # -1 and carry; +1; right
     finals = {"greedy": {0: [0.0, 0.5, 0.5, 1.0], 1: [0.0, 0.0, 0.0, 1.0]},  # +12.5 and -12.5 points
               "voting8": {0: [1.0, 0.5, 0.5, 1.0], 1: [1.0, 0.5, 0.5, 1.0]}}  # +25 points over greedy, or +50
     runs = {}
@@ -69,8 +70,8 @@ def test_policy_reward_reads_runs_and_judges_its_claims_over_units(tmp_path):
                 folder = policy.folder(tmp_path / "bench", seed, g, kind)
                 (folder / "policy_eval").mkdir(parents=True)
                 for step, credits in ((0, floor), (3, final[seed])):
-                    (folder / "policy_eval" / f"step{step:06d}.jsonl").write_text(
-                        "".join(json.dumps({"credit": c}) + "\n" for c in credits))
+                    (folder / "policy_eval" / f"step{step:06d}.jsonl").write_text("".join(json.dumps(
+                        {"query": "Solve: 3+4 ; 8+9", "answers": [answers[c]], "credit": c}) + "\n" for c in credits))
                 metrics = [{"phase": "policy_rl", "phase_step": 0, "policy_eval/accuracy": 0.375}]
                 for step, right, agree in ((1, 0.5, 0.8), (2, 0.5, None), (3, 0.25, 0.6)):
                     metrics.append({"phase": "policy_rl", "phase_step": step, "time/step": 2.0, "time/reward": 1.0,
@@ -107,6 +108,8 @@ def test_policy_reward_reads_runs_and_judges_its_claims_over_units(tmp_path):
     assert "| g0 | 60.0 | 70.0 | 75.0 | +0.0 | +37.5 |" in summary and "| g1 |  |  |  | +0.0 | +37.5 |" in summary
     # Early (step 1) -> late (step 3): the agreement and the shares of each kind of answer.
     assert "| GRM greedy (k=1) | 80% -> 60% | 50% -> 25% | 25% -> 25% | 25% -> 50% | 0% -> 0% | 0% -> 0% |" in summary
+    # Each held-out sum before -> after: the floor's 8 sums hold 3 right, one +1, two -1 and two dropped carries.
+    assert "| GRM Voting@8 | 38% -> 75% | 12% -> 25% | 25% -> 0% | 25% -> 0% | 0% -> 0% | 0% -> 0% |" in summary
     # Weighted by each step's share: right (0.5 * 0.9 + 0.5 * 0.6 + 0.25 * 0.6) / 1.25 = 0.72, in 42% of the answers.
     assert run["paid"]["carry"] == pytest.approx((0.7, 0.25))
     assert "| GRM Voting@8 | 0.72 (42%) | 0.70 (25%) |" in summary

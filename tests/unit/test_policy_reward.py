@@ -22,6 +22,7 @@ from spct.data.synthetic import (
     make_items,
     policy_query,
     sample_answer,
+    sum_slips,
     well_formed,
 )
 from spct.grm import build_prompt
@@ -169,6 +170,15 @@ def test_consensus_counts_the_samples_that_prefer_the_winner():
     assert consensus([[1, 2, 9], [9, 1, 2]], 3) == pytest.approx(0.5)
     assert consensus([[9, 1], [1, 9], [2, 8]], 2, k_meta=2, meta_scores=[0.1, 0.9, 0.8]) == 1.0
 
+
+def test_sum_slips_name_how_each_sum_is_missed():
+    assert sum_slips("Solve: 3+4 ; 8+9", "3+4=7 ; 8+9=17") == ["right", "right"]
+    assert sum_slips("Solve: 3+4 ; 8+9", "3+4=8 ; 8+9=16") == ["+1", "-1"]
+    assert sum_slips("Solve: 3+4 ; 8+9", "3+4=9 ; 8+9=7") == ["other", "carry"]
+    assert sum_slips("Solve: 3+4 ; 8+9", "3+4=-3 ; 8+9=27") == ["other", "other"]  # no carry to drop, or +10
+    assert sum_slips("Solve: 3+4 ; 8+9", "8+9=17 ; 3+4=7") is None  # out of the answer format
+    with pytest.raises(ValueError, match="not a query of the synthetic task"):
+        sum_slips("Solve: 3+4 ; x", "3+4=7")
 
 # ---------------------------------------------------------------- the program checker
 
