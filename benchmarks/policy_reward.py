@@ -223,7 +223,8 @@ def report(args, grms: dict, runs: dict[str, dict], out: Path, wall: float) -> d
     accuracy[FLOOR] = {u: sum(r["start"]) / len(r["start"]) for u, r in first.items()}
     n_queries = len(first[units[0]]["final"])
     label = {FLOOR: "untrained policy (floor)", **{k: KINDS[k][0] for k in runs}}
-    lines = [f"Held-out checked accuracy of the policy ({n_queries} {args.split} answers per run) over "
+    lines = [f"Held-out checked accuracy of the policy (the share of its sampled answers with every sum right, on "
+             f"{n_queries} {args.split} queries per run) over "
              f"{len(grms)} GRM run(s) x {len(args.seeds)} policy seed(s) = {len(units)} units; "
              "95% t-intervals over the units.", "",
              "## Claims", "", "| rule | difference (points) | 95% CI | units above 0 | verdict |", "|---|---:|---|---:|---|"]
