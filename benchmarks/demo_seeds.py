@@ -30,6 +30,17 @@ def run_seed(seed: int, out: Path, extra: list[str]) -> float:
     return time.perf_counter() - start
 
 
+POLICY_SECTION = "## A policy rewarded by the GRM"
+
+
+def write_report(path: Path, lines: list[str]) -> None:
+    """Write the GRM's report to `path`, keeping the policy section (written from
+    benchmarks/policy_reward.py's report) that an earlier version of the file holds."""
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(POLICY_SECTION):] if POLICY_SECTION in old else ""
+    path.write_text("\n".join(lines) + "\n" + kept)
+
+
 def table_rows(results: dict) -> list[tuple[str, str, float, float, float]]:
     rows = []
     for phase, label in (("warmup", "Warmup greedy"), ("rft", "RFT greedy"), ("rl", "RL greedy")):
@@ -137,7 +148,7 @@ def main() -> None:
     learning_curves(first / "metrics.jsonl", docs / "rl_curves.png")
     lines += [f"![scaling, seed {args.seeds[0]}](scaling.png)", "",
               f"![RL learning curves, seed {args.seeds[0]}](rl_curves.png)", ""]
-    (REPO / args.report).write_text("\n".join(lines) + "\n")
+    write_report(REPO / args.report, lines)
     print((REPO / args.report).read_text())
 
 

@@ -68,3 +68,13 @@ def test_median_step_time_reads_one_phase(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert demo.median_step_time(path) == 0.7
     assert demo.median_step_time(path, "rl") == 5.0
+
+
+def test_the_report_keeps_the_policy_section(tmp_path):
+    report = tmp_path / "results.md"
+    demo.write_report(report, ["# Results", "", "old GRM numbers", ""])
+    assert report.read_text() == "# Results\n\nold GRM numbers\n\n"
+    report.write_text(report.read_text() + demo.POLICY_SECTION + " (experiment=policy)\n\npolicy numbers\n")
+    demo.write_report(report, ["# Results", "", "new GRM numbers", ""])
+    assert report.read_text() == ("# Results\n\nnew GRM numbers\n\n" + demo.POLICY_SECTION
+                                  + " (experiment=policy)\n\npolicy numbers\n")
