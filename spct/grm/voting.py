@@ -55,7 +55,7 @@ def counted(
 ) -> tuple[int, int]:
     """(samples the vote counts, how many of those parsed): all of them, or the k_meta that
     the meta RM kept, chosen by the same rule as `vote`."""
-    chosen = range(len(samples)) if meta_scores is None else _top_by_meta(len(samples), k_meta, meta_scores)
+    chosen = _chosen(samples, k_meta, meta_scores)
     return len(chosen), sum(samples[i] is not None for i in chosen)
 
 
@@ -83,6 +83,7 @@ def rescaled_vote(
         return [0.0] * n
     return [(t - parsed * low) / (slots * (high - low)) for t in totals]
 
+
 def consensus(
     samples: Sequence[Sequence[float] | None],
     n: int,
@@ -97,7 +98,7 @@ def consensus(
     if totals.count(top) > 1:
         return 0.0
     best = totals.index(top)
-    chosen = range(len(samples)) if meta_scores is None else _top_by_meta(len(samples), k_meta, meta_scores)
+    chosen = _chosen(samples, k_meta, meta_scores)
     if not chosen:
         return 0.0
     agree = 0
@@ -106,6 +107,11 @@ def consensus(
         if sample is not None and max(sample) == sample[best] and list(sample).count(sample[best]) == 1:
             agree += 1
     return agree / len(chosen)
+
+
+def _chosen(samples: Sequence, k_meta: int | None, meta_scores: Sequence[float] | None) -> Sequence[int]:
+    """The samples a vote counts: all of them, or the k_meta the meta RM rates best."""
+    return range(len(samples)) if meta_scores is None else _top_by_meta(len(samples), k_meta, meta_scores)
 
 
 def _top_by_meta(k: int, k_meta: int | None, meta_scores: Sequence[float]) -> list[int]:

@@ -51,7 +51,8 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", REPO / "launch" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELLS = ("bash", "sh", "shell")
 # The runs the docs' commands read, each a copy (links) of the session's quick run's checkpoints.
-RUNS = ("outputs/spct-default", "outputs/perf-seed0", "outputs/bench/demo-warmup", "outputs/quick")
+RUNS = ("outputs/spct-default", "outputs/perf-seed0", "outputs/bench/demo-warmup", "outputs/quick",
+        "outputs/grm-seed0", "outputs/grm-seed1", "outputs/grm-seed2")
 FINALS = ("warmup-final", "rl-final", "meta_rm-final")
 ABSOLUTE = ("/data/", "/ckpt/", "/shared/")
 MODULES = {"train": "spct.train", "evaluate": "spct.evaluate", "serve": "spct.serve"}
