@@ -254,11 +254,11 @@ def report(args, grms: dict, runs: dict[str, dict], out: Path, wall: float) -> d
         if kind == FLOOR:
             lines.append(row + " | | | | |")
             continue
-        by_unit = runs[kind]
+        rows = [runs[kind][u] for u in units]
 
-        def mean(key: str, by_unit=by_unit) -> float:
-            known = [by_unit[u][key] for u in units if by_unit[u][key] is not None]
-            return sum(known) / len(known) if known else float("nan")
+        def mean(key: str, rows=rows) -> float:
+            value = _mean_known(rows, key)
+            return float("nan") if value is None else value
 
         lines.append(row + f" {100 * mean('agreement'):.0f}% | {mean('time_reward'):.2f} | "
                      f"{100 * mean('grm_share'):.0f}% | {mean('time_step'):.2f} | {100 * mean('parse_failures'):.1f}% |")
@@ -281,13 +281,9 @@ def report(args, grms: dict, runs: dict[str, dict], out: Path, wall: float) -> d
               "| reward | agrees with the checker | " + " | ".join(KIND_LABELS[k] for k in ANSWER_KINDS) + " |",
               "|---|---|" + "---|" * len(ANSWER_KINDS)]
     for kind, by_unit in runs.items():
-        def moved(when: str, key: str, by_unit=by_unit) -> float | None:
-            known = [by_unit[u]["moved"][when][key] for u in units if by_unit[u]["moved"][when][key] is not None]
-            return sum(known) / len(known) if known else None
-
         cells = []
         for key in ("agreement", *ANSWER_KINDS):
-            early, late = moved("early", key), moved("late", key)
+            early, late = (_mean_known([by_unit[u]["moved"][when] for u in units], key) for when in ("early", "late"))
             cells.append("" if early is None or late is None else f"{100 * early:.0f}% -> {100 * late:.0f}%")
         lines.append(f"| {KINDS[kind][0]} | " + " | ".join(cells) + " |")
     lines += ["", "How the policy's held-out answers answer each sum, before RL -> after (share of the sums, mean "
